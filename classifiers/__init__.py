@@ -1,0 +1,1 @@
+"""chronofeat: classifiers."""

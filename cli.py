@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""chronofeat command line: ingest images, extract features, query them with SQL, fit and judge models.
+
+Every command parses its arguments, calls one library function, prints, and sets the exit status:
+0 success; 1 the command finished but some inputs failed (see the ``failures`` table);
+2 the command could not run (bad argument, missing table or weights ...: the message says what to do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from store._bootstrap import ensure_environment
+
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _store(args):
+    from store.layout import open_store
+
+    return open_store(args.store)
+
+
+def _announce_synthetic(store, dataset: str | None) -> None:
+    """Print the synthetic-data notice when ``dataset`` is a generated demo stand-in."""
+    if not dataset:
+        return
+    from store.datasets import synthetic_notice
+
+    notice = synthetic_notice(store, dataset)
+    if notice:
+        _note(notice)
+
+
+# --- commands ------------------------------------------------------------------------------
+def cmd_ingest(args) -> int:
+    from store.ingest import ingest_dataset
+
+    store = _store(args)
+    summary = ingest_dataset(store, args.dataset, root=args.root, layout=args.layout, workers=args.workers)
+    _announce_synthetic(store, args.dataset)
+    _say(summary.summary_line())
+    return summary.exit_code
+
+
+def cmd_tables(args) -> int:
+    from store.catalog import tables_overview
+    from store.render import format_table
+
+    _say(format_table(tables_overview(_store(args)), max_rows=1000, max_width=80))
+    return EXIT_OK
+
+
+def cmd_show(args) -> int:
+    from store.catalog import describe_table
+
+    _say(describe_table(_store(args), args.table, rows=args.limit))
+    return EXIT_OK
+
+
+def cmd_sql(args) -> int:
+    from store.render import format_table, write_result
+    from store.sql import query
+
+    result = query(_store(args), args.query, write=args.write)
+    if args.output:
+        write_result(result, fmt=args.format, output=args.output)
+        _say(f"wrote {result.num_rows} rows to {args.output}")
+        return EXIT_OK
+    limit = args.max_rows or result.num_rows
+    if args.format == "table":
+        text = format_table(result, max_rows=limit)
+    else:
+        if result.num_rows > limit:
+            _note(f"showing {limit} of {result.num_rows} rows; add --output FILE (or --max-rows 0) for all")
+        text = write_result(result.slice(0, limit), fmt=args.format, output=None)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK
+
+
+def cmd_extract(args) -> int:
+    from extractors import build_from_options
+    from extractors.runner import run_extraction
+
+    store = _store(args)
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "store", "command", "dataset", "limit")}
+    extractor = build_from_options(args.extractor, options)
+    _announce_synthetic(store, args.dataset)
+    summary = run_extraction(extractor, store, dataset=args.dataset, limit=args.limit)
+    if summary.written == 0 and summary.failed == 0:
+        _say(f"{summary.table}: nothing to do — all {summary.units} {summary.key}s already extracted")
+    else:
+        _say(
+            f"{summary.table}: wrote {summary.written} rows, skipped {summary.skipped} already present, "
+            f"{summary.failed} failed, in {summary.seconds:.1f} s ({summary.rate:.1f} items/s)"
+        )
+    return EXIT_PARTIAL if summary.failed else EXIT_OK
+
+
+def cmd_weights(args) -> int:
+    from store.render import format_table
+    from store.weights import import_weights, weights_table
+
+    store = _store(args)
+    if args.weights_command == "import":
+        record = import_weights(store, args.name, args.file, map_by_order=args.map_by_order)
+        _say(record.summary_line())
+    else:
+        _say(format_table(weights_table(store), max_rows=1000, max_width=70))
+    return EXIT_OK
+
+
+def cmd_vocab(args) -> int:
+    from store.render import format_table
+    from store.vocabulary import vocabularies_table
+
+    _say(format_table(vocabularies_table(_store(args)), max_rows=1000, max_width=70))
+    return EXIT_OK
+
+
+def cmd_fit(args) -> int:
+    from classifiers.evaluate import fit_command
+
+    store = _store(args)
+    _announce_synthetic(store, args.dataset)
+    fit_command(
+        store, args.model, dataset=args.dataset, target=args.target, features=args.features,
+        members=args.members, folds=args.folds, test_subjects=args.test_subjects, seeds=args.seeds,
+        split=args.split, search=args.search, augment=args.augment, out=_say,
+    )
+    return EXIT_OK
+
+
+def cmd_predict(args) -> int:
+    from classifiers.predict import predict_command
+
+    store = _store(args)
+    _announce_synthetic(store, args.dataset)
+    predict_command(store, args.run, dataset=args.dataset, out=_say)
+    return EXIT_OK
+
+
+def cmd_runs(args) -> int:
+    from classifiers.report import runs_table
+    from store.render import format_table
+
+    _say(format_table(runs_table(_store(args)), max_rows=args.limit, max_width=60))
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from classifiers.report import write_report
+
+    path = write_report(_store(args), args.run, out_dir=args.output)
+    _say(f"report written: {path}")
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from classifiers.quickstart import run_quickstart
+
+    return run_quickstart(_store(args), dataset=args.dataset, out=_say)
+
+
+def cmd_test(args) -> int:
+    import subprocess
+
+    command = [sys.executable, "-m", "pytest", *args.pytest_args]
+    _note("running: " + " ".join(command))
+    return subprocess.call(command, cwd=os.path.dirname(os.path.abspath(__file__)))
+
+
+# --- argument parsing ----------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line grammar (no side effects)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", default=None, help="feature store directory (default $CHRONOFEAT_STORE or ./featurestore)")
+
+    parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("demo", cmd_demo, "the main job on built-in demo data: ingest, extract features, fit an ensemble, show the result")
+    p.add_argument("--dataset", default="crmo", choices=["crmo"], help="demo dataset (default crmo)")
+
+    p = add("test", cmd_test, "run the test suite (pytest); extra arguments go to pytest")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="arguments for pytest, e.g. -k sql -x")
+
+    p = add("ingest", cmd_ingest, "index a dataset's images into the scans (and pairs) tables")
+    p.add_argument("--dataset", required=True, help="dataset name: crmo, chronomid, impc, spine (demo when no --root) or your own")
+    p.add_argument("--root", default=None, help="folder of DICOM files, or of images plus manifest.csv")
+    p.add_argument("--layout", default=None, choices=["generic", "crmo", "chronomid", "impc", "spine"])
+    p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
+
+    add("tables", cmd_tables, "list the store's tables with row counts and columns")
+
+    p = add("show", cmd_show, "one table's schema, provenance and first rows")
+    p.add_argument("table")
+    p.add_argument("--limit", type=int, default=10, help="rows to show (default 10)")
+
+    p = add("sql", cmd_sql, "read-only SQL (DuckDB) over every table of the store")
+    p.add_argument("query")
+    p.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])
+    p.add_argument("--output", default=None, help="write the whole result to this file")
+    p.add_argument("--max-rows", type=int, default=50, help="rows printed to the terminal (0 = all; default 50)")
+    p.add_argument("--write", action="store_true", help="allow statements that change or export data (COPY, CREATE...)")
+
+    p = add("extract", cmd_extract, "compute one extractor's features for a dataset into a feature table")
+    p.add_argument("--extractor", required=True, help="inception, efficientnet, convnext, cnn, sift_bovw, orb_bovw, surf_bovw, kaze_bovw, diffstats, ...")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--limit", type=int, default=None, help="compute at most N items in this run")
+    cnn = p.add_argument_group("CNN options")
+    cnn.add_argument("--model", default=None, help="any timm model name (overrides the short name)")
+    cnn.add_argument("--input", default=None, choices=["image", "difference", "multiview"])
+    cnn.add_argument("--reference", default=None, choices=["absolute", "relative"], help="pair reference for difference inputs and diffstats")
+    cnn.add_argument("--layer", default=None, help="'pooled' (default) or an intermediate stage name, e.g. blocks.2")
+    cnn.add_argument("--weights", default=None, help="'hub' (default: imported, cached or downloaded), a checkpoint FILE, or 'random'")
+    cnn.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    cnn.add_argument("--batch-size", type=int, default=None)
+    cnn.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"])
+    cnn.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    bovw = p.add_argument_group("bag-of-visual-words options")
+    bovw.add_argument("--vocab-size", type=int, default=None, help="visual words, e.g. 50 or 500")
+    bovw.add_argument("--vocab-subjects", default=None, help="text file of subject keys to fit the vocabulary on")
+    bovw.add_argument("--vocab-split", default=None, choices=["train"], help="fit the vocabulary on the training subjects only")
+    p.add_argument("--workers", type=int, default=None, help="parallel workers (decoding / descriptors)")
+
+    p = add("weights", cmd_weights, "import or list pretrained weights kept in the store")
+    wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    wi = wsub.add_parser("import", parents=[common], help="check a checkpoint against a timm architecture and keep it")
+    wi.add_argument("name", help="timm model name, e.g. inception_v3")
+    wi.add_argument("file", help="checkpoint (.pth, .pt, .safetensors)")
+    wi.add_argument("--map-by-order", action="store_true", help="match tensors by order and shape when key names differ")
+    wsub.add_parser("list", parents=[common], help="weights imported into the store")
+
+    p = add("vocab", cmd_vocab, "visual-word vocabularies kept in the store")
+    p.add_argument("action", choices=["list"])
+
+    p = add("fit", cmd_fit, "fit and judge a model (subject-grouped CV + held-out test subjects)")
+    p.add_argument("model", help="logistic, svm_rbf, naive_bayes, random_forest, xgboost, knn, ensemble, stacking, ...")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--target", default=None, help="label column or a mapping such as 'binary'")
+    p.add_argument("--features", default=None, help="feature sets, e.g. 'inception_v3:diff,+time'")
+    p.add_argument("--members", default=None, help="ensemble members, e.g. 'logistic=inception_v3:diff;svm_rbf=sift_bovw500:concat'")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--test-subjects", default=None, help="'one-per-class', a fraction like 0.3, or a file of subject keys")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--split", default="auto", choices=["auto", "given"])
+    p.add_argument("--search", default="none", choices=["none", "quick", "thorough"])
+    p.add_argument("--augment", action="store_true", help="swap pair order (label mapped) and add noise, training folds only")
+
+    p = add("predict", cmd_predict, "score a dataset with a fitted run's saved model")
+    p.add_argument("--run", required=True)
+    p.add_argument("--dataset", required=True)
+
+    p = add("runs", cmd_runs, "list fitted runs")
+    p.add_argument("--limit", type=int, default=50)
+
+    p = add("report", cmd_report, "write an HTML report with plots for a run")
+    p.add_argument("run")
+    p.add_argument("--output", default=None, help="folder for the report (default: inside the store)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run the command, return the exit status (errors printed, never a traceback)."""
+    args = build_parser().parse_args(argv)
+    from store.errors import ChronofeatError
+
+    try:
+        return args.func(args)
+    except ChronofeatError as exc:
+        _note(f"error: {exc}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _note("interrupted: finished parts are kept; run the same command again to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    ensure_environment()
+    sys.exit(main())

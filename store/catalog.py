@@ -1,0 +1,50 @@
+"""What the store holds, for people: table overview and one table's description."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from store.layout import Store
+from store.render import format_table
+from store.tables import list_tables, read_table, table_kv_metadata
+
+__all__ = ["tables_overview", "describe_table"]
+
+
+def _type_text(dtype: pa.DataType) -> str:
+    if pa.types.is_fixed_size_list(dtype):
+        return f"{dtype.value_type}[{dtype.list_size}]"
+    return str(dtype)
+
+
+def tables_overview(store: Store) -> pa.Table:
+    """One row per table: name, rows, parts, producer and columns (``name type`` joined)."""
+    infos = list_tables(store)
+    return pa.table(
+        {
+            "table": [i.name for i in infos],
+            "rows": pa.array([i.rows for i in infos], pa.int64()),
+            "parts": pa.array([i.parts for i in infos], pa.int64()),
+            "producer": [table_kv_metadata(store, i.name).get("chronofeat.producer", "") for i in infos],
+            "columns": [", ".join(f"{f.name} {_type_text(f.type)}" for f in i.schema) for i in infos],
+        }
+    )
+
+
+def describe_table(store: Store, name: str, *, rows: int = 10) -> str:
+    """Text describing table ``name``: row/part counts, schema, provenance of its newest part, first rows."""
+    table = read_table(store, name)  # raises TableNotFoundError naming the tables there are
+    info = next(i for i in list_tables(store) if i.name == name)
+    meta = table_kv_metadata(store, name)
+    lines = [f"table {name}: {info.rows} rows in {info.parts} part(s)", "", "columns:"]
+    lines += [f"  {f.name:<28} {_type_text(f.type)}" for f in info.schema]
+    if meta:
+        lines += ["", "provenance (newest part):"]
+        for key, value in sorted(meta.items()):
+            if key.endswith(".params") or key.endswith(".packages"):
+                value = json.dumps(json.loads(value), indent=None)[:300]
+            lines.append(f"  {key.removeprefix('chronofeat.'):<16} {value}")
+    lines += ["", format_table(table, max_rows=rows)]
+    return "\n".join(lines)

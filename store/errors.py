@@ -1,0 +1,84 @@
+"""The one error hierarchy of chronofeat.
+
+Every error a user can meet is a ``ChronofeatError``; each also subclasses the built-in exception
+whose meaning it shares, so ``except ValueError`` keeps working for callers that expect that.
+A message names the input, says what failed and what to do. Messages never carry PHI: code that
+raises about a DICOM file names its path relative to the dataset root, never its PatientID/Name.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChronofeatError",
+    "ParameterError",
+    "InputError",
+    "DecodeError",
+    "StoreError",
+    "TableNotFoundError",
+    "ConfigMismatchError",
+    "ReadOnlyQueryError",
+    "DatasetError",
+    "WeightsError",
+    "BackendUnavailableError",
+    "EvaluationError",
+    "check_param",
+]
+
+
+class ChronofeatError(Exception):
+    """Base of every error chronofeat raises on purpose."""
+
+
+class ParameterError(ChronofeatError, ValueError):
+    """A parameter of an extractor, model or command is outside what it accepts."""
+
+
+class InputError(ChronofeatError, ValueError):
+    """An input image, array, file or manifest is not what the operation needs."""
+
+
+class DecodeError(InputError):
+    """A file could not be decoded into pixels (unsupported codec, truncated data, ...)."""
+
+
+class StoreError(ChronofeatError, OSError):
+    """The feature store on disk is missing, locked, or not in the expected layout."""
+
+
+class TableNotFoundError(StoreError, LookupError):
+    """A table was asked for that the store does not hold."""
+
+
+class ConfigMismatchError(StoreError):
+    """Rows of a different configuration would be mixed into an existing table."""
+
+
+class ReadOnlyQueryError(ChronofeatError, PermissionError):
+    """A SQL statement would change or export data and ``--write`` was not given."""
+
+
+class DatasetError(ChronofeatError, ValueError):
+    """A dataset name, root folder or layout cannot be used."""
+
+
+class WeightsError(ChronofeatError, RuntimeError):
+    """Pretrained weights cannot be found, downloaded or loaded into the architecture."""
+
+
+class BackendUnavailableError(ChronofeatError, RuntimeError):
+    """A required library build or device is missing (nonfree OpenCV, CUDA, Ray, ...)."""
+
+
+class EvaluationError(ChronofeatError, ValueError):
+    """A model cannot be fitted or judged honestly on the data given (one class, too few subjects...)."""
+
+
+def check_param(owner: str, name: str, value, *, kind: str, ok: bool) -> None:
+    """Raise ``ParameterError`` in scikit-learn's wording when ``ok`` is false.
+
+    ``owner`` is the class or command (``"SiftBoVW"``), ``name`` the parameter, ``kind`` what it must be
+    (``"an int in [2, inf)"``). Example message:
+    ``The 'n_words' parameter of SiftBoVW must be an int in [2, inf). Got 0 instead.``
+    """
+    if not ok:
+        raise ParameterError(f"The {name!r} parameter of {owner} must be {kind}. Got {value!r} instead.")
