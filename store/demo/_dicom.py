@@ -15,6 +15,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
+from store.errors import InputError
+
 __all__ = ["demo_uid", "dicom_date", "write_image", "to_uint16"]
 
 _UID_NAMESPACE = "chronofeat-demo-v1"
@@ -53,7 +55,9 @@ def write_image(
     The pixel module and the file meta information are filled in here. Parent folders are created.
     """
     if pixels.ndim != 2 or pixels.dtype != np.uint16:
-        raise ValueError(f"write_image needs a 2-D uint16 array, got {pixels.dtype} {pixels.shape}")
+        raise InputError(
+            f"Demo image {path.name} is {pixels.dtype} {pixels.shape}; write_image needs a 2-D uint16 array."
+        )
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class_uid
     meta.MediaStorageSOPInstanceUID = sop_instance_uid
