@@ -79,15 +79,22 @@ def create_extractor(name: str, **params):
 _CLI_ALIASES: dict[str, Callable[[dict], object]] = {}
 
 
+class _Options(dict):
+    """Command-line options: an option that was not given reads as None."""
+
+    def __missing__(self, key):
+        return None
+
+
 def register_cli_alias(alias: str, builder: Callable[[dict], object]) -> None:
     """Let ``extract --extractor ALIAS`` build an extractor with ``builder(options)``."""
     _CLI_ALIASES[alias] = builder
 
 
 def cli_aliases() -> list[str]:
-    """Every name ``extract --extractor`` accepts (aliases and registered extractor names)."""
+    """Every name ``extract --extractor`` accepts, sorted."""
     _load_builtins()
-    return sorted(set(_CLI_ALIASES) | set(_REGISTRY))
+    return sorted(_CLI_ALIASES)
 
 
 def build_from_options(alias: str, options: dict):
@@ -98,8 +105,10 @@ def build_from_options(alias: str, options: dict):
     """
     _load_builtins()
     if alias in _CLI_ALIASES:
-        extractor = _CLI_ALIASES[alias](options)
+        extractor = _CLI_ALIASES[alias](_Options(options))
     else:
-        extractor = extractor_class(alias)()
+        raise ParameterError(
+            f"Unknown extractor {alias!r} for 'extract --extractor'. Known: {', '.join(cli_aliases())}."
+        )
     extractor.validate_params()
     return extractor

@@ -27,10 +27,22 @@ def connect(store: Store, *, threads: int | None = None) -> duckdb.DuckDBPyConne
         con.execute(f"SET threads = {int(threads)}")
     for info in list_tables(store):
         pattern = str(store.table_dir(info.name) / PART_GLOB).replace("'", "''")
+        # Parquet has no fixed-size list: cast embeddings back to the FLOAT[d] arrays they were written as
+        casts = [
+            f'"{f.name}"::{_duckdb_scalar(f.type.value_type)}[{f.type.list_size}] AS "{f.name}"'
+            for f in info.schema
+            if pa.types.is_fixed_size_list(f.type) and _duckdb_scalar(f.type.value_type)
+        ]
+        replace = f" REPLACE ({', '.join(casts)})" if casts else ""
         con.execute(
-            f'CREATE VIEW "{info.name}" AS SELECT * FROM read_parquet(\'{pattern}\', union_by_name = true)'
+            f'CREATE VIEW "{info.name}" AS SELECT *{replace} '
+            f"FROM read_parquet('{pattern}', union_by_name = true)"
         )
     return con
+
+
+def _duckdb_scalar(dtype: pa.DataType) -> str | None:
+    return {pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.int32(): "INTEGER", pa.int64(): "BIGINT"}.get(dtype)
 
 
 def relation_to_arrow(relation) -> pa.Table:

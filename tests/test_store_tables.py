@@ -54,8 +54,11 @@ def test_metadata_is_readable_with_duckdb_alone(tmp_store):
     assert json.loads(meta["chronofeat.params"]) == {"k": 5}
     assert "pyarrow" in json.loads(meta["chronofeat.packages"])
     assert meta["chronofeat.code_version"]
-    # and the embedding is a DuckDB FLOAT[4] array
-    assert duckdb.sql(f"SELECT typeof(embedding) FROM '{part}'").fetchall()[0][0] == "FLOAT[4]"
+    # plain DuckDB reads the embedding as a list; the store's view gives it back as FLOAT[4]
+    assert duckdb.sql(f"SELECT len(embedding) FROM '{part}'").fetchall()[0][0] == 4
+    from store.sql import query
+
+    assert query(tmp_store, "SELECT typeof(embedding) AS t FROM emb").to_pylist() == [{"t": "FLOAT[4]"}]
 
 
 def test_a_different_configuration_is_never_mixed_in(tmp_store):
