@@ -1,0 +1,143 @@
+"""Ingestion speed: files/s of ``ingest_dataset`` against a bare ``pydicom.dcmread(f).pixel_array`` loop.
+
+Generates N uncompressed 512x512 16-bit CT-like DICOM slices (RescaleSlope/Intercept, 12 bits stored,
+20 patients, several study dates) in a temporary folder, times the bare loop over them (best of
+``--repeats``, after one warm-up pass so both read from the page cache), then ingests the same folder
+into a fresh temporary store with each ``--workers`` value (best of ``--repeats``; the
+configurations alternate within each repeat) and prints files/s
+and the ratio ours / bare. The ingest time covers everything: listing, decoding, hashing, index parts,
+failures, and the derived scans/pairs/datasets tables.
+
+    .venv/bin/python bench/ingest.py                 # 2,000 files, workers 1 and 2
+    .venv/bin/python bench/ingest.py --files 300 --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from store.ingest import ingest_dataset  # noqa: E402
+from store.layout import open_store  # noqa: E402
+
+
+def generate(folder: Path, count: int, size: int, seed: int = 0) -> list[Path]:
+    """Write ``count`` uncompressed ``size`` x ``size`` DICOM slices into ``folder``; return their paths."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 4096, size=(size, size), dtype=np.uint16)
+    paths = []
+    for i in range(count):
+        patient, visit = i % 20, (i // 20) % 5
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.PatientID = f"BENCH{patient:03d}"
+        ds.PatientName = f"Bench^Patient{patient}"
+        ds.StudyDate = (dt.date(2020, 1, 6) + dt.timedelta(weeks=visit)).strftime("%Y%m%d")
+        ds.StudyInstanceUID = generate_uid()
+        ds.SeriesInstanceUID = generate_uid()
+        ds.Modality = "CT"
+        ds.InstanceNumber = i // 100 + 1
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = ds.Columns = size
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = np.roll(base, i, axis=0).tobytes()
+        path = folder / f"p{patient:03d}" / f"v{visit}" / f"slice{i:05d}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def bare_loop(paths: list[Path]) -> tuple[float, float]:
+    """Wall and CPU seconds for ``pydicom.dcmread(f).pixel_array`` over ``paths``."""
+    import pydicom
+
+    started, cpu = time.perf_counter(), time.process_time()
+    for path in paths:
+        pydicom.dcmread(path).pixel_array
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+def ours(folder: Path, workers: int, scratch: Path) -> tuple[float, float]:
+    """Wall seconds for ``ingest_dataset`` of ``folder`` into a fresh store with ``workers`` processes,
+    and CPU seconds of this process (all threads; worker processes not included)."""
+    store_root = Path(tempfile.mkdtemp(prefix="store-", dir=scratch))
+    try:
+        store = open_store(store_root)
+        started, cpu = time.perf_counter(), time.process_time()
+        summary = ingest_dataset(store, "bench", root=folder, layout="generic", workers=workers, progress=False)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        if summary.failed or summary.ingested != summary.files:
+            raise SystemExit(f"bench ingest failed: {summary.summary_line()}")
+        return seconds, cpu
+    finally:
+        shutil.rmtree(store_root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=2000, help="number of DICOM slices (default 2000)")
+    parser.add_argument("--size", type=int, default=512, help="rows = columns of each slice (default 512)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to time (default 1 2)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per configuration, best kept (default 2)")
+    args = parser.parse_args(argv)
+
+    scratch = Path(tempfile.mkdtemp(prefix="chronofeat-bench-"))
+    try:
+        folder = scratch / "dicom"
+        started = time.perf_counter()
+        paths = generate(folder, args.files, args.size)
+        print(f"generated {len(paths)} {args.size}x{args.size} uncompressed slices in {time.perf_counter() - started:.1f}s")
+        bare_loop(paths)  # warm the page cache
+        # Alternate the configurations within each repeat so a change in machine load hits all alike.
+        timings: dict[str, list[tuple[float, float]]] = {"bare": []}
+        for _ in range(args.repeats):
+            timings["bare"].append(bare_loop(paths))
+            for workers in args.workers:
+                timings.setdefault(f"w{workers}", []).append(ours(folder, workers, scratch))
+        n = len(paths)
+        bare_wall, bare_cpu = min(t[0] for t in timings["bare"]), min(t[1] for t in timings["bare"])
+        bare_rate = n / bare_wall
+        print(f"{'':32s} {'files/s':>8s}  {'ratio':>5s}  CPU ms/file (this process)")
+        print(f"{'bare dcmread().pixel_array':32s} {bare_rate:8.0f}  {1:5.2f}  {bare_cpu / n * 1e3:.3f}")
+        for workers in args.workers:
+            wall = min(t[0] for t in timings[f"w{workers}"])
+            cpu = min(t[1] for t in timings[f"w{workers}"])
+            cpu_text = f"{cpu / n * 1e3:.3f}" if workers == 1 else "(in workers)"
+            rate = n / wall
+            print(f"{f'ingest_dataset workers={workers}':32s} {rate:8.0f}  {rate / bare_rate:5.2f}  {cpu_text}")
+        from store.ingest import _spare_core
+
+        print(
+            f"machine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} (other processes skew figures); "
+            f"hash thread with workers=1 now: {'on' if _spare_core(1) else 'off (no idle core)'}"
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""Pixels of a stored scan, exactly as ingestion hashed them.
+
+``decode_file`` is the one decoder used by ingestion (to hash and index a file) and by every
+extractor (through ``load_pixels`` / ``PixelReader``), so the array an extractor gets is the array
+whose ``pixel_sha256`` the ``scans`` row records. The file kind is recognised from its first bytes
+(DICOM ``DICM`` marker, PNG/JPEG/TIFF/NPY signatures), never trusted from its suffix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from store.dicom import DicomHeader, is_dicom_bytes, read_dicom
+from store.errors import DatasetError, DecodeError, InputError
+from store.images import image_kind, read_image
+from store.layout import Store
+
+__all__ = [
+    "DecodedFile",
+    "PixelReader",
+    "decode_file",
+    "sniff_kind",
+    "pixel_sha256",
+    "load_pixels",
+    "dataset_root",
+    "resolve_relative",
+]
+
+_SNIFF_BYTES = 132
+
+
+def pixel_sha256(array: np.ndarray) -> str:
+    """Hex SHA-256 identifying a decoded pixel array: over ``"<dtype>;<shape>;"`` then its C-order bytes.
+
+    ``dtype`` is numpy's ``dtype.str`` (``<f4``), ``shape`` the sizes joined by ``x`` (``512x512``).
+    Ingestion applies it to each float32 frame ``load_pixels`` returns, so equal hashes mean equal arrays.
+    """
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.dtype.str};{'x'.join(str(n) for n in array.shape)};".encode("ascii"))
+    digest.update(array.data if array.ndim else array.tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class DecodedFile:
+    """One decoded file: ``kind`` (dicom/png/jpeg/tiff/npy), float32 ``frames`` and the DICOM header."""
+
+    kind: str
+    frames: np.ndarray
+    header: DicomHeader | None = None
+
+
+def sniff_kind(path: str | Path) -> str:
+    """``dicom``, ``png``, ``jpeg``, ``tiff`` or ``npy`` from the file's first bytes, else ``unknown``."""
+    with open(path, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if is_dicom_bytes(head):
+        return "dicom"
+    return image_kind(head) or "unknown"
+
+
+def decode_file(path: str | Path, *, name: str | None = None) -> DecodedFile:
+    """Decode the image file at ``path`` into float32 frames (see ``store.dicom`` / ``store.images``).
+
+    The file is opened once: its first bytes decide the kind, then the same handle is decoded.
+    ``name`` is the path relative to the dataset root used in messages. Raises ``DecodeError`` for
+    anything that is not a decodable image.
+    """
+    label = name or Path(path).name
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise DecodeError(
+            f"{label}: could not be opened ({exc.strerror or type(exc).__name__}). Check that it exists and is "
+            "readable."
+        ) from None
+    with handle:
+        head = handle.read(_SNIFF_BYTES)
+        handle.seek(0)
+        if is_dicom_bytes(head):
+            image = read_dicom(handle, name=label)
+            return DecodedFile(kind="dicom", frames=image.frames, header=image.header)
+        kind = image_kind(head)
+        if kind is None:
+            raise DecodeError(
+                f"{label}: not a DICOM file (no 'DICM' marker after the 128-byte preamble) and not a "
+                "PNG/NPY/TIFF image. Convert it, or move it out of the dataset folder."
+            )
+        return DecodedFile(kind=kind, frames=read_image(handle, kind, name=label))
+
+
+def resolve_relative(root: Path, path: str) -> Path:
+    """``root / path`` for a POSIX ``path`` relative to ``root``; ``InputError`` if it leaves ``root``."""
+    relative = PurePosixPath(str(path).replace(os.sep, "/"))
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise InputError(
+            f"Path {str(path)!r} must be relative to the dataset root {root} and stay inside it "
+            "(no leading '/', no '..')."
+        )
+    return root.joinpath(*relative.parts)
+
+
+def dataset_root(store: Store, dataset: str) -> Path:
+    """The absolute root folder of ``dataset`` recorded in the ``datasets`` table by ingestion."""
+    import pyarrow.compute as pc
+
+    from store.tables import read_table, table_exists
+
+    if table_exists(store, "datasets"):
+        table = read_table(store, "datasets", columns=["dataset", "root"])
+        rows = table.filter(pc.equal(table.column("dataset"), dataset)).column("root").to_pylist()
+        if rows:
+            return Path(rows[-1])
+    raise DatasetError(
+        f"Dataset {dataset!r} is not in the store {store.root}. Run 'python cli.py ingest --dataset "
+        f"{dataset}' (with --root for your own folder) first."
+    )
+
+
+class PixelReader:
+    """Reads scans' pixels of one dataset, the root looked up once; keeps the last multi-frame file.
+
+    ``read(path, frame)`` returns float32 ``(H, W)`` or ``(H, W, 3)``; the caller may modify it.
+    """
+
+    def __init__(self, store: Store, dataset: str) -> None:
+        self.store = store
+        self.dataset = dataset
+        self.root = dataset_root(store, dataset)
+        self._cached_path: str | None = None
+        self._cached_frames: np.ndarray | None = None
+
+    def frames(self, path: str) -> np.ndarray:
+        """Every frame of the file at ``path`` (relative to the dataset root), ``(n, H, W[, 3])``."""
+        if path == self._cached_path and self._cached_frames is not None:
+            return self._cached_frames
+        decoded = decode_file(resolve_relative(self.root, path), name=path)
+        if decoded.frames.shape[0] > 1:
+            self._cached_path, self._cached_frames = path, decoded.frames
+        return decoded.frames
+
+    def read(self, path: str, frame: int = 0) -> np.ndarray:
+        """The float32 pixels of frame ``frame`` of the file at ``path``: the array ``pixel_sha256`` hashed."""
+        frames = self.frames(path)
+        if not 0 <= int(frame) < frames.shape[0]:
+            raise InputError(
+                f"{path}: frame {frame} does not exist (the file has {frames.shape[0]} frame(s)). The "
+                "scans table may be stale: ingest the dataset again."
+            )
+        selected = frames[int(frame)]
+        return selected.copy() if frames is self._cached_frames else selected
+
+
+def load_pixels(store: Store, dataset: str, path: str, frame: int = 0) -> np.ndarray:
+    """The float32 pixels (``(H, W)`` or ``(H, W, 3)``) of ``path``/``frame`` in ``dataset``.
+
+    Modality LUT applied, MONOCHROME1 inverted; raises ``DecodeError`` when the file no longer decodes.
+    For many reads use one ``PixelReader``.
+    """
+    return PixelReader(store, dataset).read(path, frame)
