@@ -47,7 +47,9 @@ def cmd_ingest(args) -> int:
     from store.ingest import ingest_dataset
 
     store = _store(args)
-    summary = ingest_dataset(store, args.dataset, root=args.root, layout=args.layout, workers=args.workers)
+    summary = ingest_dataset(
+        store, args.dataset, root=args.root, layout=args.layout, workers=args.workers, retry_failed=args.retry_failed
+    )
     _announce_synthetic(store, args.dataset)
     _say(summary.summary_line())
     return summary.exit_code
@@ -131,12 +133,10 @@ def cmd_vocab(args) -> int:
 def cmd_fit(args) -> int:
     from classifiers.evaluate import fit_command
 
-    store = _store(args)
-    _announce_synthetic(store, args.dataset)
     fit_command(
-        store, args.model, dataset=args.dataset, target=args.target, features=args.features,
+        _store(args), args.model, dataset=args.dataset, target=args.target, features=args.features,
         members=args.members, folds=args.folds, test_subjects=args.test_subjects, seeds=args.seeds,
-        split=args.split, search=args.search, augment=args.augment, out=_say,
+        split=args.split, search=args.search, augment=args.augment, device=args.device, out=_say,
     )
     return EXIT_OK
 
@@ -146,7 +146,7 @@ def cmd_predict(args) -> int:
 
     store = _store(args)
     _announce_synthetic(store, args.dataset)
-    predict_command(store, args.run, dataset=args.dataset, out=_say)
+    predict_command(store, args.run, dataset=args.dataset, members=args.members, write=args.write, out=_say)
     return EXIT_OK
 
 
@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="folder of DICOM files, or of images plus manifest.csv")
     p.add_argument("--layout", default=None, choices=["generic", "crmo", "chronomid", "impc", "spine"])
     p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
+    p.add_argument("--retry-failed", action="store_true", help="try again the files recorded in 'failures' by earlier runs")
 
     add("tables", cmd_tables, "list the store's tables with row counts and columns")
 
@@ -255,10 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None)
     p.add_argument("--target", default=None, help="label column or a mapping such as 'binary'")
     p.add_argument("--features", default=None, help="feature sets, e.g. 'inception_v3:diff,+time'")
-    p.add_argument("--members", default=None, help="ensemble members, e.g. 'logistic=inception_v3:diff;svm_rbf=sift_bovw500:concat'")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--test-subjects", default=None, help="'one-per-class', a fraction like 0.3, or a file of subject keys")
-    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--members", default=None, help="ensemble members separated by ';' or ',', e.g. 'logistic=inception_v3:diff;svm_rbf=sift_bovw500:concat'")
+    p.add_argument("--folds", type=int, default=None, help="CV folds (default: the dataset profile's)")
+    p.add_argument("--test-subjects", default=None,
+                   help="held-out test subjects: 'per-class' / 'one-per-class', a fraction like 0.3, 0 (CV only), or a file of subject keys")
+    p.add_argument("--seeds", type=int, default=None, help="repeat over N seeds (default: the dataset profile's)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="cuda for xgboost / torch heads (fails if absent)")
     p.add_argument("--split", default="auto", choices=["auto", "given"])
     p.add_argument("--search", default="none", choices=["none", "quick", "thorough"])
     p.add_argument("--augment", action="store_true", help="swap pair order (label mapped) and add noise, training folds only")
@@ -266,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("predict", cmd_predict, "score a dataset with a fitted run's saved model")
     p.add_argument("--run", required=True)
     p.add_argument("--dataset", required=True)
+    p.add_argument("--members", action="store_true", help="also show each ensemble member's prediction")
+    p.add_argument("--write", action="store_true", help="append the scores to 'predictions' with split='predict'")
 
     p = add("runs", cmd_runs, "list fitted runs")
     p.add_argument("--limit", type=int, default=50)

@@ -1,0 +1,233 @@
+"""Subject-grouped splits: held-out test subjects, cross-validation folds, given splits, inner folds.
+
+Every function here works on plain arrays (one entry per unit: scan, pair or specimen) and returns
+row indices. No subject is ever on both sides of a split: each function either builds the split from
+whole subjects or checks it (``check_disjoint``) and raises ``EvaluationError`` naming the fix.
+
+``held_out_subjects`` is the one deterministic rule for "which subjects are the test set"; the BoVW
+vocabulary's ``--vocab-split train`` must use the same function so that the vocabulary never sees a
+test subject.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from typing import Hashable, Sequence
+
+import numpy as np
+from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
+
+from store.errors import EvaluationError, ParameterError
+
+__all__ = [
+    "HELD_OUT_RULES",
+    "subject_majority_labels",
+    "held_out_subjects",
+    "Split",
+    "holdout_split",
+    "cv_folds",
+    "given_split",
+    "inner_splits",
+    "check_disjoint",
+    "GIVEN_SPLIT_NAMES",
+    "PER_CLASS_FRACTION",
+]
+
+HELD_OUT_RULES = ("per_class", "fraction", "none")
+GIVEN_SPLIT_NAMES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test", "holdout": "test", "held_out": "test",
+}
+
+
+def subject_majority_labels(subjects: Sequence[Hashable], labels: Sequence[Hashable]) -> dict:
+    """Map each subject to its most frequent non-null label (ties: the smallest by ``str``; None if none).
+
+    A subject's rows may carry several labels (a CRMO patient has improved and regressed pairs);
+    the majority label decides which stratum the subject counts in when subjects are divided.
+    Same rule as ``store.vocabulary.subject_labels``.
+    """
+    per_subject: dict = {}
+    for subject, label in zip(subjects, labels):
+        counts = per_subject.setdefault(subject, Counter())
+        if label is not None and label != "":
+            counts[label] += 1
+    return {
+        subject: (sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))[0][0] if counts else None)
+        for subject, counts in per_subject.items()
+    }
+
+
+PER_CLASS_FRACTION = 1e-9  # split_subjects holds out max(1, floor(f * n)) per stratum: one subject per class
+
+
+def held_out_subjects(
+    subjects: Sequence[Hashable],
+    labels: Sequence[Hashable],
+    *,
+    rule: str = "fraction",
+    seed: int = 0,
+    test_fraction: float = 0.3,
+) -> frozenset:
+    """The subjects held out for testing, chosen deterministically from ``seed``.
+
+    ``subjects`` and ``labels`` have one entry per row. This is ``store.vocabulary.split_subjects`` —
+    the same rule the BoVW vocabulary uses for ``--vocab-split train`` — applied to each subject's
+    majority label: ``fraction`` holds out ``max(1, floor(test_fraction * n))`` subjects of every
+    label stratum with n >= 2 subjects; ``per_class`` holds out exactly one subject per class
+    (ChronoMID: one mouse per treatment group); ``none`` holds out nobody. Returns a frozenset.
+    """
+    from store.vocabulary import split_subjects
+
+    if rule not in HELD_OUT_RULES:
+        raise ParameterError(
+            f"The 'rule' parameter of held_out_subjects must be one of {', '.join(HELD_OUT_RULES)}. "
+            f"Got {rule!r} instead."
+        )
+    if len(subjects) != len(labels):
+        raise ParameterError(f"subjects ({len(subjects)}) and labels ({len(labels)}) must have one entry per row.")
+    if rule == "none":
+        return frozenset()
+    majority = {str(s): (None if lab is None else str(lab)) for s, lab in subject_majority_labels(subjects, labels).items()}
+    fraction = PER_CLASS_FRACTION if rule == "per_class" else test_fraction
+    return frozenset(split_subjects(majority, test_fraction=fraction, seed=seed).test)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row indices of one division into training and evaluation rows (``val`` may be the test set)."""
+
+    train: np.ndarray
+    val: np.ndarray
+
+
+def check_disjoint(groups: np.ndarray, a: np.ndarray, b: np.ndarray, *, what: str) -> None:
+    """Raise ``EvaluationError`` when a subject has rows on both sides (``a`` and ``b`` are row indices)."""
+    shared = set(np.asarray(groups)[a].tolist()) & set(np.asarray(groups)[b].tolist())
+    if shared:
+        raise EvaluationError(
+            f"{len(shared)} subject(s) appear on both sides of the {what} split. Rows of one subject "
+            "must never be split; fix the 'split' column so each subject has a single value, or use "
+            "--split auto."
+        )
+
+
+def holdout_split(groups: np.ndarray, test_subjects: frozenset) -> Split:
+    """Rows of ``test_subjects`` become the test side; all other rows train. Checked disjoint."""
+    groups = np.asarray(groups)
+    is_test = np.isin(groups, np.array(sorted(test_subjects, key=str), dtype=groups.dtype)) if test_subjects else np.zeros(len(groups), bool)
+    split = Split(np.flatnonzero(~is_test), np.flatnonzero(is_test))
+    check_disjoint(groups, split.train, split.val, what="held-out test")
+    return split
+
+
+def cv_folds(strata: np.ndarray, groups: np.ndarray, *, folds: int, seed: int) -> list[Split]:
+    """``folds`` subject-grouped, class-stratified folds (``StratifiedGroupKFold``, shuffled by ``seed``).
+
+    ``strata`` is one hashable class key per row (for multi-label targets, the joined label set).
+    Indices are positions in the arrays given. Raises ``EvaluationError`` when there are fewer
+    subjects than folds.
+    """
+    groups = np.asarray(groups)
+    n_subjects = len(np.unique(groups))
+    if folds < 2:
+        raise ParameterError(f"The 'folds' parameter of fit must be an int in [2, inf). Got {folds!r} instead.")
+    if n_subjects < folds:
+        raise EvaluationError(
+            f"Cross-validation with {folds} folds needs at least {folds} subjects in training; there are "
+            f"{n_subjects}. Use --folds {max(2, n_subjects)} or fewer (at least 2), or hold out fewer test subjects."
+        )
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    codes = np.unique(np.asarray(strata).astype(str), return_inverse=True)[1]
+    largest = int(np.bincount(codes).max())
+    if largest < folds:  # StratifiedGroupKFold needs some class with at least ``folds`` rows
+        raise EvaluationError(
+            f"Cross-validation with {folds} folds needs a class with at least {folds} rows; the largest has {largest}. "
+            f"Use --folds {max(2, largest)} or fewer (at least 2), or hold out fewer test subjects."
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splits = [Split(tr, va) for tr, va in splitter.split(np.zeros(len(groups)), codes, groups)]
+    for split in splits:
+        check_disjoint(groups, split.train, split.val, what="cross-validation")
+    return splits
+
+
+def given_split(values: Sequence, groups: np.ndarray) -> dict[str, np.ndarray]:
+    """Row indices of a split given by the data (a ``split`` column: train / val / test).
+
+    Returns ``{"train": idx, "val": idx, "test": idx}`` (empty arrays where a side is absent).
+    Synonyms (training, validation, dev, holdout...) are accepted; anything else, a missing value,
+    or a subject on two sides raises ``EvaluationError``.
+    """
+    groups = np.asarray(groups)
+    names = []
+    for value in values:
+        name = GIVEN_SPLIT_NAMES.get(str(value).strip().lower()) if value is not None else None
+        if name is None:
+            known = ", ".join(sorted(set(GIVEN_SPLIT_NAMES)))
+            raise EvaluationError(
+                f"The 'split' column holds {value!r}, which is not a split name ({known}). Fix the manifest's "
+                "split column, or use --split auto to split by subject."
+            )
+        names.append(name)
+    names = np.array(names)
+    sides = {side: np.flatnonzero(names == side) for side in ("train", "val", "test")}
+    if len(sides["train"]) == 0:
+        raise EvaluationError("The given split has no 'train' rows; fix the manifest's split column or use --split auto.")
+    check_disjoint(groups, sides["train"], sides["test"], what="given train/test")
+    check_disjoint(groups, sides["train"], sides["val"], what="given train/val")
+    check_disjoint(groups, sides["val"], sides["test"], what="given val/test")
+    return sides
+
+
+def _all_classes_in_train(splits, y: np.ndarray) -> bool:
+    if y.ndim == 2:  # multi-label: every label seen positive (when it is anywhere) in every training part
+        wanted = y.any(axis=0)
+        return all(np.array_equal(y[tr].any(axis=0), wanted) for tr, _ in splits)
+    n_classes = len(np.unique(y))
+    return all(len(np.unique(y[tr])) == n_classes for tr, _ in splits)
+
+
+def inner_splits(
+    y: np.ndarray, groups: np.ndarray | None, *, n_splits: int = 3, seed: int = 0, grouped_only: bool = False
+) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Folds inside a training set (hyperparameter search, probability calibration, stacking).
+
+    Subject-grouped and stratified (``StratifiedGroupKFold``), with every class present in every
+    training part; ``n_splits`` is lowered (down to 2) until that holds. When no grouped division
+    works (a class with a single subject) it returns ``None`` if ``grouped_only``, else row-level
+    ``StratifiedKFold`` folds: used only to calibrate probabilities inside training data, never to judge.
+    ``y`` is 1-D (class labels) or 2-D (multi-label indicator: stratified on the joined label set).
+    """
+    y = np.asarray(y)
+    codes = np.unique(_strata_key(y), return_inverse=True)[1]
+    if groups is not None:
+        groups = np.asarray(groups)
+        for k in range(min(n_splits, len(np.unique(groups))), 1, -1):
+            splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=UserWarning)
+                splits = list(splitter.split(np.zeros(len(codes)), codes, groups))
+            if _all_classes_in_train(splits, y) and all(len(va) for _, va in splits):
+                return splits
+        if grouped_only:
+            return None
+    if y.ndim == 2:
+        if len(codes) < 2:
+            return None
+        return list(KFold(n_splits=min(n_splits, len(codes)), shuffle=True, random_state=seed).split(y))
+    smallest = int(np.bincount(codes).min())
+    if smallest < 2:
+        return None
+    splitter = StratifiedKFold(n_splits=min(n_splits, smallest), shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(codes)), codes))
+
+
+def _strata_key(y: np.ndarray) -> np.ndarray:
+    if y.ndim == 2:
+        return np.array(["".join("1" if v else "0" for v in row) for row in y])
+    return y.astype(str)
