@@ -131,13 +131,53 @@ def cmd_vocab(args) -> int:
 
 
 def cmd_fit(args) -> int:
+    store = _store(args)
+    if args.model == "xcnn":
+        from classifiers.xcnn import fit_xcnn_command
+
+        fit_xcnn_command(store, dataset=args.dataset or "chronomid", reference=args.reference, timestamps=args.timestamps,
+                         epochs=args.epochs or 10, seed=0, device=args.device or "auto", out=_say)
+        return EXIT_OK
+    if args.model == "hierarchical":
+        from classifiers.torch_heads import fit_hierarchical_command
+
+        fit_hierarchical_command(store, dataset=args.dataset, features=args.features, seeds=args.seeds or 3, out=_say)
+        return EXIT_OK
     from classifiers.evaluate import fit_command
 
     fit_command(
-        _store(args), args.model, dataset=args.dataset, target=args.target, features=args.features,
+        store, args.model, dataset=args.dataset, target=args.target, features=args.features,
         members=args.members, folds=args.folds, test_subjects=args.test_subjects, seeds=args.seeds,
         split=args.split, search=args.search, augment=args.augment, device=args.device, out=_say,
     )
+    return EXIT_OK
+
+
+def cmd_train(args) -> int:
+    from extractors.cae import train_cae
+    from extractors.siamese import train_siamese
+
+    store = _store(args)
+    _announce_synthetic(store, args.dataset)
+    common = dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device, out=_say)
+    common = {k: v for k, v in common.items() if v is not None}
+    if args.network == "siamese":
+        extra = {k: v for k, v in dict(margin=args.margin, backbone=args.backbone).items() if v is not None}
+        result = train_siamese(store, args.dataset, **common, **extra)
+    else:
+        result = train_cae(store, args.dataset, **common)
+    for line in result.summary_lines():
+        _say(line)
+    return EXIT_OK
+
+
+def cmd_transfer(args) -> int:
+    from classifiers.transfer import transfer_command
+
+    store = _store(args)
+    _announce_synthetic(store, args.dataset)
+    sizes = [float(x) for x in args.train_sizes.split(",")]
+    transfer_command(store, args.artifact, dataset=args.dataset, target=args.target, train_sizes=sizes, seed=args.seed, out=_say)
     return EXIT_OK
 
 
@@ -239,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     bovw.add_argument("--vocab-subjects", default=None, help="text file of subject keys to fit the vocabulary on")
     bovw.add_argument("--vocab-split", default=None, choices=["train"], help="fit the vocabulary on the training subjects only")
     p.add_argument("--workers", type=int, default=None, help="parallel workers (decoding / descriptors)")
+    p.add_argument("--artifact", default=None, help="trained network for --extractor siamese|cae (see 'train')")
 
     p = add("weights", cmd_weights, "import or list pretrained weights kept in the store")
     wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
@@ -265,6 +306,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="auto", choices=["auto", "given"])
     p.add_argument("--search", default="none", choices=["none", "quick", "thorough"])
     p.add_argument("--augment", action="store_true", help="swap pair order (label mapped) and add noise, training folds only")
+    p.add_argument("--reference", default=None, choices=["absolute", "relative"], help="xcnn: difference reference (default: both)")
+    p.add_argument("--timestamps", default=None, action=argparse.BooleanOptionalAction, help="xcnn: with/without timestamps (default: both)")
+    p.add_argument("--epochs", type=int, default=None, help="xcnn: training epochs (default 10)")
+
+    p = add("train", cmd_train, "train a network on a dataset (Siamese from longitudinal pairs, or a convolutional autoencoder)")
+    p.add_argument("network", choices=["siamese", "cae"])
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--margin", type=float, default=None, help="siamese: contrastive margin")
+    p.add_argument("--backbone", default=None, help="siamese: 'small' or a timm model name")
+
+    p = add("transfer", cmd_transfer, "frozen Siamese features vs scratch vs random over growing training sets")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--target", default="label")
+    p.add_argument("--train-sizes", default="0.25,0.5,1.0")
+    p.add_argument("--seed", type=int, default=0)
 
     p = add("predict", cmd_predict, "score a dataset with a fitted run's saved model")
     p.add_argument("--run", required=True)
