@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Hashable, Sequence
 
 import numpy as np
-from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from store.errors import EvaluationError, ParameterError
 
@@ -211,7 +211,15 @@ def inner_splits(
             splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=UserWarning)
-                splits = list(splitter.split(np.zeros(len(codes)), codes, groups))
+                try:  # recent scikit-learn raises when a stratum has fewer members than folds
+                    splits = list(splitter.split(np.zeros(len(codes)), codes, groups))
+                except ValueError:
+                    continue
+            if _all_classes_in_train(splits, y) and all(len(va) for _, va in splits):
+                return splits
+        # too many rare strata (e.g. multi-label combinations): still grouped, no longer stratified
+        for k in range(min(n_splits, len(np.unique(groups))), 1, -1):
+            splits = list(GroupKFold(n_splits=k).split(np.zeros(len(codes)), codes, groups))
             if _all_classes_in_train(splits, y) and all(len(va) for _, va in splits):
                 return splits
         if grouped_only:

@@ -1,6 +1,6 @@
 """chronofeat extractors: one module per feature family, each registered by name.
 
-``create_extractor("sift_bovw", vocab_size=500)`` builds one; ``list_extractors()`` lists them.
+``create_extractor("bovw", descriptor="sift", vocab_size=500)`` builds one; ``list_extractors()`` lists them.
 """
 
 from extractors._registry import (

@@ -7,7 +7,7 @@ import pyarrow as pa
 from extractors.base import combine_hashes
 from store.errors import DatasetError
 from store.layout import Store
-from store.sql import connect
+from store.sql import connect, relation_to_arrow
 from store.tables import table_exists
 
 __all__ = ["scan_units", "pair_units", "specimen_units"]
@@ -24,9 +24,7 @@ def _require(store: Store, table: str, dataset: str) -> None:
 def _run(store: Store, sql: str, params: list) -> pa.Table:
     con = connect(store)
     try:
-        result = con.execute(sql, params)
-        reader = getattr(result, "to_arrow_reader", None) or result.fetch_record_batch  # duckdb 2 / 1.x
-        return reader().read_all()
+        return relation_to_arrow(con.sql(sql, params=params))
     finally:
         con.close()
 

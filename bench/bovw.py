@@ -1,0 +1,181 @@
+"""Benchmark of the bag-of-visual-words extractor's two costly steps (prints figures; not a test).
+
+1. Descriptor extraction throughput (images/s) per descriptor with 1 and 2 worker processes on
+   512x512 images: the extractor itself (``KeypointDescriptors`` through ``run_extraction``: workers
+   read the pixels from the store, describe them, the parent writes the Parquet table), on a
+   throw-away store. The worker pool is started before timing, as it is once per session.
+2. Vocabulary fit time: MiniBatchKMeans (``fit_centers``, the extractor's settings) on 1M x 128
+   SIFT-like descriptors at k = 500, with the default batch size and, with ``--batch-sizes``, others.
+
+Run: ``python bench/bovw.py`` (``--help`` for the options). The target is 2 workers >= 1.7x one
+worker; on a machine with other load the ratio says more about that load than about the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from extractors.bovw import fit_centers, nearest_words  # noqa: E402
+from extractors.keypoints import DESCRIPTORS, describe_images  # noqa: E402
+from store.errors import BackendUnavailableError  # noqa: E402
+
+
+def test_images(n: int, size: int = 512, seed: int = 0) -> list[np.ndarray]:
+    """``n`` greyscale float32 ``size`` x ``size`` images: crops, rotations and rescalings of
+    scikit-image's sample photographs, with noise (realistic keypoint counts, not flat noise)."""
+    from skimage import data, transform
+
+    sources = [
+        data.camera(), data.coins(), data.moon(), data.page(), data.text(), data.brick(), data.grass(),
+        data.gravel(), data.rocket()[..., 0], data.astronaut()[..., 1], data.coffee()[..., 0],
+        data.chelsea()[..., 2],
+    ]
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(n):
+        source = sources[i % len(sources)].astype(np.float32)
+        scale = size / min(source.shape) * rng.uniform(1.0, 1.4)
+        scaled = transform.rescale(source, scale, order=1, preserve_range=True, anti_aliasing=True)
+        angle = rng.uniform(-20, 20)
+        rotated = transform.rotate(scaled, angle, order=1, mode="reflect", preserve_range=True)
+        top = rng.integers(0, rotated.shape[0] - size + 1)
+        left = rng.integers(0, rotated.shape[1] - size + 1)
+        crop = rotated[top : top + size, left : left + size]
+        images.append((crop + rng.normal(0, 3, crop.shape)).astype(np.float32))
+    return images
+
+
+def sift_like(rows: int, dim: int = 128, clusters: int = 2000, seed: int = 0) -> np.ndarray:
+    """``rows`` x ``dim`` float32 vectors shaped like SIFT descriptors: non-negative, clustered,
+    L2 norm 512 with components clipped at 0.2 of it (as OpenCV's SIFT), in chunks to bound memory."""
+    rng = np.random.default_rng(seed)
+    centers = rng.gamma(0.6, 1.0, size=(clusters, dim)).astype(np.float32)
+    out = np.empty((rows, dim), np.float32)
+    for start in range(0, rows, 100_000):
+        stop = min(rows, start + 100_000)
+        picks = rng.integers(0, clusters, stop - start)
+        block = centers[picks] + rng.gamma(0.5, 0.5, size=(stop - start, dim)).astype(np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        block = np.minimum(block, 0.2)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        out[start:stop] = block * 512.0
+    return out
+
+
+def _bench_store(images: list[np.ndarray], workdir: Path):
+    """A throw-away store with ``images`` ingested as dataset ``bench`` (NPY files, generic layout)."""
+    import csv
+
+    from store.ingest import ingest_dataset
+    from store.layout import open_store
+
+    root = workdir / "images"
+    root.mkdir(parents=True)
+    with open(root / "manifest.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "subject", "time"])
+        for i, image in enumerate(images):
+            np.save(root / f"img{i:04d}.npy", image)
+            writer.writerow([f"img{i:04d}.npy", f"s{i % 8}", i // 8])
+    store = open_store(workdir / "store")
+    ingest_dataset(store, "bench", root=root, progress=False)
+    return store
+
+
+def bench_descriptors(images: list[np.ndarray], descriptors: list[str], workers_list: list[int], repeats: int) -> None:
+    """images/s of the descriptor extractor (read pixels, describe, write the Parquet table) per setting."""
+    import shutil
+    import tempfile
+
+    from extractors.keypoints import KeypointDescriptors
+    from extractors.runner import run_extraction
+
+    print(f"descriptor extraction (KeypointDescriptors via run_extraction: read + describe + write), {len(images)} "
+          f"images of {images[0].shape[0]}x{images[0].shape[1]}, max_keypoints=1000, best of {repeats}; "
+          f"cpu_count={os.cpu_count()}, load average before: {os.getloadavg()[0]:.1f}")
+    print(f"{'descriptor':<10} " + " ".join(f"{f'{w} worker(s) img/s':>20}" for w in workers_list) + f" {'speedup':>9} {'kp/img':>7}")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = _bench_store(images, Path(tmp))
+        for name in descriptors:
+            try:
+                rates, parent_cpu = [], []
+                for workers in workers_list:
+                    list(describe_images(images[: max(2, workers * 2)], name, workers=workers))  # start the pool
+                    best, cpu = 0.0, float("inf")
+                    for _ in range(repeats):
+                        extractor = KeypointDescriptors(descriptor=name, workers=workers, progress=False)
+                        shutil.rmtree(store.table_dir(extractor.table_name()), ignore_errors=True)
+                        started, started_cpu = time.perf_counter(), time.process_time()
+                        summary = run_extraction(extractor, store, dataset="bench", progress=False)
+                        best = max(best, summary.written / (time.perf_counter() - started))
+                        cpu = min(cpu, (time.process_time() - started_cpu) / summary.written)
+                    rates.append(best)
+                    parent_cpu.append(cpu)
+            except BackendUnavailableError as exc:
+                print(f"{name:<10} skipped: {str(exc).split(' (OpenCV says')[0]}")
+                continue
+            from store.sql import query
+
+            keypoints = query(store, f"SELECT avg(n_keypoints) AS k FROM {extractor.table_name()}").to_pylist()[0]["k"]
+            speedup = rates[-1] / rates[0] if len(rates) > 1 else 1.0
+            # CPU-bound estimate for an idle machine with as many cores as workers: with one worker the
+            # parent does everything (c1 s/img); with w workers the parent's own share is p s/img and
+            # the rest (c1 - p) is spread over the workers, so throughput is w / (c1 + (w - 1) * p)
+            # at best (the parent also needs a core while the workers run).
+            c1, pw, w = parent_cpu[0], parent_cpu[-1], workers_list[-1]
+            estimate = w * c1 / (c1 + (w - 1) * pw) if workers_list[0] == 1 else float("nan")
+            print(f"{name:<10} " + " ".join(f"{r:>20.1f}" for r in rates) + f" {speedup:>8.2f}x {keypoints:>7.0f}"
+                  f"   cpu/img: 1 worker {1000 * c1:.1f} ms, parent at {w} workers {1000 * pw:.1f} ms "
+                  f"-> idle-machine estimate {estimate:.2f}x", flush=True)
+
+
+def bench_fit(rows: int, k: int, batch_sizes: list[int | None], threads_list: list[int | None]) -> None:
+    started = time.perf_counter()
+    vectors = sift_like(rows)
+    print(f"\nvocabulary fit: MiniBatchKMeans k={k} on {rows:,} x {vectors.shape[1]} SIFT-like descriptors "
+          f"(generated in {time.perf_counter() - started:.1f} s)")
+    for batch, threads in [(b, t) for t in threads_list for b in batch_sizes]:
+        started = time.perf_counter()
+        centers = fit_centers(vectors, k, seed=0, batch_size=batch, threads=threads)
+        seconds = time.perf_counter() - started
+        sample = vectors[:: max(1, rows // 50_000)]
+        words = nearest_words(sample, centers)
+        inertia = float(((sample - centers[words]) ** 2).sum(axis=1).mean())
+        label = "default " + str(min(rows, max(16384, 3 * k))) if batch is None else str(batch)
+        print(f"  batch_size={label:<14} threads={threads or 'all':<4} {seconds:7.1f} s   "
+              f"mean squared distance to nearest word {inertia:10.1f}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=48, help="images per timing (default 48)")
+    parser.add_argument("--descriptors", default=",".join(DESCRIPTORS), help="comma-separated (default: all)")
+    parser.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
+    parser.add_argument("--repeats", type=int, default=2, help="timings per setting; the best is kept")
+    parser.add_argument("--fit-rows", type=int, default=1_000_000, help="descriptors for the fit (default 1M)")
+    parser.add_argument("--k", type=int, default=500, help="vocabulary size for the fit (default 500)")
+    parser.add_argument("--batch-sizes", default="", help="extra batch sizes to compare, e.g. 1024,4096")
+    parser.add_argument("--fit-threads", default="1", help="thread caps to compare, 0 = all (default 1, the extractor's)")
+    parser.add_argument("--skip-descriptors", action="store_true")
+    parser.add_argument("--skip-fit", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.skip_descriptors:
+        images = test_images(args.images)
+        bench_descriptors(images, [d.strip() for d in args.descriptors.split(",") if d.strip()],
+                          [int(w) for w in args.workers.split(",")], args.repeats)
+    if not args.skip_fit:
+        extra = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+        threads = [int(t) or None for t in args.fit_threads.split(",")]
+        bench_fit(args.fit_rows, args.k, [None, *extra], threads)
+
+
+if __name__ == "__main__":
+    main()
