@@ -16,7 +16,7 @@ from store.layout import Store
 from store.provenance import part_metadata
 from store.tables import table_lock, table_parts, write_part
 
-__all__ = ["ExtractionSummary", "run_extraction", "pending_units"]
+__all__ = ["ExtractionSummary", "run_extraction", "pending_units", "extraction_metadata"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,23 @@ def pending_units(extractor: Extractor, store: Store, units: pa.Table) -> pa.Tab
     return units.filter(pa.array(keep, type=pa.bool_()))
 
 
+def extraction_metadata(extractor: Extractor, dataset: str, *, provenance: dict | None = None) -> dict[str, str]:
+    """Key-value metadata of every part an extraction of ``dataset`` writes (both engines use it).
+
+    ``provenance`` replaces ``extractor.provenance()`` (call it after ``prepare``) when given.
+    """
+    return part_metadata(
+        producer=f"extractor:{extractor.name}",
+        params=extractor.config(),
+        extra={
+            "table": extractor.table_name(),
+            "key": extractor.key_column(),
+            "dataset": dataset,
+            **(extractor.provenance() if provenance is None else provenance),
+        },
+    )
+
+
 def run_extraction(
     extractor: Extractor,
     store: Store,
@@ -85,11 +102,7 @@ def run_extraction(
         return ExtractionSummary(table, key, units.num_rows, skipped, 0, 0, time.perf_counter() - started)
 
     extractor.prepare(store, pending)
-    metadata = part_metadata(
-        producer=f"extractor:{extractor.name}",
-        params=extractor.config(),
-        extra={"table": table, "key": key, "dataset": dataset, **extractor.provenance()},
-    )
+    metadata = extraction_metadata(extractor, dataset)
     schema = extractor.output_schema()
     written = failed = 0
     buffer: list[pa.RecordBatch | pa.Table] = []

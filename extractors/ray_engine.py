@@ -1,0 +1,553 @@
+"""Run an extractor on Ray Data: the same table, keys, provenance and resume rules as ``extractors.runner``.
+
+``run_extraction_ray(extractor, store, dataset=...)`` is ``run_extraction`` with the per-unit work
+spread over a Ray cluster (one machine or many):
+
+1. on the driver: the dataset's work units, minus those already stored with the same source pixels
+   (``pending_units``: the resume rule of the local engine), cut to ``limit``; then ``prepare`` —
+   so a vocabulary is fitted once and weights are resolved and checked once, before any task runs;
+2. the pending units become a Ray dataset (``ray.data.from_arrow``) of blocks of ``block_rows``
+   units, and ``map_batches`` computes them:
+
+   * CNN embeddings (``extractors.cnn.CNNEmbedding``): CPU tasks decode and preprocess the images
+     (``extractors._cnn_data.UnitImages``), then a pool of actors each holding the network embeds
+     them in batches of the extractor's ``batch_size`` — one GPU per actor (``num_gpus=1``) when the
+     extractor's device allows CUDA (``auto`` / ``cuda``) and the cluster has GPUs, else CPU actors;
+   * every other extractor: CPU tasks run the prepared extractor's own ``transform`` on a block
+     (with its ``workers`` set to 1: Ray provides the parallelism). A BoVW extractor first brings its
+     keypoint-descriptor table up to date the same way, so describing images runs on Ray too;
+
+3. results stream back to the driver, which writes them as parts of at most ``rows_per_part`` rows
+   (``store.tables.write_part`` under ``table_lock``) with the metadata the local engine writes
+   (``extractors.runner.extraction_metadata``) plus ``chronofeat.engine``, and records failures
+   (``store.failures.record_failures``). Rows of both engines mix freely in one table: the
+   configuration hash is the same, and an interrupted run of either is resumed by either.
+
+The store must be visible at the same path to the driver and every worker: on one machine any
+directory works; on a cluster it must live on shared storage (NFS, a parallel file system, a mounted
+bucket) mounted at the same path on every node, because workers read the dataset's pixels and the
+store's artifacts (weights, vocabularies) from it. Only the driver writes to it. chronofeat (same
+version) must be importable on every node.
+
+Ray is an optional dependency: ``pip install 'chronofeat[ray]'``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import math
+import pickle
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from extractors.base import ExtractedBatch, Extractor
+from extractors.runner import ExtractionSummary, extraction_metadata, pending_units
+from store.errors import BackendUnavailableError, ChronofeatError, ParameterError
+from store.failures import Failure, record_failures
+from store.layout import Store
+from store.tables import table_lock, write_part
+
+__all__ = ["run_extraction_ray", "ray_available", "RayPlan"]
+
+_LOG = logging.getLogger(__name__)
+_PACKED = pa.schema([("rows", pa.binary()), ("failures", pa.string()), ("units", pa.int64()), ("error", pa.binary())])
+
+
+def ray_available() -> bool:
+    """True when the ``ray`` package (with Ray Data) can be imported."""
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"The Ray engine needs the 'ray[data]' package, which is not importable here ({exc}). Install it with "
+            "pip install 'chronofeat[ray]', or run extract with --engine local."
+        ) from None
+    return ray
+
+
+@contextmanager
+def _ray_session(address: str | None, num_cpus: int | None):
+    """Connect to Ray (``address``: None starts a local instance, or uses $RAY_ADDRESS; ``'auto'``; ``ray://...``).
+
+    An already initialised Ray is used as it is. Ray is shut down on exit only when this call started it.
+    """
+    ray = _import_ray()
+    started = False
+    if not ray.is_initialized():
+        options = {"include_dashboard": False, "log_to_driver": False}
+        if address:
+            if num_cpus is not None:
+                raise ParameterError(
+                    "num_cpus applies only to a local Ray instance started by chronofeat; a cluster reached "
+                    f"through address={address!r} has the CPUs its nodes declare (ray start --num-cpus)."
+                )
+        elif num_cpus is not None:
+            options["num_cpus"] = int(num_cpus)
+        try:
+            ray.init(address=address or None, **options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise BackendUnavailableError(
+                f"Could not connect to Ray at {address or 'a new local instance'}: {str(exc).rstrip('.')}. Start the cluster with "
+                "'ray start --head' and pass --address auto on its head node (or ray://HEAD:10001), or leave "
+                "--address out to start a local instance."
+            ) from exc
+        started = True
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@contextmanager
+def _quiet_ray_data(ray):
+    """Ray Data's own progress bars and INFO lines off while we show ours (restored afterwards)."""
+    context = ray.data.DataContext.get_current()
+    saved = (context.enable_progress_bars, getattr(context, "print_on_execution_start", None))
+    context.enable_progress_bars = False
+    if saved[1] is not None:
+        context.print_on_execution_start = False
+    loggers = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR}  # the latter: "bars disabled"
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name, level in loggers.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        context.enable_progress_bars = saved[0]
+        if saved[1] is not None:
+            context.print_on_execution_start = saved[1]
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+# --- packing results: one row per computed batch (Arrow IPC rows + failures as JSON) -----------------
+def _pack(batches: list[ExtractedBatch], units: int) -> pa.Table:
+    """Rows and failures of some batches -> one row of ``_PACKED`` (the rows keep their exact Arrow schema)."""
+    tables = [b.rows if isinstance(b.rows, pa.Table) else pa.Table.from_batches([b.rows]) for b in batches]
+    tables = [t for t in tables if t.num_rows]
+    payload = b""
+    if tables:
+        sink = io.BytesIO()
+        combined = pa.concat_tables(tables)
+        with pa.ipc.new_stream(sink, combined.schema) as writer:
+            writer.write_table(combined)
+        payload = sink.getvalue()
+    failures = [
+        {**{k: v for k, v in f.__dict__.items() if k != "time"}, "time": f.time.isoformat()}
+        for b in batches for f in b.failures
+    ]
+    return pa.Table.from_pylist([{"rows": payload, "failures": json.dumps(failures), "units": units, "error": None}],
+                                schema=_PACKED)
+
+
+def _pack_error(exc: ChronofeatError) -> pa.Table:
+    """A task's ``ChronofeatError`` as a packed row, so the driver raises it as itself (Ray would wrap it)."""
+    return pa.Table.from_pylist([{"rows": b"", "failures": "[]", "units": 0, "error": pickle.dumps(exc)}], schema=_PACKED)
+
+
+def _unpack(packed: pa.Table) -> Iterator[tuple[pa.Table | None, list[Failure], int]]:
+    """The inverse of ``_pack`` for every row of a packed block; a packed error is raised."""
+    for rows, failures, units, error in zip(
+        packed.column("rows").to_pylist(), packed.column("failures").to_pylist(), packed.column("units").to_pylist(),
+        packed.column("error").to_pylist(),
+    ):
+        if error:
+            raise pickle.loads(error)
+        table = pa.ipc.open_stream(rows).read_all() if rows else None
+        records = [Failure(**{**f, "time": datetime.fromisoformat(f["time"])}) for f in json.loads(failures)]
+        yield table, records, int(units)
+
+
+def _open_store(root: str) -> Store:
+    from store.layout import open_store
+
+    return open_store(root, create=False)
+
+
+# --- generic extractors: the prepared extractor's own transform, one block per task -----------------
+def _single_worker(extractor: Extractor) -> Extractor:
+    """A shallow copy of a prepared extractor with in-process work (``workers=1``) and no progress bars."""
+    worker = copy.copy(extractor)
+    params = extractor.get_params(deep=False)
+    if "workers" in params:
+        worker.workers = 1
+    if "progress" in params:
+        worker.progress = False
+    return worker
+
+
+def _transform_block(block: pa.Table, *, extractor: Extractor, root: str) -> pa.Table:
+    """Ray task: the extractor's ``transform`` over one block of units -> one packed row."""
+    try:
+        batches = list(_single_worker(extractor).transform(_open_store(root), block))
+    except ChronofeatError as exc:
+        return _pack_error(exc)
+    return _pack(batches, block.num_rows)
+
+
+# --- CNN embeddings: CPU tasks decode, actors (GPU when there is one) embed ----------------------------
+_CNN_BLOCK_ROWS = 64  # decoded images travel through the object store: ~70 MB per block at 299 px
+
+
+def _unit_path(unit: dict) -> str:
+    """The file(s) of one unit, for its failure record: a scan's path, 'ref -> cmp', or the views joined."""
+    if "path" in unit:
+        return unit["path"] or ""
+    if "cmp_path" in unit:
+        return f"{unit.get('ref_path')} -> {unit.get('cmp_path')}"
+    return ";".join(unit.get("paths") or [])
+
+
+def _cnn_decode(block: pa.Table, *, root: str, kind: str, pre, key: str) -> dict:
+    """Ray task: units -> network inputs (B, 3, H, W) float32, with the failure of each unit that has none."""
+    from extractors._cnn_data import UnitImages
+
+    store = _open_store(root)
+    units = block.to_pylist()
+    images = UnitImages(store, units, kind, pre)
+    height, width = pre.size
+    out = np.zeros((len(units), 3, height, width), np.float32)
+    error_class, message = [], []
+    for i, unit in enumerate(units):
+        try:
+            out[i] = images.image(unit)
+            error_class.append("")
+            message.append("")
+        except ChronofeatError as exc:
+            error_class.append(type(exc).__name__)
+            message.append(str(exc))
+    return {
+        "key": np.array([u[key] for u in units], dtype=object),
+        "source_sha256": np.array([u["source_sha256"] for u in units], dtype=object),
+        "dataset": np.array([u.get("dataset") or "" for u in units], dtype=object),
+        "path": np.array([_unit_path(u) for u in units], dtype=object),
+        "error_class": np.array(error_class, dtype=object),
+        "message": np.array(message, dtype=object),
+        "image": out,
+    }
+
+
+class _CNNActor:
+    """Ray actor: holds one prepared ``CNNEmbedding`` and embeds decoded batches (see the module docstring)."""
+
+    def __init__(self, params: dict, root: str, threads: int):
+        from extractors.cnn import CNNEmbedding
+
+        self.store = _open_store(root)
+        self.extractor = CNNEmbedding(**params)
+        self.extractor.prepare(self.store, pa.table({}))
+        if self.extractor.device_ == "cpu":
+            import torch
+
+            torch.set_num_threads(max(1, int(threads)))
+        self.schema = self.extractor.output_schema()
+        self.width = self.schema.field("embedding").type.list_size
+        self.stage = f"extract:{self.extractor.name}"
+
+    def __call__(self, batch: dict) -> pa.Table:
+        import torch
+
+        errors = [str(e) for e in batch["error_class"]]
+        good = np.array([not e for e in errors], dtype=bool)
+        failures = [
+            Failure(key=str(k), dataset=str(d), path=str(p), stage=self.stage, error_class=e, message=str(m))
+            for k, d, p, e, m in zip(batch["key"], batch["dataset"], batch["path"], errors, batch["message"]) if e
+        ]
+        rows = self.schema.empty_table()
+        if good.any():
+            try:
+                vectors = self.extractor.embed(torch.from_numpy(np.ascontiguousarray(batch["image"][good])))
+            except ChronofeatError as exc:
+                return _pack_error(exc)
+            if vectors.shape[1] != self.width:
+                return _pack_error(ParameterError(
+                    f"{self.extractor.model} layer {self.extractor.layer!r} gave {vectors.shape[1]} values, "
+                    f"expected {self.width}."
+                ))
+            flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
+            rows = pa.Table.from_arrays(
+                [
+                    pa.array([str(k) for k in batch["key"][good]], type=pa.string()),
+                    pa.array([str(s) for s in batch["source_sha256"][good]], type=pa.string()),
+                    pa.FixedSizeListArray.from_arrays(flat, self.width),
+                ],
+                schema=self.schema,
+            )
+        return _pack([ExtractedBatch(rows, failures)], len(errors))
+
+
+class RayPlan:
+    """How the work is laid out on the cluster (recorded in ``chronofeat.engine``)."""
+
+    def __init__(self, *, cpus: int, gpus: int, block_rows: int, inference: str = "", actors: int = 0,
+                 actor_cpus: int = 0, actor_gpus: int = 0):
+        self.cpus, self.gpus, self.block_rows = cpus, gpus, block_rows
+        self.inference, self.actors, self.actor_cpus, self.actor_gpus = inference, actors, actor_cpus, actor_gpus
+
+    def describe(self) -> dict:
+        """JSON-able summary for the parts' metadata and the progress line."""
+        out = {"cluster_cpus": self.cpus, "cluster_gpus": self.gpus, "block_rows": self.block_rows}
+        if self.inference:
+            out.update(inference=self.inference, actors=self.actors, actor_cpus=self.actor_cpus, actor_gpus=self.actor_gpus)
+        return out
+
+
+def _is_cnn(extractor: Extractor) -> bool:
+    try:
+        from extractors.cnn import CNNEmbedding
+    except ImportError:  # pragma: no cover - the module is part of the package
+        return False
+    return isinstance(extractor, CNNEmbedding)
+
+
+def _upstream(extractor: Extractor) -> list[Extractor]:
+    """Extractors whose tables ``extractor.prepare`` needs complete (BoVW: its keypoint descriptors)."""
+    hook = getattr(extractor, "upstream_extractors", None)
+    if callable(hook):
+        return list(hook())
+    try:
+        from extractors.bovw import BoVW
+        from extractors.keypoints import KeypointDescriptors
+    except ImportError:  # pragma: no cover
+        return []
+    if isinstance(extractor, BoVW):
+        # the same descriptor table BoVW.prepare brings up to date (it then finds nothing left to do)
+        return [KeypointDescriptors(descriptor=extractor.descriptor, max_keypoints=extractor.max_keypoints,
+                                    workers=extractor.workers, progress=extractor.progress)]
+    return []
+
+
+def _block_rows(n: int, cpus: int, block_rows: int | None) -> int:
+    if block_rows is not None:
+        if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
+            raise ParameterError(f"The 'block_rows' parameter of run_extraction_ray must be an int in [1, inf). Got {block_rows!r} instead.")
+        return int(block_rows)
+    # about four blocks per CPU keeps every worker busy to the end; 256 caps the rows lost to a failed task
+    return int(max(1, min(256, math.ceil(n / max(1, 4 * cpus)))))
+
+
+def _blocks(pending: pa.Table, rows: int) -> list[pa.Table]:
+    return [pending.slice(start, rows) for start in range(0, pending.num_rows, rows)]
+
+
+def _cnn_plan(extractor, ray, cpus: int, gpus: int):
+    """(driver-side copy to prepare, actor parameters, RayPlan): precision resolved for where the network runs.
+
+    ``auto`` precision resolves as a local run on the actors' device does (fp32 on CPU, bf16 on a GPU
+    with bf16), so the table is the one a local run on that hardware fills.
+    """
+    from sklearn.base import clone
+
+    from extractors._cnn_model import choose_precision
+
+    wants_cuda = extractor.device == "auto" or extractor.device.startswith("cuda")
+    if extractor.device.startswith("cuda") and gpus == 0:
+        raise BackendUnavailableError(
+            f"--device {extractor.device} was asked for, but the Ray cluster has no GPU (resources: {cpus} CPUs). "
+            "Add GPU nodes (ray start --num-gpus N), or run with --device cpu or --device auto."
+        )
+    use_gpu = wants_cuda and gpus > 0
+    device = "cuda" if use_gpu else "cpu"  # inside an actor, its one GPU is cuda:0
+    if extractor.precision != "auto":
+        precision = extractor.precision
+    elif use_gpu:
+        precision = ray.get(ray.remote(num_gpus=1, num_cpus=0)(_remote_precision).remote())
+    else:
+        precision = choose_precision("auto", "cpu")
+    params = {**extractor.get_params(deep=False), "device": device, "precision": precision, "workers": 0}
+    driver = clone(extractor).set_params(device="cpu", precision=precision, workers=0)
+    if use_gpu:
+        actors, actor_cpus, actor_gpus = max(1, gpus), 1, 1
+    else:
+        actor_cpus = max(1, min(4, cpus // 2))
+        actors, actor_gpus = max(1, cpus // (2 * actor_cpus)), 0
+    plan = RayPlan(cpus=cpus, gpus=gpus, block_rows=0, inference=f"{device} actors [{precision}]",
+                   actors=actors, actor_cpus=actor_cpus, actor_gpus=actor_gpus)
+    return driver, params, plan
+
+
+def _remote_precision() -> str:
+    from extractors._cnn_model import choose_precision
+
+    return choose_precision("auto", "cuda")
+
+
+def _cnn_dataset(ray, blocks, extractor, driver, params, plan: RayPlan, root: str):
+    """decode (CPU tasks) -> embed (actor pool), as one streaming Ray dataset of packed rows."""
+    from extractors._cnn_data import INPUT_COLUMNS
+
+    key = driver.key_column()
+    columns = [c for c in INPUT_COLUMNS[driver.input] if c in blocks[0].column_names]
+    height, width = driver._preprocess().size
+    # The decode tasks reserve memory for their block's images; the differing resources also keep Ray
+    # from fusing decoding into the actors, so images are decoded in parallel while the actors embed.
+    memory = int(plan.block_rows * 3 * height * width * 4 * 4 + 256 * 2**20)
+    decoded = ray.data.from_arrow([b.select(columns) for b in blocks]).map_batches(
+        _cnn_decode, batch_size=None, batch_format="pyarrow", num_cpus=1, memory=memory,
+        fn_kwargs={"root": root, "kind": driver.input, "pre": driver._preprocess(), "key": key},
+    )
+    options = {"num_gpus": plan.actor_gpus} if plan.actor_gpus else {}
+    return decoded.map_batches(
+        _CNNActor, batch_size=int(extractor.batch_size), batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=plan.actors), num_cpus=plan.actor_cpus,
+        fn_constructor_kwargs={"params": params, "root": root, "threads": plan.actor_cpus}, **options,
+    )
+
+
+def _identity_needs_cluster(extractor: Extractor) -> bool:
+    """True for a CNN whose table (precision) depends on whether the cluster has GPUs."""
+    return _is_cnn(extractor) and extractor.precision == "auto" and extractor.device != "cpu"
+
+
+def run_extraction_ray(
+    extractor: Extractor,
+    store: Store,
+    *,
+    dataset: str,
+    limit: int | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    rows_per_part: int = 4096,
+    progress: bool = True,
+    block_rows: int | None = None,
+) -> ExtractionSummary:
+    """Compute ``extractor``'s features for every unit of ``dataset`` not yet stored, on Ray.
+
+    Same inputs, table, metadata, resume rule and ``ExtractionSummary`` as
+    ``extractors.runner.run_extraction``. ``address``: None starts a local Ray instance (or joins the
+    one $RAY_ADDRESS names, or the one already initialised in this process), ``'auto'`` joins the
+    cluster this machine belongs to, ``'ray://HEAD:10001'`` a remote one through Ray Client.
+    ``num_cpus`` sizes a local instance only. ``block_rows`` units go to one task (None: about four
+    blocks per cluster CPU, at most 256 units). Ray is shut down at the end only when this call
+    started it. The store must be on storage every worker sees at the same path (module docstring).
+    """
+    started = time.perf_counter()
+
+    def todo(target: Extractor):
+        units = target.units(store, dataset)
+        pending = pending_units(target, store, units)
+        skipped = units.num_rows - pending.num_rows
+        if limit is not None:
+            pending = pending.slice(0, limit)
+        return units.num_rows, skipped, pending
+
+    def nothing(target: Extractor, n_units: int, skipped: int) -> ExtractionSummary:
+        return ExtractionSummary(target.table_name(), target.key_column(), n_units, skipped, 0, 0,
+                                 time.perf_counter() - started)
+
+    if not _identity_needs_cluster(extractor):  # nothing to do: answer without starting Ray
+        n_units, skipped, pending = todo(extractor)
+        if pending.num_rows == 0:
+            return nothing(extractor, n_units, skipped)
+
+    root = str(store.root.resolve())
+    with _ray_session(address, num_cpus) as ray, _quiet_ray_data(ray):
+        resources = ray.cluster_resources()
+        cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+        cnn = None
+        target = extractor
+        if _is_cnn(extractor):
+            extractor.validate_params()
+            cnn = _cnn_plan(extractor, ray, cpus, gpus)
+            target = cnn[0]
+        n_units, skipped, pending = todo(target)
+        if pending.num_rows == 0:
+            return nothing(target, n_units, skipped)
+        table, key = target.table_name(), target.key_column()
+        rows = _block_rows(pending.num_rows, cpus, block_rows)
+        if cnn is not None and block_rows is None:
+            rows = min(rows, _CNN_BLOCK_ROWS)
+        for upstream in _upstream(extractor):
+            run_extraction_ray(upstream, store, dataset=dataset, rows_per_part=rows_per_part, progress=progress,
+                               block_rows=block_rows)
+        blocks = _blocks(pending, rows)
+        if cnn is not None:
+            driver, params, plan = cnn
+            plan.block_rows = rows
+            driver.prepare(store, pending)  # resolves and checks the weights once, before any task
+            provenance = driver.provenance()
+            provenance["settings"] = extractor.get_params(deep=False)
+            provenance["run"] = {**provenance.get("run", {}), "device": params["device"], "workers": 0,
+                                 "torch_threads": plan.actor_cpus}
+            for attr in ("network_", "embedder_"):  # the actors hold their own copies
+                driver.__dict__.pop(attr, None)
+            metadata = extraction_metadata(driver, dataset, provenance={**provenance, "engine": _engine(ray, address, plan)})
+            schema = driver.output_schema()
+            results = _cnn_dataset(ray, blocks, extractor, driver, params, plan, root)
+        else:
+            extractor.prepare(store, pending)
+            plan = RayPlan(cpus=cpus, gpus=gpus, block_rows=rows)
+            metadata = extraction_metadata(extractor, dataset,
+                                           provenance={**extractor.provenance(), "engine": _engine(ray, address, plan)})
+            schema = extractor.output_schema()
+            results = ray.data.from_arrow(blocks).map_batches(
+                _transform_block, batch_size=None, batch_format="pyarrow", num_cpus=1,
+                fn_kwargs={"extractor": extractor, "root": root},
+            )
+        if progress:
+            print(f"chronofeat: ray engine -> table {table}: {pending.num_rows} units in {len(blocks)} block(s) on "
+                  f"{cpus} CPU(s), {gpus} GPU(s){'; ' + plan.inference if plan.inference else ''}", file=sys.stderr)
+        written, failed = _write_results(store, table, schema, metadata, results, pending.num_rows,
+                                         rows_per_part=rows_per_part, progress=progress,
+                                         producer=f"extractor:{extractor.name}")
+    return ExtractionSummary(table, key, n_units, skipped, written, failed, time.perf_counter() - started)
+
+
+def _engine(ray, address: str | None, plan: RayPlan) -> dict:
+    return {"engine": "ray", "ray": ray.__version__, "address": address or "local", **plan.describe()}
+
+
+def _write_results(store: Store, table: str, schema: pa.Schema, metadata: dict, results, total: int, *,
+                   rows_per_part: int, progress: bool, producer: str) -> tuple[int, int]:
+    """Stream packed results from Ray into parts of ``table`` and the failures table; (written, failed)."""
+    written = failed = 0
+    buffer: list[pa.Table] = []
+    buffered = 0
+    bar = tqdm(total=total, unit="item", desc=table, disable=not progress, file=sys.stderr, dynamic_ncols=True,
+               mininterval=0.5)
+
+    def flush() -> None:
+        nonlocal buffer, buffered, written
+        if buffered:
+            rows = pa.concat_tables(buffer).cast(schema)
+            write_part(store, table, rows, metadata=metadata, locked=True)
+            written += rows.num_rows
+        buffer, buffered = [], 0
+
+    with table_lock(store, table):
+        try:
+            for packed in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for rows, failures, units in _unpack(packed):
+                    if failures:
+                        failed += record_failures(store, failures, producer=producer)
+                    if rows is not None and rows.num_rows:
+                        buffer.append(rows)
+                        buffered += rows.num_rows
+                    bar.update(units)
+                    if buffered >= rows_per_part:
+                        flush()
+            flush()
+        finally:
+            bar.close()
+    return written, failed
