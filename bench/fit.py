@@ -131,17 +131,21 @@ def load_row(n: int, d: int, repeats: int = 3) -> dict[str, float]:
             })
             write_part(store, "emb", table, metadata=meta)
 
+        def _check_loaded(matrix, keys, n, d):
+            if matrix.shape != (n, d) or len(keys) != n:
+                raise RuntimeError(f"loaded {matrix.shape} / {len(keys)} keys, expected ({n}, {d})")
+
         def by_duckdb(threads):
             def run():
                 keys, matrix, _ = load_matrix(store, "emb", "scan_id", ["embedding"], threads=threads)
-                assert matrix.shape == (n, d) and len(keys) == n
+                _check_loaded(matrix, keys, n, d)
             return run
 
         def by_pyarrow():
             table = pa.concat_tables([pq.read_table(p, columns=["scan_id", "embedding"]) for p in table_parts(store, "emb")])
             matrix = column_to_matrix(table.column("embedding"))
             keys = table.column("scan_id").to_numpy(zero_copy_only=False)
-            assert matrix.shape == (n, d) and len(keys) == n
+            _check_loaded(matrix, keys, n, d)
 
         runs = {"duckdb": by_duckdb(1), "duckdb_threads": by_duckdb(None), "pyarrow": by_pyarrow}
         best = {name: float("inf") for name in runs}

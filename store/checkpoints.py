@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from store._fs import fsync_dir
 from store.errors import ParameterError, StoreError
 from store.layout import Store
 
@@ -37,14 +38,6 @@ def checkpoint_path(store: Store, name: str, key: str) -> Path:
     return store.root / "checkpoints" / _check(name, "name") / f"{_check(key, 'key')}.pt"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(store: Store, name: str, key: str, state: dict[str, Any]) -> Path:
     """Write ``state`` (tensors, numbers, strings, lists, dicts) as the checkpoint; atomic; return its path."""
     import torch
@@ -62,7 +55,7 @@ def save_checkpoint(store: Store, name: str, key: str, state: dict[str, Any]) ->
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         raise StoreError(f"Cannot write training checkpoint {path}: {exc}. Free disk space or fix permissions.") from exc
     return path

@@ -9,7 +9,6 @@ rows are never also in another part because writers skip keys already present be
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 import uuid
@@ -21,7 +20,8 @@ from typing import Iterator, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from store.errors import ConfigMismatchError, StoreError, TableNotFoundError
+from store._fs import exclusive_lock, fsync_dir
+from store.errors import ConfigMismatchError, TableNotFoundError
 from store.layout import Store
 
 __all__ = [
@@ -53,14 +53,6 @@ class TableInfo:
     schema: pa.Schema
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def table_lock(store: Store, name: str, *, timeout_s: float = 600.0) -> Iterator[Path]:
     """Hold the exclusive writer lock of table ``name``; yield its directory (created).
@@ -70,25 +62,14 @@ def table_lock(store: Store, name: str, *, timeout_s: float = 600.0) -> Iterator
     directory = store.table_dir(name)
     directory.mkdir(parents=True, exist_ok=True)
     lock_path = directory / ".lock"
-    handle = open(lock_path, "a+")
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StoreError(
-                        f"Table {name!r} is being written by another process (lock {lock_path}); wait for "
-                        "it to finish, or stop it, then run again."
-                    ) from None
-                time.sleep(0.2)
+    busy = (
+        f"Table {name!r} is being written by another process (lock {lock_path}); wait for it to finish, "
+        "or stop it, then run again."
+    )
+    with exclusive_lock(lock_path, busy_message=busy, timeout_s=timeout_s):
         for stale in directory.glob(TMP_PREFIX + "*"):
             stale.unlink(missing_ok=True)
         yield directory
-    finally:
-        handle.close()
 
 
 def _write_atomically(table: pa.Table, final_path: Path, metadata: Mapping[str, str]) -> Path:
@@ -104,7 +85,7 @@ def _write_atomically(table: pa.Table, final_path: Path, metadata: Mapping[str, 
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-    _fsync_dir(final_path.parent)
+    fsync_dir(final_path.parent)
     return final_path
 
 
