@@ -90,6 +90,7 @@ class Sizes:
     visits: int
     image_size: int
     cnn_models: tuple[str, ...]
+    cnn_images: int  # the first N scans of the generated dataset
     load_shape: tuple[int, int]
     fit_shape: tuple[int, int]
     repeats: int
@@ -101,10 +102,10 @@ class Sizes:
         return self.patients * self.visits
 
 
-QUICK = Sizes(ingest_files=300, patients=8, visits=4, image_size=512, cnn_models=("efficientnet_b0",),
+QUICK = Sizes(ingest_files=300, patients=8, visits=4, image_size=512, cnn_models=("efficientnet_b0",), cnn_images=32,
               load_shape=(10_000, 512), fit_shape=(2_000, 256), repeats=1, gpu_images=512, gpu_batches=(64, 256))
 FULL = Sizes(ingest_files=2_000, patients=24, visits=5, image_size=512,
-             cnn_models=("efficientnet_b0", "inception_v3", "convnext_tiny"),
+             cnn_models=("efficientnet_b0", "inception_v3", "convnext_tiny"), cnn_images=64,
              load_shape=(100_000, 2048), fit_shape=(10_000, 1280), repeats=2, gpu_images=2048,
              gpu_batches=(32, 64, 128, 256))
 
@@ -218,10 +219,15 @@ class Context:
         return f"{s.images} DICOM {s.image_size}x{s.image_size} ({s.patients} subjects x {s.visits} visits)"
 
 
+_PROFILED: set[str] = set()
+
+
 def _profiled(ctx: Context, label: str, fn):
-    """Run ``fn``; under ``--profile`` print cProfile's top functions (cumulative and own time) to stdout."""
-    if not ctx.profile:
+    """Run ``fn``; under ``--profile`` print cProfile's top functions (cumulative and own time) of its
+    first call for ``label`` to stdout (later calls, e.g. repeats, run unprofiled)."""
+    if not ctx.profile or label in _PROFILED:
         return fn()
+    _PROFILED.add(label)
     profiler = cProfile.Profile()
     result = profiler.runcall(fn)
     for order in ("cumulative", "tottime"):
@@ -316,14 +322,17 @@ def _null():
     return contextlib.nullcontext()
 
 
-def _decode_seconds(store, model: str, batch_size: int, workers: int, pin_memory: bool) -> tuple[float, int]:
-    """(seconds, images) to decode and preprocess every scan through the CNN extractor's own DataLoader."""
+def _decode_seconds(store, model: str, batch_size: int, workers: int, pin_memory: bool,
+                    limit: int | None = None) -> tuple[float, int]:
+    """(seconds, images) to decode and preprocess every scan (or the first ``limit``) through the CNN
+    extractor's own DataLoader, without the network."""
     from extractors._cnn_data import INPUT_COLUMNS, Preprocess, UnitImages, make_loader
     from extractors._cnn_model import arch_info
     from extractors._units import scan_units
 
     info = arch_info(model)
     units = scan_units(store, DATASET)
+    units = units.slice(0, limit if limit is not None else units.num_rows)
     units = units.select([c for c in INPUT_COLUMNS["image"] if c in units.column_names]).to_pylist()
     pre = Preprocess(size=tuple(info.input_size[1:]), interpolation=info.interpolation)
     loader = make_loader(UnitImages(store, units, "image", pre), batch_size=batch_size, workers=workers,
@@ -363,7 +372,7 @@ def stage_cnn(ctx: Context) -> list[dict]:
     from extractors._cnn_model import cpu_threads
 
     store = ctx.store("cnn")
-    n = ctx.sizes.images
+    n = min(ctx.sizes.cnn_images, ctx.sizes.images)
     rows = []
     for model in ctx.sizes.cnn_models:
         batch = 32
@@ -372,17 +381,18 @@ def stage_cnn(ctx: Context) -> list[dict]:
         with PeakRSS() as peak:
             for _ in range(ctx.sizes.repeats):
                 seconds, prepare_s, workers = _profiled(
-                    ctx, f"cnn {model}", lambda: _cnn_end_to_end(store, model, device="cpu", batch_size=batch))
+                    ctx, f"cnn {model}", lambda: _cnn_end_to_end(store, model, device="cpu", batch_size=batch, limit=n))
                 if best is None or seconds < best:
                     best, prep = seconds, prepare_s
         torch.set_num_threads(cpu_threads())
         bare = min(_bare_forward_seconds(model, n, batch) for _ in range(ctx.sizes.repeats))
-        decode, count = _decode_seconds(store, model, batch, workers, False)
+        decode, count = _decode_seconds(store, model, batch, workers, False, limit=n)
         forward_rate, decode_rate = n / bare, count / decode
         steady = n / max(1e-9, best - prep)
         rows.append(bench_row(
             "cnn", f"{model} cpu fp32 batch {batch}, {workers} decode worker(s)", items=n, unit="images", seconds=best,
-            baseline="bare timm forward, in-memory tensors", baseline_seconds=bare, size=ctx.data, peak=peak,
+            baseline="bare timm forward, in-memory tensors", baseline_seconds=bare,
+            size=f"{n} of {ctx.data}", peak=peak,
             bound="decode" if decode_rate < forward_rate else "forward",
             notes=f"prepare (network build) {prep:.1f} s; without it {steady:.1f} img/s; decode+preprocess alone "
                   f"{decode_rate:.1f} img/s ({workers} worker(s)); {torch.get_num_threads()} torch threads",

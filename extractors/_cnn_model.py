@@ -208,6 +208,7 @@ class Embedder:
         self.std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
         self._captured = None
         self._hook = None
+        self._pooled = self._pooled_forward
         if layer != "pooled":
             module = dict(net.named_modules())[layer]
             self._hook = module.register_forward_hook(self._capture)
@@ -230,11 +231,28 @@ class Embedder:
         """``(batch - mean) / std`` with the weights' ImageNet statistics."""
         return (batch - self.mean.to(batch.dtype)) / self.std.to(batch.dtype)
 
+    def _pooled_forward(self, x):
+        return self.net.forward_head(self.net.forward_features(x), pre_logits=True).flatten(1)
+
+    def compile(self) -> None:
+        """Compile the pooled forward with ``torch.compile`` (kernels are built at the first batch).
+
+        Only the pooled embedding: an intermediate layer stops the network by an exception from a
+        hook, which a compiled graph cannot express (``ParameterError``).
+        """
+        import torch
+
+        if self.layer != "pooled":
+            raise ParameterError(
+                f"compile=True applies to layer='pooled' only (asked for layer {self.layer!r}); run the "
+                "intermediate layer without --compile."
+            )
+        self._pooled = torch.compile(self._pooled_forward)
+
     def __call__(self, batch):
         x = self.normalise(batch)
         if self.layer == "pooled":
-            out = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
-            return out.flatten(1).float()
+            return self._pooled(x).float()
         self._captured = None
         try:
             self.net(x)

@@ -320,7 +320,9 @@ class CNNEmbedding(Extractor):
         embedder.to(device, memory_format=torch.channels_last)
         if self.compile:
             try:
-                embedder.net = torch.compile(embedder.net)
+                embedder.compile()
+            except ParameterError:
+                raise
             except Exception as exc:
                 raise BackendUnavailableError(f"torch.compile is not usable here ({exc}); run without --compile.") from exc
         self.network_ = net
@@ -403,7 +405,7 @@ class CNNEmbedding(Extractor):
             try:
                 out = self.embedder_(x)
             except Exception as exc:
-                if self.compile and type(exc).__module__.startswith("torch._"):
+                if self.compile and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
                     raise BackendUnavailableError(
                         f"torch.compile failed while compiling {self.model} ({type(exc).__name__}: {str(exc)[:300]}); "
                         "run without --compile."
