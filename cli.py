@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     cnn = p.add_argument_group("CNN options")
     cnn.add_argument("--model", default=None, help="any timm model name (overrides the short name)")
     cnn.add_argument("--input", default=None, choices=["image", "difference", "multiview"])
-    cnn.add_argument("--reference", default=None, choices=["absolute", "relative"], help="pair reference for difference inputs and diffstats")
+    p.add_argument("--reference", default=None, choices=["absolute", "relative", "given"], help="pair reference for difference inputs and diffstats (given: pairs from the manifest, e.g. crmo)")
     cnn.add_argument("--layer", default=None, help="'pooled' (default) or an intermediate stage name, e.g. blocks.2")
     cnn.add_argument("--weights", default=None, help="'hub' (default: imported, cached or downloaded), a checkpoint FILE, or 'random'")
     cnn.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])

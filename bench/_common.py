@@ -3,7 +3,8 @@
 * ``PeakRSS`` — peak resident memory of this process (``VmHWM``, reset through ``/proc/self/clear_refs``
   where the kernel allows) and of its whole process tree (worker pools included), sampled every 50 ms
   from ``/proc`` — no psutil;
-* ``best_of(fn, repeats)`` — best wall time of a callable; ``timed(fn)`` one wall time;
+* ``best_of(fn, repeats)`` — best wall time of a callable; ``timed(fn)`` one wall time; ``rounds(fns,
+  repeats)`` calls several in turn, round after round, so a busy moment of the machine hits all alike;
 * ``machine_details()`` — CPU model, cores, memory, GPU (torch.cuda), Python, library versions;
 * ``format_table(rows, columns)`` — a plain-text table for the terminal;
 * ``bench_row(...)`` — one result row in the shape ``store.benchmarks`` records.
@@ -23,6 +24,7 @@ __all__ = [
     "PeakRSS",
     "timed",
     "best_of",
+    "rounds",
     "machine_details",
     "format_table",
     "bench_row",
@@ -146,6 +148,19 @@ def best_of(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
         if seconds < best:
             best, kept = seconds, result
     return best, kept
+
+
+def rounds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list]:
+    """Call every function of ``fns`` once per round, in order, for ``repeats`` rounds (>= 1).
+
+    Returns name -> the list of its results. Alternating the configurations (rather than timing one
+    ``repeats`` times, then the next) keeps their ratio fair on a machine whose load changes.
+    """
+    out: dict[str, list] = {name: [] for name in fns}
+    for _ in range(max(1, int(repeats))):
+        for name, fn in fns.items():
+            out[name].append(fn())
+    return out
 
 
 def _cpu_model() -> str:

@@ -219,8 +219,6 @@ class Embedder:
 
     def to(self, device, memory_format=None):
         """Move the network (and the normalisation constants) to ``device``; returns self."""
-        import torch
-
         self.net.to(device)
         if memory_format is not None:
             self.net.to(memory_format=memory_format)
