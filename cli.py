@@ -93,12 +93,21 @@ def cmd_sql(args) -> int:
 def cmd_extract(args) -> int:
     from extractors import build_from_options
     from extractors.runner import run_extraction
+    from store.errors import ParameterError
 
     store = _store(args)
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "store", "command", "dataset", "limit")}
+    engine_keys = ("func", "store", "command", "dataset", "limit", "engine", "address")
+    options = {k: v for k, v in vars(args).items() if k not in engine_keys}
     extractor = build_from_options(args.extractor, options)
     _announce_synthetic(store, args.dataset)
-    summary = run_extraction(extractor, store, dataset=args.dataset, limit=args.limit)
+    if args.engine == "ray":
+        from extractors.ray_engine import run_extraction_ray
+
+        summary = run_extraction_ray(extractor, store, dataset=args.dataset, limit=args.limit, address=args.address)
+    else:
+        if args.address:
+            raise ParameterError("--address goes with --engine ray; drop it or add --engine ray.")
+        summary = run_extraction(extractor, store, dataset=args.dataset, limit=args.limit)
     if summary.written == 0 and summary.failed == 0:
         _say(f"{summary.table}: nothing to do — all {summary.units} {summary.key}s already extracted")
     else:
@@ -264,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor", required=True, help="inception, efficientnet, convnext, cnn, sift_bovw, orb_bovw, surf_bovw, kaze_bovw, diffstats, ...")
     p.add_argument("--dataset", required=True)
     p.add_argument("--limit", type=int, default=None, help="compute at most N items in this run")
+    p.add_argument("--engine", default="local", choices=["local", "ray"], help="run here (default) or on Ray Data")
+    p.add_argument("--address", default=None, help="Ray cluster address (with --engine ray), e.g. auto or ray://head:10001")
     cnn = p.add_argument_group("CNN options")
     cnn.add_argument("--model", default=None, help="any timm model name (overrides the short name)")
     cnn.add_argument("--input", default=None, choices=["image", "difference", "multiview"])

@@ -55,7 +55,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import PeakRSS, bench_row, best_of, format_table, machine_details, timed  # noqa: E402
+from bench._common import PeakRSS, bench_row, format_table, machine_details, rounds, timed  # noqa: E402
 
 STAGES = ("ingest", "cnn", "bovw", "diffstats", "store_load", "fit", "cnn_gpu")
 DATASET = "bench"
@@ -376,26 +376,31 @@ def stage_cnn(ctx: Context) -> list[dict]:
     rows = []
     for model in ctx.sizes.cnn_models:
         batch = 32
-        best = prep = None
         _cnn_end_to_end(store, model, device="cpu", batch_size=batch, limit=4)  # imports, first-call set-up
-        with PeakRSS() as peak:
-            for _ in range(ctx.sizes.repeats):
-                seconds, prepare_s, workers = _profiled(
-                    ctx, f"cnn {model}", lambda: _cnn_end_to_end(store, model, device="cpu", batch_size=batch, limit=n))
-                if best is None or seconds < best:
-                    best, prep = seconds, prepare_s
-        torch.set_num_threads(cpu_threads())
-        bare = min(_bare_forward_seconds(model, n, batch) for _ in range(ctx.sizes.repeats))
+        peaks: list[PeakRSS] = []
+
+        def ours(model=model):
+            with PeakRSS() as peak:
+                out = _profiled(ctx, f"cnn {model}",
+                                lambda: _cnn_end_to_end(store, model, device="cpu", batch_size=batch, limit=n))
+            peaks.append(peak)
+            torch.set_num_threads(cpu_threads())
+            return out
+
+        got = rounds({"ours": ours, "bare": lambda model=model: _bare_forward_seconds(model, n, batch)},
+                     ctx.sizes.repeats)
+        seconds, prepare_s, workers = min(got["ours"], key=lambda r: r[0])
+        bare = min(got["bare"])
         decode, count = _decode_seconds(store, model, batch, workers, False, limit=n)
         forward_rate, decode_rate = n / bare, count / decode
-        steady = n / max(1e-9, best - prep)
         rows.append(bench_row(
-            "cnn", f"{model} cpu fp32 batch {batch}, {workers} decode worker(s)", items=n, unit="images", seconds=best,
-            baseline="bare timm forward, in-memory tensors", baseline_seconds=bare,
-            size=f"{n} of {ctx.data}", peak=peak,
+            "cnn", f"{model} cpu fp32 batch {batch}, {workers} decode worker(s)", items=n, unit="images",
+            seconds=seconds, baseline="bare timm forward, in-memory tensors", baseline_seconds=bare,
+            size=f"{n} of {ctx.data}", peak=max(peaks, key=lambda p: p.tree_mb or 0),
             bound="decode" if decode_rate < forward_rate else "forward",
-            notes=f"prepare (network build) {prep:.1f} s; without it {steady:.1f} img/s; decode+preprocess alone "
-                  f"{decode_rate:.1f} img/s ({workers} worker(s)); {torch.get_num_threads()} torch threads",
+            notes=f"prepare (network build) {prepare_s:.1f} s; without it {n / max(1e-9, seconds - prepare_s):.1f} "
+                  f"img/s; decode+preprocess alone {decode_rate:.1f} img/s ({workers} loader worker(s)); "
+                  f"{torch.get_num_threads()} torch threads",
         ))
     return rows
 
@@ -487,22 +492,32 @@ def stage_bovw(ctx: Context) -> list[dict]:
         finally:
             cv2.setNumThreads(before)
 
-    rows = []
-    bare_s = best_of(bare, ctx.sizes.repeats)[0]
-    single_s = best_of(bare_one_thread, ctx.sizes.repeats)[0]
-    for workers in dict.fromkeys([1, os.cpu_count() or 1]):
-        with PeakRSS() as peak:
-            seconds, summary = best_of(lambda: _profiled(ctx, f"bovw workers={workers}", lambda: ours(workers))
-                                       if workers == 1 else ours(workers), ctx.sizes.repeats)
-        if summary.written != n:
-            raise RuntimeError(f"BoVW wrote {summary.written} of {n} rows")
-        rows.append(bench_row(
-            "bovw", f"sift 50 words, {workers} worker(s)", items=n, unit="images", seconds=seconds,
+    def run(workers):
+        peaks = []
+
+        def call():
+            with PeakRSS() as peak:
+                out = _profiled(ctx, f"bovw workers={workers}", lambda: timed(lambda: ours(workers)))
+            peaks.append(peak)
+            if out[1].written != n:
+                raise RuntimeError(f"BoVW wrote {out[1].written} of {n} rows")
+            return out[0]
+
+        return call, peaks
+
+    configs = {w: run(w) for w in dict.fromkeys([1, os.cpu_count() or 1])}
+    got = rounds({"bare": lambda: timed(bare)[0], "bare1": lambda: timed(bare_one_thread)[0],
+                  **{f"w{w}": call for w, (call, _) in configs.items()}}, ctx.sizes.repeats)
+    bare_s, single_s = min(got["bare"]), min(got["bare1"])
+    return [
+        bench_row(
+            "bovw", f"sift 50 words, {w} worker(s)", items=n, unit="images", seconds=min(got[f"w{w}"]),
             baseline=f"cv2 SIFT detectAndCompute loop ({cv2.getNumThreads()} OpenCV threads)", baseline_seconds=bare_s,
-            size=ctx.data, peak=peak,
+            size=ctx.data, peak=max(peaks, key=lambda p: p.tree_mb or 0),
             notes=f"ours: decode + describe (1 OpenCV thread per worker) + descriptor table + vocabulary fit + "
-                  f"histograms; bare loop with 1 OpenCV thread: {n / single_s:.1f} img/s"))
-    return rows
+                  f"histograms; bare loop with 1 OpenCV thread: {n / single_s:.1f} img/s")
+        for w, (_, peaks) in configs.items()
+    ]
 
 
 def _bare_pair_stats(reference: np.ndarray, comparison: np.ndarray, first: bool) -> dict:
@@ -546,20 +561,30 @@ def stage_diffstats(ctx: Context) -> list[dict]:
         fresh = ctx.store("diffstats")
         return run_extraction(DiffStats(reference="absolute", workers=workers), fresh, dataset=DATASET, progress=False)
 
-    rows = []
-    bare_s = best_of(bare, ctx.sizes.repeats)[0]
-    for workers in dict.fromkeys([1, os.cpu_count() or 1]):
-        with PeakRSS() as peak:
-            seconds, summary = best_of(lambda: _profiled(ctx, f"diffstats workers={workers}", lambda: ours(workers))
-                                       if workers == 1 else ours(workers), ctx.sizes.repeats)
-        if summary.written != n:
-            raise RuntimeError(f"DiffStats wrote {summary.written} of {n} rows")
-        rows.append(bench_row(
-            "diffstats", f"absolute, {workers} worker(s)", items=n, unit="pairs", seconds=seconds,
-            baseline="skimage phase_cross_correlation (upsample 20) + numpy stats loop", baseline_seconds=bare_s,
-            size=f"{n} pairs of {ctx.data}", peak=peak,
-            notes=f"{sum(firsts)} first-time-point pairs; ours adds overlap masks, noise sigma, SSIM, histogram"))
-    return rows
+    def run(workers):
+        peaks = []
+
+        def call():
+            with PeakRSS() as peak:
+                out = _profiled(ctx, f"diffstats workers={workers}", lambda: timed(lambda: ours(workers)))
+            peaks.append(peak)
+            if out[1].written != n:
+                raise RuntimeError(f"DiffStats wrote {out[1].written} of {n} rows")
+            return out[0]
+
+        return call, peaks
+
+    configs = {w: run(w) for w in dict.fromkeys([1, os.cpu_count() or 1])}
+    got = rounds({"bare": lambda: timed(bare)[0], **{f"w{w}": call for w, (call, _) in configs.items()}},
+                 ctx.sizes.repeats)
+    return [
+        bench_row(
+            "diffstats", f"absolute, {w} worker(s)", items=n, unit="pairs", seconds=min(got[f"w{w}"]),
+            baseline="skimage phase_cross_correlation (upsample 20) + numpy stats loop", baseline_seconds=min(got["bare"]),
+            size=f"{n} pairs of {ctx.data}", peak=max(peaks, key=lambda p: p.tree_mb or 0),
+            notes=f"{sum(firsts)} first-time-point pairs; ours adds overlap masks, noise sigma, SSIM, histogram")
+        for w, (_, peaks) in configs.items()
+    ]
 
 
 def stage_store_load(ctx: Context) -> list[dict]:
@@ -602,9 +627,16 @@ def stage_fit(ctx: Context) -> list[dict]:
         def ours(name=name, params=params):
             create_model(name, random_state=0, **params).fit(X, y)
 
-        bare_s = best_of(bare, ctx.sizes.repeats)[0]
-        with PeakRSS() as peak:
-            seconds = best_of(lambda: _profiled(ctx, f"fit {name}", ours), ctx.sizes.repeats)[0]
+        peaks = []
+
+        def measured(name=name, ours=ours):
+            with PeakRSS() as peak:
+                seconds = timed(lambda: _profiled(ctx, f"fit {name}", ours))[0]
+            peaks.append(peak)
+            return seconds
+
+        got = rounds({"bare": lambda bare=bare: timed(bare)[0], "ours": measured}, ctx.sizes.repeats)
+        bare_s, seconds, peak = min(got["bare"]), min(got["ours"]), max(peaks, key=lambda p: p.process_mb or 0)
         label = f"{name}" + (f" ({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "")
         rows.append(bench_row("fit", label, items=n, unit="rows", seconds=seconds,
                               baseline="bare estimator" + (" + StandardScaler" if model.scale and model.uses_scaling else ""),
@@ -683,7 +715,7 @@ def _parse(argv):
     parser.add_argument("--store", default=None, help="store to append the rows to (default $CHRONOFEAT_STORE, else ./featurestore)")
     parser.add_argument("--no-record", action="store_true", help="print only; write nothing to a store")
     parser.add_argument("--compile", action="store_true", help="GPU sweep: also time torch.compile'd networks")
-    parser.add_argument("--profile", default=None, metavar="STAGE", help="print cProfile's top functions of STAGE (1 worker)")
+    parser.add_argument("--profile", default=None, metavar="STAGE", help="print cProfile's top functions of STAGE (main process; its timings then include the profiler's overhead)")
     parser.add_argument("--stage-timeout", type=float, default=None, help="seconds before a stage is stopped")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the rows and machine details as JSON")
     parser.add_argument("--_stage", default=None, help=argparse.SUPPRESS)
