@@ -14,8 +14,9 @@ spread over a Ray cluster (one machine or many):
      them in batches of the extractor's ``batch_size`` — one GPU per actor (``num_gpus=1``) when the
      extractor's device allows CUDA (``auto`` / ``cuda``) and the cluster has GPUs, else CPU actors;
    * every other extractor: CPU tasks run the prepared extractor's own ``transform`` on a block
-     (with its ``workers`` set to 1: Ray provides the parallelism). A BoVW extractor first brings its
-     keypoint-descriptor table up to date the same way, so describing images runs on Ray too;
+     (with its ``workers`` set to 1: Ray provides the parallelism; one with a ``device`` — Siamese,
+     CAE — runs with ``device='cpu'``, which does not change its table). A BoVW extractor first brings
+     its keypoint-descriptor table up to date the same way, so describing images runs on Ray too;
 
 3. results stream back to the driver, which writes them as parts of at most ``rows_per_part`` rows
    (``store.tables.write_part`` under ``table_lock``) with the metadata the local engine writes
@@ -338,6 +339,24 @@ def _upstream(extractor: Extractor) -> list[Extractor]:
     return []
 
 
+def _on_cpu(extractor: Extractor) -> Extractor:
+    """The extractor to run in Ray's CPU tasks: itself, or a copy with ``device='cpu'`` (a network prepared
+    on the driver's GPU could not be used by CPU tasks). Refused when the device would change the table."""
+    params = extractor.get_params(deep=False)
+    if params.get("device", "cpu") == "cpu":
+        return extractor
+    from sklearn.base import clone
+
+    cpu = clone(extractor).set_params(device="cpu")
+    if cpu.config() != extractor.config() or cpu.table_name() != extractor.table_name():
+        raise BackendUnavailableError(
+            f"The Ray engine runs {type(extractor).__name__} in CPU tasks (GPU actors serve CNN embeddings only), "
+            f"and for this extractor the device is part of the table's identity. Pass --device cpu, or use "
+            "--engine local on a GPU machine."
+        )
+    return cpu
+
+
 def _block_rows(n: int, cpus: int, block_rows: int | None) -> int:
     if block_rows is not None:
         if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
@@ -471,6 +490,8 @@ def run_extraction_ray(
             extractor.validate_params()
             cnn = _cnn_plan(extractor, ray, cpus, gpus)
             target = cnn[0]
+        else:
+            target = _on_cpu(extractor)
         n_units, skipped, pending = todo(target)
         if pending.num_rows == 0:
             return nothing(target, n_units, skipped)
@@ -496,14 +517,14 @@ def run_extraction_ray(
             schema = driver.output_schema()
             results = _cnn_dataset(ray, blocks, extractor, driver, params, plan, root)
         else:
-            extractor.prepare(store, pending)
+            target.prepare(store, pending)
             plan = RayPlan(cpus=cpus, gpus=gpus, block_rows=rows)
-            metadata = extraction_metadata(extractor, dataset,
-                                           provenance={**extractor.provenance(), "engine": _engine(ray, address, plan)})
-            schema = extractor.output_schema()
+            metadata = extraction_metadata(target, dataset,
+                                           provenance={**target.provenance(), "engine": _engine(ray, address, plan)})
+            schema = target.output_schema()
             results = ray.data.from_arrow(blocks).map_batches(
                 _transform_block, batch_size=None, batch_format="pyarrow", num_cpus=1,
-                fn_kwargs={"extractor": extractor, "root": root},
+                fn_kwargs={"extractor": target, "root": root},
             )
         if progress:
             print(f"chronofeat: ray engine -> table {table}: {pending.num_rows} units in {len(blocks)} block(s) on "
