@@ -3,7 +3,10 @@
 1. Descriptor extraction throughput (images/s) per descriptor with 1 and 2 worker processes on
    512x512 images: the extractor itself (``KeypointDescriptors`` through ``run_extraction``: workers
    read the pixels from the store, describe them, the parent writes the Parquet table), on a
-   throw-away store. The worker pool is started before timing, as it is once per session.
+   throw-away store. The worker pool is started and warmed (pixel reader, detector) before timing, as
+   it is once per session. Printed per descriptor: images/s at each worker count, their ratio (the
+   target), the bare OpenCV ``detectAndCompute`` loop (1 thread, images in memory) and the cores the
+   run actually got (CPU seconds / wall seconds of the process tree), which shows the machine's load.
 2. Vocabulary fit time: MiniBatchKMeans (``fit_centers``, the extractor's settings) on 1M x 128
    SIFT-like descriptors at k = 500, with the default batch size and, with ``--batch-sizes``, others.
 
@@ -24,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from extractors.bovw import fit_centers, nearest_words  # noqa: E402
-from extractors.keypoints import DESCRIPTORS, describe_images  # noqa: E402
+from extractors.keypoints import DESCRIPTORS  # noqa: E402
 from store.errors import BackendUnavailableError  # noqa: E402
 
 
@@ -70,8 +73,9 @@ def sift_like(rows: int, dim: int = 128, clusters: int = 2000, seed: int = 0) ->
     return out
 
 
-def _bench_store(images: list[np.ndarray], workdir: Path):
-    """A throw-away store with ``images`` ingested as dataset ``bench`` (NPY files, generic layout)."""
+def _bench_store(images: list[np.ndarray], workdir: Path, files: int | None = None):
+    """A throw-away store with ``files`` (default: one per image) NPY files ingested as dataset ``bench``
+    (generic layout); beyond ``len(images)`` the files repeat the images in turn."""
     import csv
 
     from store.ingest import ingest_dataset
@@ -82,58 +86,140 @@ def _bench_store(images: list[np.ndarray], workdir: Path):
     with open(root / "manifest.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "subject", "time"])
-        for i, image in enumerate(images):
-            np.save(root / f"img{i:04d}.npy", image)
+        for i in range(max(len(images), files or 0)):
+            np.save(root / f"img{i:04d}.npy", images[i % len(images)])
             writer.writerow([f"img{i:04d}.npy", f"s{i % 8}", i // 8])
     store = open_store(workdir / "store")
     ingest_dataset(store, "bench", root=root, progress=False)
     return store
 
 
-def bench_descriptors(images: list[np.ndarray], descriptors: list[str], workers_list: list[int], repeats: int) -> None:
-    """images/s of the descriptor extractor (read pixels, describe, write the Parquet table) per setting."""
+def _tree_cpu_seconds(root: int | None = None) -> float:
+    """User + system CPU seconds so far of process ``root`` (default: this one) and all its descendants
+    (the worker pool's processes live on between runs, so differences over a run are that run's CPU)."""
+    from bench._common import _children
+
+    tick = os.sysconf("SC_CLK_TCK")
+    total, stack, seen = 0.0, [root or os.getpid()], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, ValueError, IndexError):
+            continue
+        stack.extend(_children(pid))
+    return total
+
+
+def _bare_rate(images: list[np.ndarray], name: str, max_keypoints: int = 1000) -> float:
+    """images/s of the bare OpenCV loop: ``detectAndCompute`` on images already windowed to uint8, one
+    OpenCV thread, in this process (no reading, no strongest-N selection for detectors without nfeatures)."""
+    import cv2
+
+    from extractors.keypoints import create_detector, to_uint8
+
+    greys = [to_uint8(image) for image in images]
+    detector = create_detector(name, max_keypoints=max_keypoints)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        detector.detectAndCompute(greys[0], None)
+        started = time.perf_counter()
+        for grey in greys:
+            detector.detectAndCompute(grey, None)
+        return len(greys) / (time.perf_counter() - started)
+    finally:
+        cv2.setNumThreads(before)
+
+
+def _warm_workers(store, name: str, workers: int, max_keypoints: int = 1000) -> None:
+    """Start the pool and let its workers do once what a session does once: import the pixel reader,
+    open this store, build the detector (tasks carry paths, as in production: workers read pixels)."""
+    from extractors._units import scan_units
+    from extractors._workers import ordered_map
+    from extractors.keypoints import _describe_task
+
+    units = scan_units(store, "bench").slice(0, max(2, 2 * workers))
+    tasks = [
+        (scan_id, (str(store.root), "bench", path, int(frame or 0)), name, max_keypoints)
+        for scan_id, path, frame in zip(units.column("scan_id").to_pylist(), units.column("path").to_pylist(),
+                                        units.column("frame").to_pylist())
+    ]
+    for result in ordered_map(_describe_task, tasks, workers):
+        if result[0] == "fail":
+            raise RuntimeError(f"warm-up of {name} failed: {result[3]}")
+
+
+def bench_descriptors(images: list[np.ndarray], descriptors: list[str], workers_list: list[int], repeats: int,
+                      *, min_seconds: float = 2.0, max_images: int = 240) -> None:
+    """images/s of the descriptor extractor (read pixels, describe, write the Parquet table) per setting,
+    the ratio of the last worker count to the first, and the bare OpenCV loop for scale.
+
+    Each run describes at least ``len(images)`` images, more (up to ``max_images``, the images repeated)
+    for a fast descriptor, so that a 1-worker run lasts about ``min_seconds``: a run's fixed cost (finding
+    pending units, opening and writing the table: some 30-60 ms) then weighs little in its images/s."""
     import shutil
     import tempfile
 
     from extractors.keypoints import KeypointDescriptors
     from extractors.runner import run_extraction
 
+    first, last = workers_list[0], workers_list[-1]
+    max_images = max(max_images, len(images))
     print(f"descriptor extraction (KeypointDescriptors via run_extraction: read + describe + write), {len(images)} "
-          f"images of {images[0].shape[0]}x{images[0].shape[1]}, max_keypoints=1000, best of {repeats}; "
+          f"distinct images of {images[0].shape[0]}x{images[0].shape[1]} (repeated up to {max_images} for runs of "
+          f"~{min_seconds:g} s at 1 worker), max_keypoints=1000, best of {repeats}; "
           f"cpu_count={os.cpu_count()}, load average before: {os.getloadavg()[0]:.1f}")
-    print(f"{'descriptor':<10} " + " ".join(f"{f'{w} worker(s) img/s':>20}" for w in workers_list) + f" {'speedup':>9} {'kp/img':>7}")
+    print("  bare = cv2 detectAndCompute loop on uint8 images in memory, 1 OpenCV thread; ours at 1 worker = "
+          "1 process with 1 OpenCV thread, at w workers = w processes with 1 OpenCV thread each (pool warm)")
+    print("  cores used = CPU seconds of this process and its workers / wall seconds: below the worker count "
+          "(+ a little for the parent) means the machine's other load took the rest")
+    print(f"{'descriptor':<10} {'bare img/s':>10} " + " ".join(f"{f'{w} worker(s) img/s':>19}" for w in workers_list)
+          + f" {f'{last}w/{first}w':>7} {f'{first}w/bare':>8} {'images':>6} {'kp/img':>7}  cores used")
     with tempfile.TemporaryDirectory() as tmp:
-        store = _bench_store(images, Path(tmp))
+        store = _bench_store(images, Path(tmp), max_images)
         for name in descriptors:
             try:
-                rates, parent_cpu = [], []
+                bare = _bare_rate(images, name)
+                count = int(min(max_images, max(len(images), np.ceil(min_seconds * bare))))
+                rates, parent_cpu, cores = [], [], []
                 for workers in workers_list:
-                    list(describe_images(images[: max(2, workers * 2)], name, workers=workers))  # start the pool
-                    best, cpu = 0.0, float("inf")
+                    _warm_workers(store, name, workers)
+                    best, cpu, used = 0.0, float("inf"), 0.0
                     for _ in range(repeats):
                         extractor = KeypointDescriptors(descriptor=name, workers=workers, progress=False)
                         shutil.rmtree(store.table_dir(extractor.table_name()), ignore_errors=True)
-                        started, started_cpu = time.perf_counter(), time.process_time()
-                        summary = run_extraction(extractor, store, dataset="bench", progress=False)
-                        best = max(best, summary.written / (time.perf_counter() - started))
+                        started, started_cpu, tree_cpu = time.perf_counter(), time.process_time(), _tree_cpu_seconds()
+                        summary = run_extraction(extractor, store, dataset="bench", limit=count, progress=False)
+                        wall = time.perf_counter() - started
+                        if summary.written / wall > best:
+                            best, used = summary.written / wall, (_tree_cpu_seconds() - tree_cpu) / wall
                         cpu = min(cpu, (time.process_time() - started_cpu) / summary.written)
                     rates.append(best)
                     parent_cpu.append(cpu)
+                    cores.append(used)
             except BackendUnavailableError as exc:
                 print(f"{name:<10} skipped: {str(exc).split(' (OpenCV says')[0]}")
                 continue
             from store.sql import query
 
             keypoints = query(store, f"SELECT avg(n_keypoints) AS k FROM {extractor.table_name()}").to_pylist()[0]["k"]
-            speedup = rates[-1] / rates[0] if len(rates) > 1 else 1.0
+            speedup = rates[-1] / rates[0]
             # CPU-bound estimate for an idle machine with as many cores as workers: with one worker the
             # parent does everything (c1 s/img); with w workers the parent's own share is p s/img and
             # the rest (c1 - p) is spread over the workers, so throughput is w / (c1 + (w - 1) * p)
             # at best (the parent also needs a core while the workers run).
-            c1, pw, w = parent_cpu[0], parent_cpu[-1], workers_list[-1]
-            estimate = w * c1 / (c1 + (w - 1) * pw) if workers_list[0] == 1 else float("nan")
-            print(f"{name:<10} " + " ".join(f"{r:>20.1f}" for r in rates) + f" {speedup:>8.2f}x {keypoints:>7.0f}"
-                  f"   cpu/img: 1 worker {1000 * c1:.1f} ms, parent at {w} workers {1000 * pw:.1f} ms "
+            c1, pw = parent_cpu[0], parent_cpu[-1]
+            estimate = last * c1 / (c1 + (last - 1) * pw) if first == 1 else float("nan")
+            print(f"{name:<10} {bare:>10.1f} " + " ".join(f"{r:>19.1f}" for r in rates)
+                  + f" {speedup:>6.2f}x {rates[0] / bare:>7.2f}x {count:>6} {keypoints:>7.0f}  "
+                  + " / ".join(f"{c:.2f}" for c in cores)
+                  + f"   cpu/img: {first} worker {1000 * c1:.1f} ms, parent at {last} workers {1000 * pw:.1f} ms "
                   f"-> idle-machine estimate {estimate:.2f}x", flush=True)
 
 
@@ -156,7 +242,10 @@ def bench_fit(rows: int, k: int, batch_sizes: list[int | None], threads_list: li
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=48, help="images per timing (default 48)")
+    parser.add_argument("--images", type=int, default=48, help="distinct images, the fewest per timing (default 48)")
+    parser.add_argument("--min-seconds", type=float, default=2.0,
+                        help="fast descriptors describe more images (repeated) so a 1-worker run lasts about this long")
+    parser.add_argument("--max-images", type=int, default=240, help="the most images per timing (default 240)")
     parser.add_argument("--descriptors", default=",".join(DESCRIPTORS), help="comma-separated (default: all)")
     parser.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
     parser.add_argument("--repeats", type=int, default=2, help="timings per setting; the best is kept")
@@ -170,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_descriptors:
         images = test_images(args.images)
         bench_descriptors(images, [d.strip() for d in args.descriptors.split(",") if d.strip()],
-                          [int(w) for w in args.workers.split(",")], args.repeats)
+                          [int(w) for w in args.workers.split(",")], args.repeats, min_seconds=args.min_seconds,
+                          max_images=args.max_images)
     if not args.skip_fit:
         extra = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
         threads = [int(t) or None for t in args.fit_threads.split(",")]

@@ -1,15 +1,24 @@
 """Benchmark: model fit times on synthetic embeddings, and loading an embedding table into numpy.
 
-    python bench/fit.py            # 10k x 1280 and 100k x 2048 (float32), as in the issue
-    python bench/fit.py --quick    # 2k x 256 and 10k x 512: a minute on a laptop
+    python bench/fit.py            # 10k x 1280 and 100k x 2048 (float32), as in the issue; fits capped at 1800 s
+    python bench/fit.py --quick    # 2k x 256 and 10k x 512, fits capped at 20 s: about a minute
+    python bench/fit.py --sizes 100000x2048 --models svm_rbf --max-seconds 14400 --skip-load   # one long fit
 
-Fit times are for the registered models as ``fit`` uses them (VarianceThreshold + scaling + model):
-logistic, svm_rbf (Platt-calibrated RBF SVM), xgboost (hist, CPU unless --device cuda) and the CRMO
-ensemble (logistic on one half of the columns, svm_rbf + naive Bayes on the other, soft voting).
-An RBF SVM's fit grows roughly with n^2: when a size would exceed --svm-budget seconds it is measured
-on growing subsamples until the budget is reached and the full size is extrapolated from the last two
-(marked 'est.'); the ensemble at that size is then the measured logistic + naive Bayes plus that estimate.
-XGBoost is first fitted with 10 trees; when 200 would exceed --xgb-budget seconds it is extrapolated per tree.
+Every figure printed is measured; nothing is extrapolated into the table. Each fit runs in a child
+process (data generated there, not timed; the time is ``model.fit`` alone) with a wall-clock cap,
+``--max-seconds``: a fit still running at the cap is stopped and printed as ``> CAP s (stopped)`` —
+a measured lower bound. For a stopped fit the script then measures the same model on growing
+subsamples of the same shape (n/40, n/20, ... rows, doubling while the next fit is expected to end
+within ``--scaling-seconds`` in all) and prints them on separate "scaling" lines with the fitted
+exponent b of time ~ rows^b (least squares over the points, and between the last two), and the trend
+to the full size — labelled as a trend, not a measurement.
+
+The models are the registered ones as ``fit`` uses them by default (``create_model(name)``: low-variance
+filter + scaling where the model uses it + the estimator); the "configuration" column says what that is:
+logistic (lbfgs, float64 internally), svm_rbf (RBF SVC, Platt-calibrated on 3 subject-grouped folds:
+3 SVC fits on 2/3 of the rows + 1 on all), xgboost (hist, n_estimators boosting rounds x 3 classes, all
+usable cores unless --device cuda) and the CRMO ensemble (logistic on one half of the columns, svm_rbf
++ naive Bayes on the other, soft voting). The labels are 3 classes with a low-rank signal.
 
 Loading: the same 100k x 2048 (or --quick 10k x 512) FLOAT[d] table, written as the extraction runner
 writes it (parts of 4096 rows), read (a) through DuckDB -> Arrow -> numpy (``store.featureset.load_matrix``:
@@ -20,17 +29,23 @@ one DuckDB thread gives one Arrow chunk whose values buffer is reshaped into the
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
+import selectors
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from classifiers import create_model  # noqa: E402
+MODELS = ("logistic", "svm_rbf", "xgboost", "ensemble")
+CLASSES = 3
 
 
 def synthetic(n: int, d: int, seed: int = 0, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -50,58 +65,231 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def svm_time(X, y, budget: float, seed: int) -> tuple[float, str]:
-    """Seconds to fit svm_rbf on all rows, measured or extrapolated from subsamples within ``budget``."""
-    n = len(y)
-    rng = np.random.default_rng(seed)
-    sizes, times = [], []
-    m = min(n, 1000)
-    while True:
-        rows = rng.choice(n, m, replace=False) if m < n else np.arange(n)
-        seconds = timed(lambda: create_model("svm_rbf", random_state=seed).fit(X[rows], y[rows]))
-        sizes.append(m)
-        times.append(seconds)
-        if m == n:
-            return seconds, "measured"
-        # predict the next doubling from the growth seen so far; stop before it breaks the budget
-        exponent = np.log(times[-1] / times[-2]) / np.log(sizes[-1] / sizes[-2]) if len(times) > 1 else 2.0
-        exponent = float(np.clip(exponent, 1.0, 3.0))
-        nxt = min(n, 2 * m)
-        if sum(times) + seconds * (nxt / m) ** exponent > budget:
-            estimate = seconds * (n / m) ** exponent
-            return estimate, f"est. from {m} rows ({seconds:.1f} s), n^{exponent:.2f}"
-        m = nxt
+# --- the child: fits models on generated data and reports each as one JSON line ------------------------
+def build_model(name: str, d: int, *, device: str, seed: int):
+    """The model ``fit`` builds by default for ``name`` (the ensemble: the CRMO recipe over halves of X)."""
+    from classifiers import create_model
+
+    if name == "xgboost":
+        return create_model("xgboost", device=device, random_state=seed)
+    if name == "ensemble":
+        half = d // 2
+        members = [("logistic", create_model("logistic", random_state=seed), (0, half)),
+                   ("svm_rbf", create_model("svm_rbf", random_state=seed), (half, d)),
+                   ("naive_bayes", create_model("naive_bayes"), (half, d))]
+        return create_model("ensemble", members=members)
+    return create_model(name, random_state=seed)
 
 
-def xgb_time(X, y, budget: float, device: str, seed: int) -> tuple[float, str]:
-    """Seconds to fit the default xgboost (200 trees), measured, or extrapolated per tree from a 10-tree fit
-    when the full fit would exceed ``budget`` (boosting time grows about linearly with the trees)."""
-    full = create_model("xgboost", device=device, random_state=seed).n_estimators
-    probe = timed(lambda: create_model("xgboost", device=device, random_state=seed, n_estimators=10).fit(X, y))
-    if probe * full / 10 > budget:
-        return probe * full / 10, f"est. from 10 trees ({probe:.1f} s) x {full // 10}, device {device}"
-    return timed(lambda: create_model("xgboost", device=device, random_state=seed).fit(X, y)), f"measured, device {device}"
+def describe(name: str, model, d: int) -> str:
+    """What was fitted, read from the fitted model: the configuration ``fit`` uses by default."""
+    if name == "logistic":
+        est = model.pipeline_[-1]
+        return f"lbfgs, C={est.C}, max_iter={est.max_iter}, {int(np.max(est.n_iter_))} iterations; scaled"
+    if name == "svm_rbf":
+        calibrated = model.pipeline_[-1]
+        svc = calibrated.calibrated_classifiers_[0].estimator
+        folds = len(calibrated.cv) if hasattr(calibrated.cv, "__len__") else calibrated.cv
+        return (f"SVC rbf C={svc.C} gamma={svc.gamma!r} cache {svc.cache_size:.0f} MB, Platt on {folds} grouped "
+                f"folds ({folds} fits on {folds - 1}/{folds} of the rows + 1 on all); {int(svc.n_support_.sum())} SVs")
+    if name == "xgboost":
+        est = model.pipeline_[-1]
+        config = json.loads(est.get_booster().save_config())
+        threads = config["learner"]["generic_param"]["nthread"]
+        rounds = est.get_booster().num_boosted_rounds()
+        return (f"{rounds} rounds x {len(model.classes_)} classes = {rounds * len(model.classes_)} trees, "
+                f"max_depth {est.max_depth}, lr {est.learning_rate}, {est.tree_method}, {threads} threads, {est.device}")
+    if name == "ensemble":
+        parts = " + ".join(f"{m}[{a}:{b}]" for m, _, (a, b) in model.members)
+        return f"{parts}, {model.voting} voting"
+    return ""
 
 
-def fit_row(n: int, d: int, *, device: str, svm_budget: float, xgb_budget: float, seed: int = 0):
-    """Yield (model, seconds, how) for logistic, svm_rbf, xgboost and the ensemble on n x d features."""
+def worker(d: int, jobs: list[tuple[str, int]], *, device: str, seed: int) -> int:
+    """Fit each (model, rows) job on the first ``rows`` rows of synthetic(max rows, d); print JSON lines."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    n = max(rows for _, rows in jobs)
     X, y = synthetic(n, d, seed)
-    half = d // 2
-    yield "logistic", timed(lambda: create_model("logistic", random_state=seed).fit(X, y)), "measured"
-    svm, how = svm_time(X, y, svm_budget, seed)
-    yield "svm_rbf", svm, how
-    yield ("xgboost", *xgb_time(X, y, xgb_budget, device, seed))
-    members = [("logistic", create_model("logistic", random_state=seed), (0, half)),
-               ("svm_rbf", create_model("svm_rbf", random_state=seed), (half, d)),
-               ("naive_bayes", create_model("naive_bayes"), (half, d))]
-    if how == "measured":
-        yield "ensemble", timed(lambda: create_model("ensemble", members=members).fit(X, y)), "measured"
-    else:
-        part_logistic = timed(lambda: create_model("logistic", random_state=seed).fit(X[:, :half], y))
-        part_nb = timed(lambda: create_model("naive_bayes").fit(X[:, half:], y))
-        part_svm, part_how = svm_time(X[:, half:], y, svm_budget, seed)
-        yield ("ensemble", part_logistic + part_nb + part_svm,
-               f"logistic {part_logistic:.1f} s + naive_bayes {part_nb:.1f} s measured, svm_rbf {part_how}")
+    warm = set()
+    for name, rows in jobs:
+        if name not in warm:  # a first small fit imports the backend and starts its threads: not timed
+            warm.add(name)
+            try:
+                build_model(name, d, device=device, seed=seed).fit(X[:90], y[:90])
+            except Exception:
+                pass  # the timed fit below reports any real error
+        model = build_model(name, d, device=device, seed=seed)
+        print(json.dumps({"event": "start", "model": name, "rows": rows}), flush=True)
+        try:
+            seconds = timed(lambda: model.fit(X[:rows], y[:rows]))
+        except Exception as exc:  # reported, and the next job goes on
+            print(json.dumps({"event": "error", "model": name, "rows": rows,
+                              "error": f"{type(exc).__name__}: {exc}"[:300]}), flush=True)
+            continue
+        print(json.dumps({"event": "done", "model": name, "rows": rows, "seconds": seconds,
+                          "config": describe(name, model, d)}), flush=True)
+    return 0
+
+
+# --- the parent: runs workers with a wall-clock cap per fit ---------------------------------------------
+@dataclass
+class Result:
+    model: str
+    rows: int
+    seconds: float | None = None  # measured fit time; None when stopped or failed
+    stopped_at: float | None = None  # the cap, when the fit was stopped
+    error: str | None = None
+    config: str = ""
+
+
+def run_jobs(d: int, jobs: list[tuple[str, int]], *, cap: float, device: str, seed: int,
+             budget: float | None = None, after_stop: str = "continue", on_result=None) -> list[Result]:
+    """Run ``jobs`` in child processes, each fit stopped at ``cap`` seconds (its child is killed).
+
+    ``after_stop='continue'`` starts a fresh child for the jobs after a stopped or crashed one; 'end'
+    ends there. ``budget`` (seconds, all jobs together) stops the series before a job that the times
+    so far say cannot finish within what is left: the next fit is expected to take the last one x
+    (rows ratio)^b, b the exponent between the last two points (2 before there are two)."""
+    results: list[Result] = []
+    pending = list(jobs)
+    spent = 0.0
+    while pending:
+        command = [sys.executable, str(Path(__file__).resolve()), "--_worker", "--_d", str(d), "--_jobs",
+                   ",".join(f"{m}:{r}" for m, r in pending), "--device", device, "--_seed", str(seed)]
+        errors = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty child never blocks on it
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors,
+                                 env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+        def last_error() -> str:
+            errors.seek(0)
+            lines = [line for line in errors.read().strip().splitlines() if line.strip()]
+            return lines[-1][:200] if lines else f"exit code {child.returncode}"
+
+        select = selectors.DefaultSelector()
+        select.register(child.stdout, selectors.EVENT_READ)
+        deadline, current, started = None, None, None
+        ended_early, buffered, eof = False, b"", False
+        while True:
+            # read whole lines ourselves (os.read, never a buffered readline): a line waiting in a
+            # reader's buffer would be invisible to select() and its fit would escape the cap
+            while b"\n" not in buffered and not eof:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not select.select(timeout=wait):
+                    break
+                chunk = os.read(child.stdout.fileno(), 65536)
+                buffered += chunk
+                eof = not chunk
+            if b"\n" not in buffered and not eof:  # the running fit passed its cap
+                child.kill()
+                child.wait()
+                limit = deadline - started
+                result = Result(current[0], current[1], stopped_at=limit)
+                spent += limit
+                results.append(result)
+                if on_result:
+                    on_result(result)
+                pending = pending[pending.index(current) + 1:]
+                ended_early = True
+                break
+            if b"\n" not in buffered:  # the child ended: all done, or it crashed (out of memory?)
+                child.wait()
+                if current is not None and pending and pending[0] == current:
+                    result = Result(current[0], current[1], error=f"child exited {child.returncode}: {last_error()}")
+                    results.append(result)
+                    if on_result:
+                        on_result(result)
+                    pending = pending[1:]
+                    ended_early = True
+                elif pending:
+                    raise RuntimeError(f"fit worker failed before its first fit: {last_error()}")
+                break
+            line, _, buffered = buffered.partition(b"\n")
+            try:
+                event = json.loads(line)
+            except ValueError:  # something a library printed: not ours
+                continue
+            if not isinstance(event, dict) or "event" not in event:
+                continue
+            job = (event["model"], event["rows"])
+            if event["event"] == "start":
+                current, started = job, time.monotonic()
+                limit = cap if budget is None else min(cap, budget - spent)
+                deadline = started + max(limit, 0.0)
+                continue
+            deadline = None
+            result = Result(*job, seconds=event.get("seconds"), error=event.get("error"), config=event.get("config", ""))
+            spent += event.get("seconds") or 0.0
+            results.append(result)
+            if on_result:
+                on_result(result)
+            pending = pending[1:]
+            if budget is not None and pending:
+                times = [(r.rows, r.seconds) for r in results if r.seconds]
+                exponent = 2.0
+                if len(times) > 1 and times[-1][0] != times[-2][0]:
+                    exponent = math.log(times[-1][1] / times[-2][1]) / math.log(times[-1][0] / times[-2][0])
+                    exponent = max(exponent, 1.0)
+                expected = times[-1][1] * (pending[0][1] / times[-1][0]) ** exponent if times else 0.0
+                if spent + expected > budget:
+                    child.kill()
+                    child.wait()
+                    pending = []
+                    break
+        select.close()
+        child.stdout.close()
+        errors.close()
+        if ended_early and after_stop == "end":
+            break
+    return results
+
+
+def scaling_line(name: str, n: int, d: int, points: list[Result], sizes: list[int]) -> str:
+    """'scaling' summary: measured subsample times, fitted exponent, and the trend to n rows (not measured)."""
+    done = [(p.rows, p.seconds) for p in points if p.seconds]
+    parts = [f"{r} rows {s:.1f} s" for r, s in done]
+    parts += [f"{p.rows} rows > {p.stopped_at:.0f} s (stopped)" for p in points if p.stopped_at is not None]
+    parts += [f"{p.rows} rows failed ({p.error})" for p in points if p.error]
+    text = ", ".join(parts) or "no subsample finished"
+    if len(points) < len(sizes) and not any(p.stopped_at is not None or p.error for p in points):
+        text += f" (then stopped: {sizes[len(points)]} rows expected to pass the scaling budget)"
+    if len(done) < 2:
+        return f"scaling  {name:<9} {n} x {d}: {text}"
+    rows, secs = np.log([r for r, _ in done]), np.log([s for _, s in done])
+    fitted = float(np.polyfit(rows, secs, 1)[0])
+    last = float((secs[-1] - secs[-2]) / (rows[-1] - rows[-2]))
+    trend = done[-1][1] * (n / done[-1][0]) ** max(last, fitted)
+    return (f"scaling  {name:<9} {n} x {d}: {text}; time ~ rows^{fitted:.2f} (least squares), ^{last:.2f} "
+            f"(last two); trend to {n} rows with ^{max(last, fitted):.2f}: ~{trend:,.0f} s (not measured)")
+
+
+def report_fit_size(n: int, d: int, models, *, cap: float, scaling_seconds: float, device: str, seed: int) -> list[Result]:
+    """Fit ``models`` on n x d (each capped), print each row; then the scaling series of stopped ones."""
+    shape = f"{n} x {d}"
+
+    def show(r: Result) -> None:
+        if r.seconds is not None:
+            figure, how = f"{r.seconds:.1f}", r.config
+        elif r.stopped_at is not None:
+            figure, how = f"> {r.stopped_at:.0f}", "(stopped at the cap; see scaling)"
+        else:
+            figure, how = "failed", r.error or ""
+        print(f"{shape:<14} {r.model:<10} {figure:>9}  {how}", flush=True)
+
+    results = run_jobs(d, [(m, n) for m in models], cap=cap, device=device, seed=seed, on_result=show)
+    for r in results:
+        if r.stopped_at is None:
+            continue
+        sizes = []
+        m = max(n // 40, 100)
+        while m < n:
+            sizes.append(m)
+            m *= 2
+        points = run_jobs(d, [(r.model, m) for m in sizes], cap=min(cap, scaling_seconds), device=device, seed=seed,
+                          budget=scaling_seconds, after_stop="end")
+        print(scaling_line(r.model, n, d, points, sizes), flush=True)
+    return results
 
 
 def load_row(n: int, d: int, repeats: int = 3) -> dict[str, float]:
@@ -156,28 +344,57 @@ def load_row(n: int, d: int, repeats: int = 3) -> dict[str, float]:
     return best
 
 
+def _size(text: str) -> tuple[int, int]:
+    rows, _, dims = text.lower().partition("x")
+    return int(rows.replace("_", "").replace("k", "000")), int(dims)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2k x 256 and 10k x 512 instead of 10k x 1280 and 100k x 2048")
+    parser.add_argument("--quick", action="store_true", help="2k x 256 and 10k x 512, 20 s cap: about a minute")
+    parser.add_argument("--sizes", default=None, help="comma-separated ROWSxDIMS (default 10000x1280,100000x2048)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="xgboost device")
-    parser.add_argument("--svm-budget", type=float, default=120.0, help="seconds svm_rbf may spend per size before extrapolating")
-    parser.add_argument("--xgb-budget", type=float, default=600.0, help="seconds xgboost may take before it is extrapolated")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="wall-clock cap per fit; a fit still running is stopped (default 1800, --quick 20)")
+    parser.add_argument("--scaling-seconds", type=float, default=None,
+                        help="seconds for the subsample series of each stopped fit (default 900, --quick 10)")
     parser.add_argument("--skip-fit", action="store_true", help="only the loading benchmark")
+    parser.add_argument("--skip-load", action="store_true", help="only the fit benchmark")
+    parser.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--_d", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--_jobs", help=argparse.SUPPRESS)
+    parser.add_argument("--_seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    sizes = [(2_000, 256), (10_000, 512)] if args.quick else [(10_000, 1280), (100_000, 2048)]
-    print(f"cpu cores: {os.cpu_count()}; load average: {os.getloadavg()[0]:.1f}")
+    if args._worker:
+        jobs = [(m, int(r)) for m, r in (job.split(":") for job in args._jobs.split(","))]
+        return worker(args._d, jobs, device=args.device, seed=args._seed)
+    if args.sizes:
+        sizes = [_size(s) for s in args.sizes.split(",")]
+    else:
+        sizes = [(2_000, 256), (10_000, 512)] if args.quick else [(10_000, 1280), (100_000, 2048)]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    cap = args.max_seconds if args.max_seconds is not None else (20.0 if args.quick else 1800.0)
+    scaling = args.scaling_seconds if args.scaling_seconds is not None else (10.0 if args.quick else 900.0)
+    from classifiers.models import usable_cores
+
+    print(f"cpu cores: {os.cpu_count()} ({usable_cores()} usable); load average: "
+          + " ".join(f"{v:.1f}" for v in os.getloadavg()) + f"; cap per fit {cap:.0f} s", flush=True)
     if not args.skip_fit:
-        print(f"{'rows x dims':<14} {'model':<10} {'fit s':>9}  how")
+        print(f"{'rows x dims':<14} {'model':<10} {'fit s':>9}  configuration (fit's defaults, {CLASSES} classes, float32 X)")
         for n, d in sizes:
-            for name, seconds, how in fit_row(n, d, device=args.device, svm_budget=args.svm_budget,
-                                               xgb_budget=args.xgb_budget):
-                print(f"{f'{n} x {d}':<14} {name:<10} {seconds:>9.1f}  {how}", flush=True)
-    n, d = sizes[-1]
-    load = load_row(n, d)
-    print(f"load {n} x {d} FLOAT[{d}] ({load['megabytes']:.0f} MB, keys included), best of 3: "
-          f"duckdb {load['duckdb']:.2f} s (1 thread, zero-copy), duckdb {load['duckdb_threads']:.2f} s (all threads + "
-          f"join chunks), pyarrow {load['pyarrow']:.2f} s; ratio duckdb/pyarrow {load['duckdb'] / load['pyarrow']:.2f} "
-          "(target <= 1.5)")
+            report_fit_size(n, d, models, cap=cap, scaling_seconds=scaling, device=args.device, seed=0)
+        print("load average after the fits: " + " ".join(f"{v:.1f}" for v in os.getloadavg()), flush=True)
+    if not args.skip_load:
+        n, d = sizes[-1]
+        load = load_row(n, d)
+        print(f"load {n} x {d} FLOAT[{d}] ({load['megabytes']:.0f} MB, keys included), best of 3: "
+              f"duckdb {load['duckdb']:.2f} s (1 thread, zero-copy), duckdb {load['duckdb_threads']:.2f} s (all threads + "
+              f"join chunks), pyarrow {load['pyarrow']:.2f} s; ratio duckdb/pyarrow {load['duckdb'] / load['pyarrow']:.2f} "
+              "(target <= 1.5)")
     return 0
 
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from extractors._registry import register_cli_alias, register_extractor
 from extractors._units import pair_units
+from extractors._workers import ordered_map
 from extractors.base import ExtractedBatch, Extractor
 from features.difference import align_pair, first_time_point_difference
 from features.registration import agreement
@@ -102,17 +103,6 @@ def _pair_task(task: tuple) -> tuple:
     except ChronofeatError as exc:
         return ("fail", pair_id, type(exc).__name__, str(exc), path)
     return ("ok", pair_id, values, histogram)
-
-
-def _ordered_map(function, tasks, workers: int):
-    if workers <= 1:
-        yield from map(function, tasks)
-        return
-    from joblib import Parallel, delayed
-
-    yield from Parallel(n_jobs=workers, return_as="generator", batch_size="auto", pre_dispatch="4*n_jobs")(
-        delayed(function)(task) for task in tasks
-    )
 
 
 def _is_int(value) -> bool:
@@ -244,7 +234,7 @@ class DiffStats(Extractor):
             failures = []
             return out
 
-        for result in _ordered_map(_pair_task, tasks, workers):
+        for result in ordered_map(_pair_task, tasks, workers, batch_size="auto"):
             i = index[result[1]]
             if result[0] == "fail":
                 failures.append(Failure(key=result[1], dataset=columns["dataset"][i], path=result[4],

@@ -15,7 +15,6 @@ builds with the nonfree modules; elsewhere it is refused before any work, saying
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from functools import lru_cache
@@ -26,6 +25,7 @@ import pyarrow as pa
 
 from extractors._registry import register_extractor
 from extractors._units import scan_units
+from extractors._workers import ordered_map
 from extractors.base import ExtractedBatch, Extractor
 from store.errors import BackendUnavailableError, ChronofeatError, InputError, ParameterError, check_param
 from store.failures import Failure
@@ -42,7 +42,6 @@ __all__ = [
     "describe",
     "descriptor_vectors",
     "describe_images",
-    "ordered_map",
     "read_descriptors",
 ]
 
@@ -51,7 +50,15 @@ BINARY_DESCRIPTORS = frozenset({"orb", "akaze", "brisk"})
 _FACTORY = {"sift": "SIFT", "orb": "ORB", "surf": "SURF", "kaze": "KAZE", "akaze": "AKAZE", "brisk": "BRISK"}
 _UINT8 = frozenset({"sift", "orb", "akaze", "brisk"})
 _BATCH = 64
-
+# describe(): descriptors whose detectAndCompute gives exactly the values of detect, keep the strongest
+# max_keypoints, compute (checked byte for byte on OpenCV 5.0: camera(), bench/bovw.py's images, CRMO demo
+# slices). Left on the two-step path: KAZE (its one-pass orientations and values differ), BRISK (equal,
+# but slower: it describes every keypoint before the strongest are kept), SURF (not in this build).
+_ONE_PASS = frozenset({"sift", "orb", "akaze"})
+# ...of which a keypoint's one-pass values do not depend on the other keypoints kept, so the strongest
+# rows can be kept (SIFT: when the kept keypoints include octave -1, see describe). ORB, which with
+# nfeatures has more than max_keypoints only on ties in response, describes the kept ones again.
+_KEYPOINT_LOCAL = frozenset({"sift", "akaze"})
 
 # --- OpenCV detectors ---------------------------------------------------------------------------
 def _nonfree_message(descriptor: str, detail: str) -> str:
@@ -130,6 +137,11 @@ def to_uint8(image: np.ndarray, *, low: float = 1.0, high: float = 99.0) -> np.n
     return np.clip((image - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
 
 
+def _lowest_sift_octave(keypoints) -> int:
+    """The lowest octave of SIFT keypoints (OpenCV packs it, a signed byte, in ``octave``'s low 8 bits)."""
+    return min((k.octave & 255) - 256 * ((k.octave & 255) >= 128) for k in keypoints)
+
+
 def describe(image: np.ndarray, descriptor: str, *, max_keypoints: int = 1000, detector=None) -> np.ndarray:
     """Descriptors of the strongest ``max_keypoints`` keypoints of ``image``, ``(n, width)`` in the
     storage dtype of ``descriptor_layout`` (``n`` = 0 when the image has no keypoint).
@@ -139,12 +151,24 @@ def describe(image: np.ndarray, descriptor: str, *, max_keypoints: int = 1000, d
     detector = detector if detector is not None else create_detector(descriptor, max_keypoints=max_keypoints)
     width, dtype = descriptor_layout(descriptor)
     grey = to_uint8(image)
-    keypoints = detector.detect(grey, None)
-    if len(keypoints) > max_keypoints:
-        keypoints = sorted(keypoints, key=lambda k: -k.response)[:max_keypoints]
     values = None
-    if keypoints:
-        keypoints, values = detector.compute(grey, keypoints)
+    if descriptor in _ONE_PASS:
+        # One pass (one scale space) instead of detect + compute: the same values, checked byte for byte.
+        keypoints, values = detector.detectAndCompute(grey, None)
+        if len(keypoints) > max_keypoints:
+            strongest = sorted(range(len(keypoints)), key=lambda i: -keypoints[i].response)[:max_keypoints]
+            keypoints = [keypoints[i] for i in strongest]
+            values = values[strongest] if descriptor in _KEYPOINT_LOCAL else None
+        if keypoints and (values is None or (descriptor == "sift" and _lowest_sift_octave(keypoints) > -1)):
+            # compute() builds SIFT's pyramid from the given keypoints' lowest octave, detectAndCompute()
+            # from octave -1 (the image upsampled 2x): without such a keypoint, describe as compute() does.
+            keypoints, values = detector.compute(grey, keypoints)
+    else:
+        keypoints = detector.detect(grey, None)
+        if len(keypoints) > max_keypoints:
+            keypoints = sorted(keypoints, key=lambda k: -k.response)[:max_keypoints]
+        if keypoints:
+            keypoints, values = detector.compute(grey, keypoints)
     if values is None or len(values) == 0:
         return np.zeros((0, width), dtype)
     if dtype == np.uint8 and values.dtype != np.uint8:
@@ -161,41 +185,6 @@ def descriptor_vectors(raw: np.ndarray, descriptor: str) -> np.ndarray:
 
 
 # --- processes ------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _opencv_threads(n: int):
-    """OpenCV's own thread pool set to ``n`` inside the block (parallelism comes from processes)."""
-    import cv2
-
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(n)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
-
-
-def _single_threaded(function, task):
-    import cv2
-
-    cv2.setNumThreads(1)
-    return function(task)
-
-
-def ordered_map(function, tasks: Iterable, workers: int) -> Iterator:
-    """``function(task)`` for every task, results in task order; ``workers`` > 1 uses that many
-    processes (joblib/loky, started once and reused), each with a single-threaded OpenCV."""
-    if workers <= 1:
-        with _opencv_threads(1):
-            for task in tasks:
-                yield function(task)
-        return
-    from joblib import Parallel, delayed
-
-    yield from Parallel(n_jobs=workers, return_as="generator", batch_size=1, pre_dispatch="4*n_jobs")(
-        delayed(_single_threaded)(function, task) for task in tasks
-    )
-
-
 @lru_cache(maxsize=4)
 def _pixel_reader(root: str, dataset: str):
     from store.layout import open_store

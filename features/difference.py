@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.canvas import common_canvas, pad_to_canvas
-from features.registration import Registration, apply_registration, register_rigid, register_translation
+from features.registration import Registration, _register_translation, apply_registration, register_rigid
 from store.errors import InputError
 
 __all__ = ["AlignedPair", "align_pair", "difference_image", "first_time_point_difference"]
@@ -74,11 +74,15 @@ def align_pair(
     cmp_ = pad_to_canvas(cmp_, canvas)
     registration = None
     if register:
-        finder = register_rigid if rigid else register_translation
         # Padding is not image: with masks, its edges cannot pull the registration.
         masks = {"reference_mask": cmp_mask > 0.5, "moving_mask": ref_mask > 0.5} if padded else {}
-        registration = finder(cmp_, ref, upsample=upsample, **masks)
-        ref = apply_registration(ref, registration)
+        moved = None
+        if rigid:
+            registration = register_rigid(cmp_, ref, upsample=upsample, **masks)
+        else:
+            registration, moved = _register_translation(cmp_, ref, upsample=upsample, **masks)
+        # A greyscale reference was already moved while registering (the same apply_shift, the same fill).
+        ref = moved if moved is not None and ref.ndim == 2 else apply_registration(ref, registration)
         ref_mask = apply_registration(ref_mask, registration, fill=0.0)
     mask = (ref_mask > 0.999) & (cmp_mask > 0.5)
     return AlignedPair(reference=ref, comparison=cmp_, mask=mask, registration=registration)

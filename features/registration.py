@@ -1,9 +1,9 @@
 """Aligning two images of the same subject: translation by phase correlation, optionally rigid.
 
 ChronoMID registers two weeks by translation with scikit-image's FFT cross-correlation before
-subtracting. ``register_translation`` does that (``skimage.registration.phase_cross_correlation`` of
-the images' edge maps, Hann-windowed, sub-pixel by upsampled DFT; masked normalised cross-correlation
-when canvas padding must be ignored) and says how much to trust the result; ``register_rigid`` first recovers a rotation from the Fourier magnitude
+subtracting. ``register_translation`` does that (``skimage.registration.phase_cross_correlation``'s
+algorithm, computed here on half spectra, of the images' edge maps, Hann-windowed, sub-pixel by
+upsampled DFT; skimage's masked normalised cross-correlation when canvas padding must be ignored) and says how much to trust the result; ``register_rigid`` first recovers a rotation from the Fourier magnitude
 spectra in polar coordinates (translation-invariant), then the translation.
 
 Conventions: shifts are ``(dy, dx)`` in pixels, the amount to move ``moving`` so that it lies on
@@ -15,6 +15,7 @@ their channel mean; the transform is then applied to every channel.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -159,23 +160,70 @@ def _edges(image: np.ndarray) -> np.ndarray:
     return sobel(ndimage.gaussian_filter(image, 1.0))
 
 
+@lru_cache(maxsize=8)
+def _hann(shape: tuple[int, ...]) -> np.ndarray:
+    """``skimage.filters.window("hann", shape)``, made once per shape (read-only)."""
+    from skimage.filters import window
+
+    taper = window("hann", shape)
+    taper.flags.writeable = False
+    return taper
+
+
+def _upsampled_dft(data: np.ndarray, region: int, upsample: int, offsets: np.ndarray) -> np.ndarray:
+    """The ``region`` x ``region`` block, from ``offsets``, of the ``upsample``-times upsampled inverse
+    DFT of ``data`` by matrix products (Guizar-Sicairos et al. 2008): ``skimage.registration``'s
+    ``_upsampled_dft`` applied as ``_upsampled_dft(data.conj(), ...).conj()``, written out here."""
+    from scipy.fft import fftfreq
+
+    for n_items, offset in zip(data.shape[::-1], offsets[::-1]):
+        kernel = np.exp(2j * np.pi * ((np.arange(region) - offset)[:, None] * fftfreq(n_items, upsample)))
+        data = np.tensordot(kernel, data, axes=(1, -1))
+    return data
+
+
+def _cross_correlation_shift(reference: np.ndarray, moving: np.ndarray, upsample: int) -> np.ndarray:
+    """``skimage.registration.phase_cross_correlation(reference, moving, upsample_factor=upsample,
+    normalization=None)[0]`` for two real 2-D images, on half spectra (``rfft2``): the same whole-pixel
+    peak and the same upsampled-DFT refinement, without the error terms it would also compute."""
+    from scipy.fft import irfft2, rfft2
+
+    shape = reference.shape
+    half = rfft2(reference)
+    half *= rfft2(moving).conj()
+    correlation = irfft2(half, s=shape)
+    peak = np.unravel_index(np.argmax(np.abs(correlation)), shape)
+    shift = np.array(peak, dtype=np.float64)
+    size = np.array(shape)
+    wrapped = shift > np.trunc(size / 2)
+    shift[wrapped] -= size[wrapped]
+    if upsample == 1:
+        return shift
+    # The full spectrum of the (real) correlation from its half: X[-k] = conj(X[k]).
+    product = np.empty(shape, np.complex128)
+    cols = half.shape[1]
+    product[:, :cols] = half
+    rows = (-np.arange(shape[0])) % shape[0]
+    product[:, cols:] = half[rows][:, shape[1] - np.arange(cols, shape[1])].conj()
+    factor = float(upsample)
+    shift = np.round(shift * factor) / factor
+    region = np.ceil(factor * 1.5)
+    centre = np.trunc(region / 2.0)
+    refined = _upsampled_dft(product, int(region), upsample, centre - shift * factor)
+    best = np.array(np.unravel_index(np.argmax(np.abs(refined)), refined.shape), dtype=np.float64)
+    return shift + (best - centre) / factor
+
+
 def _windowed_shift(ref_edges: np.ndarray, mov_edges: np.ndarray, upsample: int) -> np.ndarray:
     """Sub-pixel cross-correlation shift of two same-size edge images, mean removed and Hann-windowed.
 
     The window stops the image borders (which do not wrap around) from pulling the peak to zero; the
     correlation is not whitened ('phase' normalisation), which amplifies noise on smooth images.
     """
-    from skimage.filters import window
-    from skimage.registration import phase_cross_correlation
-
-    taper = window("hann", ref_edges.shape)
-    shift, _, _ = phase_cross_correlation(
-        (ref_edges - ref_edges.mean()) * taper,
-        (mov_edges - mov_edges.mean()) * taper,
-        upsample_factor=upsample,
-        normalization=None,
+    taper = _hann(ref_edges.shape)
+    return _cross_correlation_shift(
+        (ref_edges - ref_edges.mean()) * taper, (mov_edges - mov_edges.mean()) * taper, int(upsample)
     )
-    return shift
 
 
 def _inner(mask: np.ndarray, margin: int = 3) -> np.ndarray:
@@ -229,6 +277,21 @@ def register_translation(
     ``confidence`` and ``error`` are measured after applying the shift, over the pixels both images
     really cover (see ``Registration``); ``error`` is NaN only when the shift leaves no overlap.
     """
+    return _register_translation(reference, moving, upsample=upsample, reference_mask=reference_mask,
+                                 moving_mask=moving_mask)[0]
+
+
+def _register_translation(
+    reference: np.ndarray,
+    moving: np.ndarray,
+    *,
+    upsample: int = 20,
+    reference_mask: np.ndarray | None = None,
+    moving_mask: np.ndarray | None = None,
+) -> tuple[Registration, np.ndarray | None]:
+    """``(register_translation(...), moved)``: ``moved`` is ``apply_shift(grey moving, shift)`` (float32),
+    which it computes anyway, so that a caller moving the same image need not do it again (None for
+    flat images)."""
     if not isinstance(upsample, (int, np.integer)) or upsample < 1:
         raise InputError(f"upsample must be an int >= 1; got {upsample!r}.")
     ref, mov = _check_pair(reference, moving)
@@ -237,7 +300,7 @@ def register_translation(
     if np.ptp(ref) == 0.0 or np.ptp(mov) == 0.0:
         # Phase correlation of a flat image is undefined: no shift can be found, say so in confidence.
         confidence, error = agreement(ref, mov, (slice(None), slice(None)))
-        return Registration(shift=(0.0, 0.0), confidence=confidence, error=error)
+        return Registration(shift=(0.0, 0.0), confidence=confidence, error=error), None
     if ref_mask is None and mov_mask is None:
         dy, dx = (float(v) for v in _windowed_shift(_edges(ref), _edges(mov), int(upsample)))
     else:
@@ -245,13 +308,13 @@ def register_translation(
         mov_mask = np.ones(ref.shape, bool) if mov_mask is None else mov_mask
         dy, dx = _masked_shift(ref, mov, ref_mask, mov_mask, int(upsample))
     dy, dx = dy + 0.0, dx + 0.0  # turns -0.0 into 0.0
-    registered = apply_shift(mov, (dy, dx)).astype(np.float64)
+    moved = apply_shift(mov, (dy, dx))
     if ref_mask is None:
         valid: tuple[slice, slice] | np.ndarray = overlap_slices(ref.shape, (dy, dx))
     else:
         valid = ref_mask & (apply_shift(mov_mask.astype(np.float32), (dy, dx), fill=0.0) > 0.999)
-    confidence, error = agreement(ref, registered, valid)
-    return Registration(shift=(dy, dx), confidence=confidence, error=error)
+    confidence, error = agreement(ref, moved.astype(np.float64), valid)
+    return Registration(shift=(dy, dx), confidence=confidence, error=error), moved
 
 
 def _rotate(image: np.ndarray, angle: float, *, fill: float | None = None) -> np.ndarray:

@@ -31,14 +31,13 @@ import sys
 import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -57,7 +56,8 @@ from store.layouts import (
     time_index_from_days,
 )
 from store.manifest import MANIFEST_NAME, PAIRS_NAME, GivenPair, Manifest, read_manifest, read_pairs_csv
-from store.pixels import decode_file, pixel_sha256
+from store.digest import FrameContent
+from store.pixels import read_contents
 from store.provenance import part_metadata
 from store.pseudonym import Pseudonymizer, redact
 from store.schema import DATASETS, PAIRS_CORE, SCANS_CORE
@@ -72,7 +72,8 @@ _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _INGEST_STAGES = ("ingest:read", "ingest:decode")
 _THREAD_HASH_BYTES = 1 << 18  # frames this large are hashed on a helper thread while the next files decode
 _HASH_BATCH = 4  # frames per hashing task: fewer thread hand-offs
-_HASH_TASKS_IN_FLIGHT = 2
+_HASH_TASKS_IN_FLIGHT = 4
+_HASH_SWITCH_INTERVAL = 0.0002  # seconds: see _FrameHasher
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -246,22 +247,27 @@ class _FrameHasher:
 
     def __init__(self, threaded: bool) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1) if threaded else None
-        self._batch: list[tuple[dict, np.ndarray]] = []
+        self._batch: list[tuple[dict, FrameContent]] = []
         self._tasks: deque[tuple[list[dict], Future]] = deque()
+        self._switch_interval = sys.getswitchinterval()
+        if threaded:
+            # The hash thread needs the GIL for a moment after every frame's hash, and by default waits
+            # up to 5 ms for the decoding thread to give it up: it would hash ~200 frames/s at most.
+            sys.setswitchinterval(_HASH_SWITCH_INTERVAL)
 
-    def add(self, row: dict, frame: np.ndarray) -> None:
-        if self._pool is None or frame.nbytes < _THREAD_HASH_BYTES:
-            row["pixel_sha256"] = pixel_sha256(frame)
+    def add(self, row: dict, content: FrameContent) -> None:
+        if self._pool is None or content.nbytes < _THREAD_HASH_BYTES:
+            row["pixel_sha256"] = content.sha256()
             return
-        self._batch.append((row, frame))
+        self._batch.append((row, content))
         if len(self._batch) >= _HASH_BATCH:
             self._submit()
 
     def _submit(self) -> None:
         rows = [row for row, _ in self._batch]
-        frames = [frame for _, frame in self._batch]
+        contents = [content for _, content in self._batch]
         self._batch = []
-        self._tasks.append((rows, self._pool.submit(lambda: [pixel_sha256(f) for f in frames])))
+        self._tasks.append((rows, self._pool.submit(lambda: [c.sha256() for c in contents])))
         while len(self._tasks) > _HASH_TASKS_IN_FLIGHT:
             self._collect()
 
@@ -283,6 +289,7 @@ class _FrameHasher:
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
+                sys.setswitchinterval(self._switch_interval)
 
 
 def _decode_chunk(
@@ -308,7 +315,7 @@ def _decode_chunk(
                 continue
             decoded = None
             try:
-                decoded = decode_file(base / rel, name=rel)
+                decoded = read_contents(base / rel, name=rel)
                 if decoded.kind != "dicom" and not item.in_manifest:
                     raise DatasetError(
                         f"{rel}: a {decoded.kind.upper()} image needs a row in {MANIFEST_NAME} (columns path, "
@@ -326,16 +333,15 @@ def _decode_chunk(
                 )
                 failures.append(_failure(dataset, rel, "ingest:decode", exc, message))
                 continue
-            frames = decoded.frames
-            for index in range(frames.shape[0]):
-                frame = frames[index]
+            shape = decoded.shape
+            for index, content in enumerate(decoded.contents):
                 row = {
-                    "path": rel, "frame": index, "frames": int(frames.shape[0]), "kind": decoded.kind,
-                    "pixel_sha256": None, "rows": int(frame.shape[0]), "cols": int(frame.shape[1]),
-                    "channels": int(frame.shape[2]) if frame.ndim == 3 else 1, **fields,
+                    "path": rel, "frame": index, "frames": int(shape[0]), "kind": decoded.kind,
+                    "pixel_sha256": None, "rows": int(shape[1]), "cols": int(shape[2]),
+                    "channels": int(shape[3]) if len(shape) == 4 else 1, **fields,
                 }
                 rows.append(row)
-                hasher.add(row, frame)
+                hasher.add(row, content)
     return rows, failures
 
 
@@ -347,30 +353,52 @@ _ChunkResult = tuple[list[dict], list[Failure]]
 
 
 @contextmanager
-def _decoded_chunks(chunks: list[list[_Item]], work, workers: int) -> Iterator[Iterator[_ChunkResult]]:
-    """Results of ``work`` over ``chunks`` in order: in this process, or in ``workers`` processes.
+def _decoded_chunks(
+    chunks: list[list[_Item]], work, workers: int
+) -> Iterator[Iterator[tuple[list[_Item], _ChunkResult]]]:
+    """``(chunk, work(chunk))`` for every chunk, in completion order: in this process alone, or here
+    and in ``workers - 1`` worker processes.
 
-    Workers start from a fresh interpreter (forkserver/spawn), so they inherit no open file (the
-    dataset lock above all) from this process.
+    This process decodes too, so work starts at once while the workers start up (a fresh interpreter
+    each, forkserver/spawn, so they inherit no open file, the dataset lock above all); each worker
+    keeps two chunks queued so it never waits for this one.
     """
     if workers <= 1 or len(chunks) <= 1:
-        yield map(work, chunks)
+        yield ((chunk, work(chunk)) for chunk in chunks)
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context)
+    helpers = min(workers - 1, len(chunks) - 1)
+    pool = ProcessPoolExecutor(max_workers=helpers, mp_context=context)
+
+    def results() -> Iterator[tuple[list[_Item], _ChunkResult]]:
+        queued = deque(chunks)
+        running: dict[Future, list[_Item]] = {}
+        while queued or running:
+            while queued and len(running) < 2 * helpers:
+                chunk = queued.popleft()
+                running[pool.submit(work, chunk)] = chunk
+            for future in [f for f in running if f.done()]:
+                yield running.pop(future), future.result()
+            if queued:
+                chunk = queued.popleft()
+                yield chunk, work(chunk)
+            elif running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield running.pop(future), future.result()
+
     try:
-        yield pool.map(work, chunks)
+        yield results()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _spare_core(workers: int) -> bool:
-    """True when a core is left idle by ``workers`` decoding processes and the machine's current load:
-    only then does hashing on a helper thread speed things up (on a busy machine it costs switches)."""
+    """True when ``workers`` decoding processes leave a core of this process's CPU set free: then each
+    hashes on a helper thread while its next file decodes (hashlib releases the GIL)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return cores - workers - load >= 0.5
+    return cores > workers
 
 
 def _failed_paths(store: Store, dataset: str) -> set[str]:
@@ -638,7 +666,7 @@ def ingest_dataset(
                 total=len(pending), unit="file", desc=f"ingest {dataset}", file=sys.stderr, disable=not progress,
                 dynamic_ncols=True,
             ) as bar:
-                for chunk, (rows, failures) in zip(chunks, results):
+                for chunk, (rows, failures) in results:
                     if rows:
                         table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
                         write_part(index_store, index_table, table, metadata=_index_metadata(), locked=True)

@@ -1,29 +1,32 @@
-"""Pixels of a stored scan, exactly as ingestion hashed them.
+"""Pixels of a stored scan, and the content ingestion hashed for them.
 
-``decode_file`` is the one decoder used by ingestion (to hash and index a file) and by every
-extractor (through ``load_pixels`` / ``PixelReader``), so the array an extractor gets is the array
-whose ``pixel_sha256`` the ``scans`` row records. The file kind is recognised from its first bytes
+``decode_file`` is the one decoder every extractor uses (through ``load_pixels`` / ``PixelReader``);
+``read_contents`` shares its DICOM reading and describes the same frames by what ``pixel_sha256``
+hashes (``store.digest``), so the ``scans`` row's digest changes exactly when those arrays do. The file kind is recognised from its first bytes
 (DICOM ``DICM`` marker, PNG/JPEG/TIFF/NPY signatures), never trusted from its suffix.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from store.dicom import DicomHeader, is_dicom_bytes, read_dicom
+from store.dicom import DicomHeader, is_dicom_bytes, read_dicom, read_dicom_contents
+from store.digest import FrameContent, float_content, pixel_sha256
 from store.errors import DatasetError, DecodeError, InputError
 from store.images import image_kind, read_image
 from store.layout import Store
 
 __all__ = [
     "DecodedFile",
+    "FileContents",
     "PixelReader",
     "decode_file",
+    "read_contents",
+    "frame_sha256s",
     "sniff_kind",
     "pixel_sha256",
     "load_pixels",
@@ -34,24 +37,23 @@ __all__ = [
 _SNIFF_BYTES = 132
 
 
-def pixel_sha256(array: np.ndarray) -> str:
-    """Hex SHA-256 identifying a decoded pixel array: over ``"<dtype>;<shape>;"`` then its C-order bytes.
-
-    ``dtype`` is numpy's ``dtype.str`` (``<f4``), ``shape`` the sizes joined by ``x`` (``512x512``).
-    Ingestion applies it to each float32 frame ``load_pixels`` returns, so equal hashes mean equal arrays.
-    """
-    array = np.ascontiguousarray(array)
-    digest = hashlib.sha256(f"{array.dtype.str};{'x'.join(str(n) for n in array.shape)};".encode("ascii"))
-    digest.update(array.data if array.ndim else array.tobytes())
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class DecodedFile:
     """One decoded file: ``kind`` (dicom/png/jpeg/tiff/npy), float32 ``frames`` and the DICOM header."""
 
     kind: str
     frames: np.ndarray
+    header: DicomHeader | None = None
+
+
+@dataclass(frozen=True)
+class FileContents:
+    """One file as ingestion indexes it: ``kind``, frame-stack ``shape`` ``(n, H, W[, 3])``, the DICOM
+    header, and each frame's hashed content (``store.digest``)."""
+
+    kind: str
+    shape: tuple[int, ...]
+    contents: list[FrameContent]
     header: DicomHeader | None = None
 
 
@@ -64,6 +66,23 @@ def sniff_kind(path: str | Path) -> str:
     return image_kind(head) or "unknown"
 
 
+def _open_image(path: str | Path, label: str):
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise DecodeError(
+            f"{label}: could not be opened ({exc.strerror or type(exc).__name__}). Check that it exists and is "
+            "readable."
+        ) from None
+
+
+def _not_an_image(label: str) -> DecodeError:
+    return DecodeError(
+        f"{label}: not a DICOM file (no 'DICM' marker after the 128-byte preamble) and not a "
+        "PNG/NPY/TIFF image. Convert it, or move it out of the dataset folder."
+    )
+
+
 def decode_file(path: str | Path, *, name: str | None = None) -> DecodedFile:
     """Decode the image file at ``path`` into float32 frames (see ``store.dicom`` / ``store.images``).
 
@@ -72,14 +91,7 @@ def decode_file(path: str | Path, *, name: str | None = None) -> DecodedFile:
     anything that is not a decodable image.
     """
     label = name or Path(path).name
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise DecodeError(
-            f"{label}: could not be opened ({exc.strerror or type(exc).__name__}). Check that it exists and is "
-            "readable."
-        ) from None
-    with handle:
+    with _open_image(path, label) as handle:
         head = handle.read(_SNIFF_BYTES)
         handle.seek(0)
         if is_dicom_bytes(head):
@@ -87,11 +99,33 @@ def decode_file(path: str | Path, *, name: str | None = None) -> DecodedFile:
             return DecodedFile(kind="dicom", frames=image.frames, header=image.header)
         kind = image_kind(head)
         if kind is None:
-            raise DecodeError(
-                f"{label}: not a DICOM file (no 'DICM' marker after the 128-byte preamble) and not a "
-                "PNG/NPY/TIFF image. Convert it, or move it out of the dataset folder."
-            )
+            raise _not_an_image(label)
         return DecodedFile(kind=kind, frames=read_image(handle, kind, name=label))
+
+
+def read_contents(path: str | Path, *, name: str | None = None) -> FileContents:
+    """The file at ``path`` as ingestion indexes it: kind, shape, header and per-frame hashed content.
+
+    Fails with ``DecodeError`` for exactly the files ``decode_file`` rejects; greyscale DICOM is not
+    converted to float32 (its stored integers are hashed instead, see ``store.digest``).
+    """
+    label = name or Path(path).name
+    with _open_image(path, label) as handle:
+        head = handle.read(_SNIFF_BYTES)
+        handle.seek(0)
+        if is_dicom_bytes(head):
+            found = read_dicom_contents(handle, name=label)
+            return FileContents(kind="dicom", shape=found.shape, contents=found.contents, header=found.header)
+        kind = image_kind(head)
+        if kind is None:
+            raise _not_an_image(label)
+        frames = read_image(handle, kind, name=label)
+        return FileContents(kind=kind, shape=tuple(frames.shape), contents=[float_content(f) for f in frames])
+
+
+def frame_sha256s(path: str | Path, *, name: str | None = None) -> list[str]:
+    """The ``pixel_sha256`` of each frame of the file at ``path``, as ingestion records them."""
+    return [content.sha256() for content in read_contents(path, name=name).contents]
 
 
 def resolve_relative(root: Path, path: str) -> Path:
@@ -145,7 +179,7 @@ class PixelReader:
         return decoded.frames
 
     def read(self, path: str, frame: int = 0) -> np.ndarray:
-        """The float32 pixels of frame ``frame`` of the file at ``path``: the array ``pixel_sha256`` hashed."""
+        """The float32 pixels of frame ``frame`` of the file at ``path`` (what its ``pixel_sha256`` identifies)."""
         frames = self.frames(path)
         if not 0 <= int(frame) < frames.shape[0]:
             raise InputError(

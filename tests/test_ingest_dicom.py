@@ -12,10 +12,11 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
+from store.dicom import read_dicom
 from store.errors import DatasetError
 from store.ingest import ingest_dataset
 from store.layout import open_store
-from store.pixels import PixelReader, load_pixels, pixel_sha256
+from store.pixels import PixelReader, frame_sha256s, load_pixels
 from store.tables import read_table
 from tests._ingest_samples import write_dicom
 
@@ -87,15 +88,41 @@ def test_truncated_file_is_a_failure_naming_file_and_problem(pydicom_ingest):
     assert "MR_truncated.dcm" in failures[0]["message"] and "truncated" in failures[0]["message"]
 
 
-def test_stored_hash_is_the_hash_of_the_pixels_read_back(pydicom_ingest):
-    store, _, _ = pydicom_ingest
+def test_stored_hash_identifies_the_pixels_read_back(pydicom_ingest):
+    store, root, _ = pydicom_ingest
     reader = PixelReader(store, "pydicom")
-    for row in _rows(store, "scans", "pydicom"):
+    by_digest: dict[str, tuple[str, np.ndarray]] = {}
+    rows = _rows(store, "scans", "pydicom")
+    for row in rows:
         pixels = reader.read(row["path"], row["frame"])
         assert pixels.dtype == np.float32
         assert pixels.shape[:2] == (row["rows"], row["cols"])
         assert (pixels.shape[2] if pixels.ndim == 3 else 1) == row["channels"]
-        assert pixel_sha256(pixels) == row["pixel_sha256"], row["path"]
+        assert frame_sha256s(root / row["path"])[row["frame"]] == row["pixel_sha256"], row["path"]
+        # equal digests mean equal arrays (the lossless re-encodings of MR_small share one digest)
+        first = by_digest.setdefault(row["pixel_sha256"], (row["path"], pixels))
+        assert np.array_equal(first[1], pixels), (first[0], row["path"])
+    assert len(by_digest) < len(rows)
+
+
+def test_digest_changes_with_any_pixel_or_the_rescale(tmp_path):
+    values = np.random.default_rng(5).integers(0, 4096, (64, 48), dtype=np.uint16)
+    write_dicom(tmp_path / "a.dcm", values)
+    write_dicom(tmp_path / "same.dcm", values.copy(), instance=7)  # other header, same pixels
+    changed = values.copy()
+    changed[10, 20] += 1
+    write_dicom(tmp_path / "pixel.dcm", changed)
+    ds = pydicom.dcmread(tmp_path / "a.dcm")
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.save_as(tmp_path / "rescaled.dcm")
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "inverted.dcm")
+    digests = {name: frame_sha256s(tmp_path / f"{name}.dcm")[0] for name in ("a", "same", "pixel", "rescaled", "inverted")}
+    assert digests["a"] == digests["same"]
+    assert len({digests[k] for k in ("a", "pixel", "rescaled", "inverted")}) == 4
+    pixels = {name: read_dicom(tmp_path / f"{name}.dcm").frames[0] for name in ("a", "rescaled", "inverted")}
+    assert np.array_equal(pixels["rescaled"], pixels["a"] - 1024)
+    assert not np.array_equal(pixels["inverted"], pixels["rescaled"])
 
 
 def test_real_monochrome1_file_is_inverted(pydicom_ingest):
@@ -291,7 +318,6 @@ def test_uncompressed_reads_match_pydicom_pixel_array(tmp_path):
     paths = [tmp_path / "garbage.dcm", tmp_path / "signed12.dcm"] + [
         PYDICOM_FILES / name for name in ("MR_small.dcm", "CT_small.dcm", "rtdose.dcm", "liver_1frame.dcm")
     ]
-    from store.dicom import read_dicom
 
     for path in paths:
         ds = pydicom.dcmread(path)
@@ -318,5 +344,5 @@ def test_hashing_on_a_helper_thread_gives_the_same_rows(tmp_path, monkeypatch):
         ingest_dataset(store_, "large", root=root, progress=False, chunk_size=3)
         tables.append(read_table(store_, "scans").sort_by("scan_id"))
         for row in tables[-1].to_pylist():
-            assert row["pixel_sha256"] == pixel_sha256(load_pixels(store_, "large", row["path"], row["frame"]))
+            assert row["pixel_sha256"] == frame_sha256s(root / row["path"])[row["frame"]]
     assert tables[0].num_rows == 12 and tables[0].equals(tables[1])
