@@ -5,8 +5,10 @@
    read the pixels from the store, describe them, the parent writes the Parquet table), on a
    throw-away store. The worker pool is started and warmed (pixel reader, detector) before timing, as
    it is once per session. Printed per descriptor: images/s at each worker count, their ratio (the
-   target), the bare OpenCV ``detectAndCompute`` loop (1 thread, images in memory) and the cores the
-   run actually got (CPU seconds / wall seconds of the process tree), which shows the machine's load.
+   target), the bare OpenCV ``detectAndCompute`` loop (1 thread, images in memory) in one process and
+   in as many pool processes as workers (its own ratio is the speedup the machine gives at all), and
+   the cores the run actually got (CPU seconds / wall seconds of the process tree). Worker counts and
+   bare loops alternate within each repeat, and the best of each is kept.
 2. Vocabulary fit time: MiniBatchKMeans (``fit_centers``, the extractor's settings) on 1M x 128
    SIFT-like descriptors at k = 500, with the default batch size and, with ``--batch-sizes``, others.
 
@@ -116,14 +118,13 @@ def _tree_cpu_seconds(root: int | None = None) -> float:
     return total
 
 
-def _bare_rate(images: list[np.ndarray], name: str, max_keypoints: int = 1000) -> float:
-    """images/s of the bare OpenCV loop: ``detectAndCompute`` on images already windowed to uint8, one
-    OpenCV thread, in this process (no reading, no strongest-N selection for detectors without nfeatures)."""
+def _bare_seconds(greys: list[np.ndarray], name: str, max_keypoints: int) -> float:
+    """Wall seconds of the bare loop over ``greys`` here: ``detectAndCompute``, one OpenCV thread, after one
+    untimed call (the detector's first call allocates)."""
     import cv2
 
-    from extractors.keypoints import create_detector, to_uint8
+    from extractors.keypoints import create_detector
 
-    greys = [to_uint8(image) for image in images]
     detector = create_detector(name, max_keypoints=max_keypoints)
     before = cv2.getNumThreads()
     cv2.setNumThreads(1)
@@ -132,9 +133,23 @@ def _bare_rate(images: list[np.ndarray], name: str, max_keypoints: int = 1000) -
         started = time.perf_counter()
         for grey in greys:
             detector.detectAndCompute(grey, None)
-        return len(greys) / (time.perf_counter() - started)
+        return time.perf_counter() - started
     finally:
         cv2.setNumThreads(before)
+
+
+def _bare_rate(greys: list[np.ndarray], name: str, workers: int = 1, max_keypoints: int = 1000) -> float:
+    """images/s of the bare OpenCV loop on images already windowed to uint8 (no reading, no strongest-N
+    selection for detectors without nfeatures): in this process for one worker, else each of ``workers``
+    pool processes (the extractor's own, warm, so on equal terms with it) loops over its share and the
+    rate is all images over the slowest share's seconds."""
+    if workers <= 1:
+        return len(greys) / _bare_seconds(greys, name, max_keypoints)
+    from joblib import Parallel, delayed
+
+    shares = [greys[i::workers] for i in range(workers)]
+    seconds = Parallel(n_jobs=workers)(delayed(_bare_seconds)(share, name, max_keypoints) for share in shares)
+    return len(greys) / max(seconds)
 
 
 def _warm_workers(store, name: str, workers: int, max_keypoints: int = 1000) -> None:
@@ -173,36 +188,48 @@ def bench_descriptors(images: list[np.ndarray], descriptors: list[str], workers_
     max_images = max(max_images, len(images))
     print(f"descriptor extraction (KeypointDescriptors via run_extraction: read + describe + write), {len(images)} "
           f"distinct images of {images[0].shape[0]}x{images[0].shape[1]} (repeated up to {max_images} for runs of "
-          f"~{min_seconds:g} s at 1 worker), max_keypoints=1000, best of {repeats}; "
+          f"~{min_seconds:g} s at 1 worker), max_keypoints=1000, best of {repeats}, alternating; "
           f"cpu_count={os.cpu_count()}, load average before: {os.getloadavg()[0]:.1f}")
-    print("  bare = cv2 detectAndCompute loop on uint8 images in memory, 1 OpenCV thread; ours at 1 worker = "
-          "1 process with 1 OpenCV thread, at w workers = w processes with 1 OpenCV thread each (pool warm)")
+    print("  bare = cv2 detectAndCompute loop on uint8 images in memory, 1 OpenCV thread, in this process (1w) or in each "
+          "of w pool processes over its share (the speedup the machine itself gives); ours at 1 worker = 1 process "
+          "with 1 OpenCV thread, at w workers = w processes with 1 OpenCV thread each (pool warm)")
     print("  cores used = CPU seconds of this process and its workers / wall seconds: below the worker count "
           "(+ a little for the parent) means the machine's other load took the rest")
-    print(f"{'descriptor':<10} {'bare img/s':>10} " + " ".join(f"{f'{w} worker(s) img/s':>19}" for w in workers_list)
-          + f" {f'{last}w/{first}w':>7} {f'{first}w/bare':>8} {'images':>6} {'kp/img':>7}  cores used")
+    print("  img/s, bare and ours, at each worker count; NwMw = the speedup from M to N workers; ours/bare at each")
+    print(f"{'descriptor':<10} " + " ".join(f"{f'bare {w}w':>9}" for w in workers_list) + f" {f'{last}w/{first}w':>7} "
+          + " ".join(f"{f'ours {w}w':>9}" for w in workers_list) + f" {f'{last}w/{first}w':>7} "
+          + f"{f'o/b {first}w':>6} {f'o/b {last}w':>6} {'images':>6} {'kp/img':>7}  cores used")
+    from extractors.keypoints import to_uint8
+
+    greys = [to_uint8(image) for image in images]
     with tempfile.TemporaryDirectory() as tmp:
         store = _bench_store(images, Path(tmp), max_images)
         for name in descriptors:
             try:
-                bare = _bare_rate(images, name)
-                count = int(min(max_images, max(len(images), np.ceil(min_seconds * bare))))
-                rates, parent_cpu, cores = [], [], []
+                bare = {w: _bare_rate(greys, name, w) for w in workers_list}
+                count = int(min(max_images, max(len(images), np.ceil(min_seconds * bare[first]))))
                 for workers in workers_list:
                     _warm_workers(store, name, workers)
-                    best, cpu, used = 0.0, float("inf"), 0.0
-                    for _ in range(repeats):
+                best = {w: 0.0 for w in workers_list}
+                cpu = {w: float("inf") for w in workers_list}
+                used = {w: 0.0 for w in workers_list}
+                # The worker counts alternate within each repeat, so a drift in the machine's speed (a
+                # shared VM's varies by tens of percent within minutes) hits every count alike.
+                for _ in range(repeats):
+                    for workers in workers_list:
+                        bare[workers] = max(bare[workers], _bare_rate(greys, name, workers))
                         extractor = KeypointDescriptors(descriptor=name, workers=workers, progress=False)
                         shutil.rmtree(store.table_dir(extractor.table_name()), ignore_errors=True)
                         started, started_cpu, tree_cpu = time.perf_counter(), time.process_time(), _tree_cpu_seconds()
                         summary = run_extraction(extractor, store, dataset="bench", limit=count, progress=False)
                         wall = time.perf_counter() - started
-                        if summary.written / wall > best:
-                            best, used = summary.written / wall, (_tree_cpu_seconds() - tree_cpu) / wall
-                        cpu = min(cpu, (time.process_time() - started_cpu) / summary.written)
-                    rates.append(best)
-                    parent_cpu.append(cpu)
-                    cores.append(used)
+                        if summary.written / wall > best[workers]:
+                            best[workers] = summary.written / wall
+                            used[workers] = (_tree_cpu_seconds() - tree_cpu) / wall
+                        cpu[workers] = min(cpu[workers], (time.process_time() - started_cpu) / summary.written)
+                rates = [best[w] for w in workers_list]
+                parent_cpu = [cpu[w] for w in workers_list]
+                cores = [used[w] for w in workers_list]
             except BackendUnavailableError as exc:
                 print(f"{name:<10} skipped: {str(exc).split(' (OpenCV says')[0]}")
                 continue
@@ -216,8 +243,10 @@ def bench_descriptors(images: list[np.ndarray], descriptors: list[str], workers_
             # at best (the parent also needs a core while the workers run).
             c1, pw = parent_cpu[0], parent_cpu[-1]
             estimate = last * c1 / (c1 + (last - 1) * pw) if first == 1 else float("nan")
-            print(f"{name:<10} {bare:>10.1f} " + " ".join(f"{r:>19.1f}" for r in rates)
-                  + f" {speedup:>6.2f}x {rates[0] / bare:>7.2f}x {count:>6} {keypoints:>7.0f}  "
+            bare_speedup = bare[last] / bare[first]
+            print(f"{name:<10} " + " ".join(f"{bare[w]:>9.1f}" for w in workers_list) + f" {bare_speedup:>6.2f}x "
+                  + " ".join(f"{r:>9.1f}" for r in rates)
+                  + f" {speedup:>6.2f}x {rates[0] / bare[first]:>6.2f} {rates[-1] / bare[last]:>6.2f} {count:>6} {keypoints:>7.0f}  "
                   + " / ".join(f"{c:.2f}" for c in cores)
                   + f"   cpu/img: {first} worker {1000 * c1:.1f} ms, parent at {last} workers {1000 * pw:.1f} ms "
                   f"-> idle-machine estimate {estimate:.2f}x", flush=True)
@@ -248,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-images", type=int, default=240, help="the most images per timing (default 240)")
     parser.add_argument("--descriptors", default=",".join(DESCRIPTORS), help="comma-separated (default: all)")
     parser.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
-    parser.add_argument("--repeats", type=int, default=2, help="timings per setting; the best is kept")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per setting, alternating; the best is kept")
     parser.add_argument("--fit-rows", type=int, default=1_000_000, help="descriptors for the fit (default 1M)")
     parser.add_argument("--k", type=int, default=500, help="vocabulary size for the fit (default 500)")
     parser.add_argument("--batch-sizes", default="", help="extra batch sizes to compare, e.g. 1024,4096")

@@ -347,7 +347,7 @@ class KeypointDescriptors(Extractor):
             return out
 
         workers = int(self.workers or os.cpu_count() or 1)
-        for result in ordered_map(_describe_task, tasks, workers):
+        for result in ordered_map(_describe_task, tasks, workers, batch_size="auto"):
             if result[0] == "fail":
                 dataset, path, _ = info[result[1]]
                 failures.append(Failure(key=result[1], dataset=dataset, path=path, stage=f"extract:{self.table_name()}",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import struct
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -434,6 +435,20 @@ def _open(path: str | Path | BinaryIO, label: str):
         ) from None
 
 
+@contextmanager
+def _parsed(path: str | Path | BinaryIO, name: str | None):
+    """``(ds, header)`` of the DICOM file at ``path``; an exception raised inside the block becomes a
+    ``DecodeError`` naming the file and saying why, with the file's PHI values redacted."""
+    label = name or Path(getattr(path, "name", path)).name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warnings may quote header values
+        ds = _open(path, label)
+        try:
+            yield ds, _header(ds)
+        except Exception as exc:
+            raise DecodeError(redact(f"{label}: {_explain(exc, ds)}", _phi_values(ds))) from None
+
+
 def read_dicom(path: str | Path | BinaryIO, *, name: str | None = None) -> DicomImage:
     """Decode the DICOM file at ``path`` (or an open binary file) into float32 frames and its header.
 
@@ -441,15 +456,8 @@ def read_dicom(path: str | Path | BinaryIO, *, name: str | None = None) -> Dicom
     ``DecodeError`` when the file is not Part-10 DICOM, has no image or cannot be decoded; messages
     never contain header values.
     """
-    label = name or Path(getattr(path, "name", path)).name
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warnings may quote header values
-        ds = _open(path, label)
-        header = _header(ds)
-        try:
-            frames, header = _pixels(ds, header)
-        except Exception as exc:
-            raise DecodeError(redact(f"{label}: {_explain(exc, ds)}", _phi_values(ds))) from None
+    with _parsed(path, name) as (ds, header):
+        frames, header = _pixels(ds, header)
     return DicomImage(frames=frames, header=header)
 
 
@@ -460,32 +468,25 @@ def read_dicom_contents(path: str | Path | BinaryIO, *, name: str | None = None)
     building float32 frames; colour, palette and Modality-LUT images by their float32 frames, exactly as
     ``read_dicom`` returns them. Raises ``DecodeError`` as ``read_dicom`` does, for the same files.
     """
-    label = name or Path(getattr(path, "name", path)).name
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warnings may quote header values
-        ds = _open(path, label)
-        header = _header(ds)
-        try:
-            arr, frames = _stored(ds, header)
-            if _plain_grey(ds, header, arr, frames):
-                rescale = _rescale(ds)
-                value_range = _stored_range(ds)
-                lo, hi = value_range
-                if rescale is not None:
-                    bounds = sorted((lo * rescale[0] + rescale[1], hi * rescale[0] + rescale[1]))
-                    header = _monochrome1_window(header, (bounds[0], bounds[1]))
-                else:
-                    header = _monochrome1_window(header, value_range)
-                stack = arr if frames > 1 else arr[np.newaxis]
-                contents = [
-                    stored_content(
-                        stack[i], photometric=header.photometric, slope=rescale[0] if rescale else None,
-                        intercept=rescale[1] if rescale else None, value_range=value_range,
-                    )
-                    for i in range(stack.shape[0])
-                ]
-                return DicomContents(header=header, shape=tuple(stack.shape), contents=contents)
+    with _parsed(path, name) as (ds, header):
+        arr, frames = _stored(ds, header)
+        if not _plain_grey(ds, header, arr, frames):
             out, header = _floats(ds, header, arr, frames)
-        except Exception as exc:
-            raise DecodeError(redact(f"{label}: {_explain(exc, ds)}", _phi_values(ds))) from None
-    return DicomContents(header=header, shape=tuple(out.shape), contents=[float_content(f) for f in out])
+            return DicomContents(header=header, shape=tuple(out.shape), contents=[float_content(f) for f in out])
+        rescale = _rescale(ds)
+        value_range = _stored_range(ds)
+        lo, hi = value_range
+        if rescale is not None:
+            bounds = sorted((lo * rescale[0] + rescale[1], hi * rescale[0] + rescale[1]))
+            header = _monochrome1_window(header, (bounds[0], bounds[1]))
+        else:
+            header = _monochrome1_window(header, value_range)
+        stack = arr if frames > 1 else arr[np.newaxis]
+        contents = [
+            stored_content(
+                stack[i], photometric=header.photometric, slope=rescale[0] if rescale else None,
+                intercept=rescale[1] if rescale else None, value_range=value_range,
+            )
+            for i in range(stack.shape[0])
+        ]
+    return DicomContents(header=header, shape=tuple(stack.shape), contents=contents)

@@ -9,6 +9,7 @@ hashes (``store.digest``), so the ``scans`` row's digest changes exactly when th
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -83,6 +84,19 @@ def _not_an_image(label: str) -> DecodeError:
     )
 
 
+@contextmanager
+def _sniffed(path: str | Path, label: str):
+    """``(handle, kind)`` of the image file at ``path``, opened once and rewound: ``kind`` is ``dicom`` or
+    an image kind from its first bytes; ``DecodeError`` naming ``label`` when it is neither."""
+    with _open_image(path, label) as handle:
+        head = handle.read(_SNIFF_BYTES)
+        handle.seek(0)
+        kind = "dicom" if is_dicom_bytes(head) else image_kind(head)
+        if kind is None:
+            raise _not_an_image(label)
+        yield handle, kind
+
+
 def decode_file(path: str | Path, *, name: str | None = None) -> DecodedFile:
     """Decode the image file at ``path`` into float32 frames (see ``store.dicom`` / ``store.images``).
 
@@ -91,15 +105,10 @@ def decode_file(path: str | Path, *, name: str | None = None) -> DecodedFile:
     anything that is not a decodable image.
     """
     label = name or Path(path).name
-    with _open_image(path, label) as handle:
-        head = handle.read(_SNIFF_BYTES)
-        handle.seek(0)
-        if is_dicom_bytes(head):
+    with _sniffed(path, label) as (handle, kind):
+        if kind == "dicom":
             image = read_dicom(handle, name=label)
-            return DecodedFile(kind="dicom", frames=image.frames, header=image.header)
-        kind = image_kind(head)
-        if kind is None:
-            raise _not_an_image(label)
+            return DecodedFile(kind=kind, frames=image.frames, header=image.header)
         return DecodedFile(kind=kind, frames=read_image(handle, kind, name=label))
 
 
@@ -110,15 +119,10 @@ def read_contents(path: str | Path, *, name: str | None = None) -> FileContents:
     converted to float32 (its stored integers are hashed instead, see ``store.digest``).
     """
     label = name or Path(path).name
-    with _open_image(path, label) as handle:
-        head = handle.read(_SNIFF_BYTES)
-        handle.seek(0)
-        if is_dicom_bytes(head):
+    with _sniffed(path, label) as (handle, kind):
+        if kind == "dicom":
             found = read_dicom_contents(handle, name=label)
-            return FileContents(kind="dicom", shape=found.shape, contents=found.contents, header=found.header)
-        kind = image_kind(head)
-        if kind is None:
-            raise _not_an_image(label)
+            return FileContents(kind=kind, shape=found.shape, contents=found.contents, header=found.header)
         frames = read_image(handle, kind, name=label)
         return FileContents(kind=kind, shape=tuple(frames.shape), contents=[float_content(f) for f in frames])
 
