@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(
             f"machine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} (other processes skew figures); "
-            f"workers=1 hashes on a helper thread: {'yes' if _spare_core(1) else 'no (one core)'}"
+            f"workers=1 shares the hashing with a helper process: {'yes' if _spare_core(1) else 'no (one core)'}"
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -20,6 +20,7 @@ fails, the file's PHI values are redacted from the message. Nothing here writes 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import struct
 import warnings
 from contextlib import contextmanager
@@ -31,7 +32,14 @@ from typing import BinaryIO, Iterable
 import numpy as np
 from pydicom.dataelem import RawDataElement
 
-from store.digest import FrameContent, float_content, stored_content
+from store.digest import (
+    FileFrameContent,
+    FrameContent,
+    clear_unused_bits,
+    float_content,
+    stored_content,
+    stored_descriptor,
+)
 from store.errors import DecodeError
 from store.pseudonym import redact
 
@@ -53,6 +61,7 @@ _PHI_KEYWORDS = (
     "PerformingPhysicianName", "OperatorsName", "StudyID",
 )
 _FLOAT32_EXACT = 2**24
+_DEFER_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,7 @@ class DicomContents:
 
     header: DicomHeader
     shape: tuple[int, ...]
-    contents: list[FrameContent]
+    contents: list[FrameContent | FileFrameContent]
 
 
 @dataclass(frozen=True)
@@ -232,19 +241,40 @@ def _header(ds) -> DicomHeader:
     )
 
 
-def _native_pixels(ds, photometric: str, frames: int) -> np.ndarray | None:
-    """Uncompressed little-endian greyscale pixels read in place, exactly as pydicom decodes them.
+@dataclass(frozen=True)
+class _NativeLayout:
+    """Where and how uncompressed little-endian greyscale Pixel Data lies: ``count`` values of ``dtype``
+    per frame, ``frames`` frames of ``shape``, ``bits_stored`` significant bits, the Pixel Data element."""
 
-    Returns ``None`` whenever any condition for that equivalence is not certain; the caller then
-    uses ``ds.pixel_array``, which also raises the precise error for malformed data.
-    """
+    dtype: np.dtype
+    shape: tuple[int, int]
+    frames: int
+    bits_stored: int
+    element: object
+
+    @property
+    def count(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all frames' values (the element may hold one more, padding to even length)."""
+        return self.count * self.frames * self.dtype.itemsize
+
+    def holds(self, length: int) -> bool:
+        return length in (self.nbytes, self.nbytes + self.nbytes % 2)
+
+
+def _native_layout(ds, photometric: str, frames: int) -> _NativeLayout | None:
+    """The layout of native greyscale pixel data that pydicom would decode as is (plus the unused-bit
+    correction); ``None`` whenever any condition for that is not certain (the caller then uses
+    ``ds.pixel_array``, which also raises the precise error for malformed data). A deferred Pixel Data
+    element is not read."""
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) or "PixelData" not in ds:
-        return None
-    if photometric not in MONOCHROME:
+    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) or photometric not in MONOCHROME:
         return None
     try:
         samples = int(_get(ds, "SamplesPerPixel") or 1)
@@ -252,29 +282,49 @@ def _native_pixels(ds, photometric: str, frames: int) -> np.ndarray | None:
         stored = int(_get(ds, "BitsStored"))
         representation = int(_get(ds, "PixelRepresentation"))
         rows, cols = int(_get(ds, "Rows")), int(_get(ds, "Columns"))
-        element = ds.get_item(0x7FE00010)  # Pixel Data: its raw bytes are the value (no conversion copy)
-        data = element.value if isinstance(element, RawDataElement) else ds.PixelData
+        element = ds.get_item(0x7FE00010, keep_deferred=True)
     except Exception:
         return None
-    if samples != 1 or allocated not in (8, 16, 32) or not 1 <= stored <= allocated or representation not in (0, 1):
+    if element is None or samples != 1 or allocated not in (8, 16, 32) or not 1 <= stored <= allocated:
         return None
-    if not (0 < rows < 2**16 and 0 < cols < 2**16 and frames >= 1) or not isinstance(data, bytes):
+    if representation not in (0, 1) or not (0 < rows < 2**16 and 0 < cols < 2**16 and frames >= 1):
         return None
-    count = rows * cols * frames
-    expected = count * allocated // 8
-    if len(data) not in (expected, expected + expected % 2):
+    layout = _NativeLayout(
+        np.dtype(f"<{'i' if representation else 'u'}{allocated // 8}"), (rows, cols), frames, stored, element
+    )
+    length = element.length if isinstance(element, RawDataElement) else len(element.value or b"")
+    return layout if layout.holds(length) else None
+
+
+def _native_pixels(ds, photometric: str, frames: int) -> np.ndarray | None:
+    """Uncompressed little-endian greyscale pixels read in place, exactly as pydicom decodes them; ``None``
+    where ``_native_layout`` is not certain of that."""
+    layout = _native_layout(ds, photometric, frames)
+    if layout is None:
         return None
-    dtype = np.dtype(f"<{'i' if representation else 'u'}{allocated // 8}")
-    arr = np.frombuffer(data, dtype=dtype, count=count)
-    if stored < allocated:
-        # pydicom clears (or sign-extends) the unused high bits of native data; that is a no-op
-        # when every value already lies in the stored range, which two read-only passes confirm.
-        shift = allocated - stored
-        low = -(1 << (stored - 1)) if representation else 0
-        high = (1 << (stored - 1)) - 1 if representation else (1 << stored) - 1
-        if int(arr.max()) > high or int(arr.min()) < low:
-            arr = np.right_shift(np.left_shift(arr, shift), shift)
-    return arr.reshape((frames, rows, cols) if frames > 1 else (rows, cols))
+    element = layout.element
+    try:
+        data = element.value if isinstance(element, RawDataElement) and element.value is not None else ds.PixelData
+    except Exception:
+        return None
+    if not isinstance(data, bytes) or not layout.holds(len(data)):
+        return None
+    arr = np.frombuffer(data, dtype=layout.dtype, count=layout.count * frames)
+    arr = clear_unused_bits(arr, bits_stored=layout.bits_stored)
+    return arr.reshape((frames, *layout.shape) if frames > 1 else layout.shape)
+
+
+def _file_of(path: str | Path | BinaryIO) -> tuple[str, int] | None:
+    """``(file name, size in bytes)`` of a path or of a file opened from one; ``None`` for other streams."""
+    try:
+        if isinstance(path, (str, Path)):
+            return str(path), os.stat(path).st_size
+        name = getattr(path, "name", None)
+        if isinstance(name, str) and hasattr(path, "fileno"):
+            return name, os.fstat(path.fileno()).st_size
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _stored_range(ds) -> tuple[float, float]:
@@ -411,13 +461,14 @@ def _explain(exc: BaseException, ds) -> str:
     )
 
 
-def _open(path: str | Path | BinaryIO, label: str):
-    """The parsed dataset at ``path``; ``DecodeError`` naming ``label`` when it is not readable DICOM."""
+def _open(path: str | Path | BinaryIO, label: str, *, defer: bool = False):
+    """The parsed dataset at ``path``; ``DecodeError`` naming ``label`` when it is not readable DICOM.
+    With ``defer`` values of 64 KiB or more (Pixel Data above all) are read only when accessed."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path)
+        return pydicom.dcmread(path, defer_size=_DEFER_BYTES if defer else None)
     except InvalidDicomError:
         raise DecodeError(
             f"{label}: not a DICOM file (no 'DICM' marker after the 128-byte preamble) and not a "
@@ -436,13 +487,14 @@ def _open(path: str | Path | BinaryIO, label: str):
 
 
 @contextmanager
-def _parsed(path: str | Path | BinaryIO, name: str | None):
-    """``(ds, header)`` of the DICOM file at ``path``; an exception raised inside the block becomes a
-    ``DecodeError`` naming the file and saying why, with the file's PHI values redacted."""
+def _parsed(path: str | Path | BinaryIO, name: str | None, *, defer: bool = False):
+    """``(ds, header)`` of the DICOM file at ``path`` (large values deferred with ``defer``); an exception
+    raised inside the block becomes a ``DecodeError`` naming the file and saying why, with the file's
+    PHI values redacted."""
     label = name or Path(getattr(path, "name", path)).name
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warnings may quote header values
-        ds = _open(path, label)
+        ds = _open(path, label, defer=defer)
         try:
             yield ds, _header(ds)
         except Exception as exc:
@@ -461,32 +513,72 @@ def read_dicom(path: str | Path | BinaryIO, *, name: str | None = None) -> Dicom
     return DicomImage(frames=frames, header=header)
 
 
-def read_dicom_contents(path: str | Path | BinaryIO, *, name: str | None = None) -> DicomContents:
+def read_dicom_contents(
+    path: str | Path | BinaryIO, *, name: str | None = None, defer_pixels: bool = False
+) -> DicomContents:
     """What ingestion needs of the DICOM file at ``path``: header, frame shape and each frame's hashed content.
 
     Greyscale frames are described by their stored integers (``store.digest.stored_content``) without
     building float32 frames; colour, palette and Modality-LUT images by their float32 frames, exactly as
-    ``read_dicom`` returns them. Raises ``DecodeError`` as ``read_dicom`` does, for the same files.
+    ``read_dicom`` returns them. With ``defer_pixels``, uncompressed greyscale frames of a file on disk
+    are not read at all: they come back as ``FileFrameContent`` (where their bytes lie), with the same
+    digests. Raises ``DecodeError`` as ``read_dicom`` does, for the same files.
     """
-    with _parsed(path, name) as (ds, header):
+    file = _file_of(path) if defer_pixels else None
+    with _parsed(path, name, defer=file is not None) as (ds, header):
+        label = name or Path(file[0] if file else getattr(path, "name", path)).name
+        deferred = _deferred_contents(ds, header, file, label) if file is not None else None
+        if deferred is not None:
+            return deferred
         arr, frames = _stored(ds, header)
         if not _plain_grey(ds, header, arr, frames):
             out, header = _floats(ds, header, arr, frames)
             return DicomContents(header=header, shape=tuple(out.shape), contents=[float_content(f) for f in out])
-        rescale = _rescale(ds)
-        value_range = _stored_range(ds)
-        lo, hi = value_range
-        if rescale is not None:
-            bounds = sorted((lo * rescale[0] + rescale[1], hi * rescale[0] + rescale[1]))
-            header = _monochrome1_window(header, (bounds[0], bounds[1]))
-        else:
-            header = _monochrome1_window(header, value_range)
+        header, mapping = _grey_mapping(ds, header)
         stack = arr if frames > 1 else arr[np.newaxis]
-        contents = [
-            stored_content(
-                stack[i], photometric=header.photometric, slope=rescale[0] if rescale else None,
-                intercept=rescale[1] if rescale else None, value_range=value_range,
-            )
-            for i in range(stack.shape[0])
-        ]
+        contents = [stored_content(stack[i], **mapping) for i in range(stack.shape[0])]
     return DicomContents(header=header, shape=tuple(stack.shape), contents=contents)
+
+
+def _grey_mapping(ds, header: DicomHeader) -> tuple[DicomHeader, dict]:
+    """The header as ``read_dicom`` returns it for plain greyscale, and the keyword arguments of
+    ``stored_content`` / ``stored_descriptor`` that state how stored integers map to float32."""
+    rescale = _rescale(ds)
+    value_range = _stored_range(ds)
+    lo, hi = value_range
+    if rescale is not None:
+        bounds = sorted((lo * rescale[0] + rescale[1], hi * rescale[0] + rescale[1]))
+        header = _monochrome1_window(header, (bounds[0], bounds[1]))
+    else:
+        header = _monochrome1_window(header, value_range)
+    mapping = {
+        "photometric": header.photometric, "slope": rescale[0] if rescale else None,
+        "intercept": rescale[1] if rescale else None, "value_range": value_range,
+    }
+    return header, mapping
+
+
+def _deferred_contents(ds, header: DicomHeader, file: tuple[str, int], label: str) -> DicomContents | None:
+    """The contents of uncompressed greyscale frames as places in ``file`` (name, size), or ``None``
+    where the frames are not certainly stored verbatim there (then they are decoded as usual)."""
+    if ds.get_item(0x00283000, keep_deferred=True) is not None:  # Modality LUT Sequence: float32 path
+        return None
+    frames = int(_get(ds, "NumberOfFrames") or 1)
+    layout = _native_layout(ds, header.photometric, frames)
+    element = layout.element if layout is not None else None
+    if not isinstance(element, RawDataElement) or element.value is not None or element.value_tell is None:
+        return None
+    path, size = file
+    if element.value_tell + layout.nbytes > size:  # truncated: pydicom's decoder says how, on the usual path
+        return None
+    header, mapping = _grey_mapping(ds, header)
+    descriptor = stored_descriptor(layout.dtype, layout.shape, **mapping)
+    frame_bytes = layout.count * layout.dtype.itemsize
+    contents = [
+        FileFrameContent(
+            descriptor=descriptor, path=path, name=label, offset=element.value_tell + i * frame_bytes,
+            dtype=layout.dtype.str, count=layout.count, bits_stored=layout.bits_stored,
+        )
+        for i in range(frames)
+    ]
+    return DicomContents(header=header, shape=(frames, *layout.shape), contents=contents)

@@ -31,7 +31,7 @@ import sys
 import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -41,7 +41,8 @@ from typing import Iterator, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from store.errors import ChronofeatError, DatasetError, check_param
+from store._frame_hasher import FrameHasher
+from store.errors import ChronofeatError, DatasetError, DecodeError, check_param
 from store.failures import Failure, record_failures
 from store.layout import Store
 from store.layouts import (
@@ -56,7 +57,6 @@ from store.layouts import (
     time_index_from_days,
 )
 from store.manifest import MANIFEST_NAME, PAIRS_NAME, GivenPair, Manifest, read_manifest, read_pairs_csv
-from store.digest import FrameContent
 from store.pixels import read_contents
 from store.provenance import part_metadata
 from store.pseudonym import Pseudonymizer, redact
@@ -70,10 +70,6 @@ DEFAULT_CHUNK_SIZE = 128
 INDEX_VERSION = 1
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _INGEST_STAGES = ("ingest:read", "ingest:decode")
-_THREAD_HASH_BYTES = 1 << 18  # frames this large are hashed on a helper thread while the next files decode
-_HASH_BATCH = 4  # frames per hashing task: fewer thread hand-offs
-_HASH_TASKS_IN_FLIGHT = 4
-_HASH_SWITCH_INTERVAL = 0.0002  # seconds: see _FrameHasher
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -240,108 +236,66 @@ def _failure(dataset: str, rel: str, stage: str, exc: BaseException, message: st
     )
 
 
-class _FrameHasher:
-    """Fills ``row["pixel_sha256"]`` for each frame added; with ``threaded`` large frames are hashed in
-    batches on one helper thread (hashlib releases the GIL), overlapping the decoding of the next files.
-    Use as a context manager: leaving it waits for every hash."""
-
-    def __init__(self, threaded: bool) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1) if threaded else None
-        self._batch: list[tuple[dict, FrameContent]] = []
-        self._tasks: deque[tuple[list[dict], Future]] = deque()
-        self._switch_interval = sys.getswitchinterval()
-        if threaded:
-            # The hash thread needs the GIL for a moment after every frame's hash, and by default waits
-            # up to 5 ms for the decoding thread to give it up: it would hash ~200 frames/s at most.
-            sys.setswitchinterval(_HASH_SWITCH_INTERVAL)
-
-    def add(self, row: dict, content: FrameContent) -> None:
-        if self._pool is None or content.nbytes < _THREAD_HASH_BYTES:
-            row["pixel_sha256"] = content.sha256()
-            return
-        self._batch.append((row, content))
-        if len(self._batch) >= _HASH_BATCH:
-            self._submit()
-
-    def _submit(self) -> None:
-        rows = [row for row, _ in self._batch]
-        contents = [content for _, content in self._batch]
-        self._batch = []
-        self._tasks.append((rows, self._pool.submit(lambda: [c.sha256() for c in contents])))
-        while len(self._tasks) > _HASH_TASKS_IN_FLIGHT:
-            self._collect()
-
-    def _collect(self) -> None:
-        rows, future = self._tasks.popleft()
-        for row, digest in zip(rows, future.result()):
-            row["pixel_sha256"] = digest
-
-    def __enter__(self) -> "_FrameHasher":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        try:
-            if exc_info[0] is None:
-                if self._batch:
-                    self._submit()
-                while self._tasks:
-                    self._collect()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-                sys.setswitchinterval(self._switch_interval)
-
-
 def _decode_chunk(
-    items: Sequence[_Item], *, root: str, dataset: str, secret: bytes, hash_thread: bool = True
+    items: Sequence[_Item], *, root: str, dataset: str, secret: bytes, hasher: FrameHasher | None = None
 ) -> tuple[list[dict], list[Failure]]:
     """Decode ``items`` (runs in a worker process or in the caller); index rows and failures back.
 
-    With ``hash_thread`` large frames are hashed on a helper thread while the next file decodes.
+    ``hasher`` (kept across chunks by the caller) may hash frames on a helper process while the next
+    files are parsed; without one every frame is hashed here, from memory.
     """
+    if hasher is None:
+        with FrameHasher() as own:
+            return _decode_chunk(items, root=root, dataset=dataset, secret=secret, hasher=own)
     pseudonyms = Pseudonymizer(secret)
     rows: list[dict] = []
     failures: list[Failure] = []
     base = Path(root)
-    with _FrameHasher(hash_thread) as hasher:
-        for item in items:
-            rel = item.path
-            if not item.exists:
-                exc = FileNotFoundError(rel)
-                failures.append(_failure(dataset, rel, "ingest:read", exc, (
-                    f"{rel}: listed in {MANIFEST_NAME} but not found under the dataset root. Fix the path "
-                    "or remove the row."
-                )))
-                continue
-            decoded = None
-            try:
-                decoded = read_contents(base / rel, name=rel)
-                if decoded.kind != "dicom" and not item.in_manifest:
-                    raise DatasetError(
-                        f"{rel}: a {decoded.kind.upper()} image needs a row in {MANIFEST_NAME} (columns path, "
-                        "subject, time or date, view, label...) to say whose it is. Add the row."
-                    )
-                fields = _header_fields(decoded, rel, pseudonyms)
-            except ChronofeatError as exc:
-                failures.append(_failure(dataset, rel, "ingest:decode", exc, str(exc)))
-                continue
-            except Exception as exc:  # a bug or an exotic file must not stop the run: record it
-                phi = [decoded.header.patient_id or ""] if decoded is not None and decoded.header else []
-                message = redact(
-                    f"{rel}: unexpected {type(exc).__name__} while reading it ({' '.join(str(exc).split())[:200]}). "
-                    "Check the file; report this if it is a valid image.", phi,
+    for item in items:
+        rel = item.path
+        if not item.exists:
+            exc = FileNotFoundError(rel)
+            failures.append(_failure(dataset, rel, "ingest:read", exc, (
+                f"{rel}: listed in {MANIFEST_NAME} but not found under the dataset root. Fix the path "
+                "or remove the row."
+            )))
+            continue
+        decoded = None
+        try:
+            decoded = read_contents(base / rel, name=rel, defer_pixels=hasher.helper)
+            if decoded.kind != "dicom" and not item.in_manifest:
+                raise DatasetError(
+                    f"{rel}: a {decoded.kind.upper()} image needs a row in {MANIFEST_NAME} (columns path, "
+                    "subject, time or date, view, label...) to say whose it is. Add the row."
                 )
-                failures.append(_failure(dataset, rel, "ingest:decode", exc, message))
-                continue
-            shape = decoded.shape
-            for index, content in enumerate(decoded.contents):
-                row = {
-                    "path": rel, "frame": index, "frames": int(shape[0]), "kind": decoded.kind,
-                    "pixel_sha256": None, "rows": int(shape[1]), "cols": int(shape[2]),
-                    "channels": int(shape[3]) if len(shape) == 4 else 1, **fields,
-                }
-                rows.append(row)
-                hasher.add(row, content)
+            fields = _header_fields(decoded, rel, pseudonyms)
+        except ChronofeatError as exc:
+            failures.append(_failure(dataset, rel, "ingest:decode", exc, str(exc)))
+            continue
+        except Exception as exc:  # a bug or an exotic file must not stop the run: record it
+            phi = [decoded.header.patient_id or ""] if decoded is not None and decoded.header else []
+            message = redact(
+                f"{rel}: unexpected {type(exc).__name__} while reading it ({' '.join(str(exc).split())[:200]}). "
+                "Check the file; report this if it is a valid image.", phi,
+            )
+            failures.append(_failure(dataset, rel, "ingest:decode", exc, message))
+            continue
+        shape = decoded.shape
+        for index, content in enumerate(decoded.contents):
+            row = {
+                "path": rel, "frame": index, "frames": int(shape[0]), "kind": decoded.kind,
+                "pixel_sha256": None, "rows": int(shape[1]), "cols": int(shape[2]),
+                "channels": int(shape[3]) if len(shape) == 4 else 1, **fields,
+            }
+            rows.append(row)
+            hasher.add(row, content)
+    unhashed: dict[str, str] = {}
+    for row, message in hasher.finish():
+        unhashed.setdefault(row["path"], message)
+    if unhashed:  # a file that changed under us: its other frames go too, so a rerun reads it whole
+        rows = [row for row in rows if row["path"] not in unhashed]
+        for rel, message in unhashed.items():
+            failures.append(_failure(dataset, rel, "ingest:decode", DecodeError(message), message))
     return rows, failures
 
 
@@ -395,8 +349,8 @@ def _decoded_chunks(
 
 
 def _spare_core(workers: int) -> bool:
-    """True when ``workers`` decoding processes leave a core of this process's CPU set free: then each
-    hashes on a helper thread while its next file decodes (hashlib releases the GIL)."""
+    """True when ``workers`` decoding processes leave a core of this process's CPU set free (then one
+    decoding process shares the hashing with a helper process, see ``store._frame_hasher``)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cores > workers
 
@@ -656,13 +610,16 @@ def ingest_dataset(
         pending = [i for i in items if i.path not in indexed and (retry_failed or i.path not in failed_before)]
         ingested = 0
         if pending:
+            # One decoding process with a core to spare shares the hashing with a helper process.
+            hasher = FrameHasher(helper=workers == 1 and _spare_core(workers) and len(pending) > 1)
             work = partial(
-                _decode_chunk, root=str(root_dir), dataset=dataset, secret=secret, hash_thread=_spare_core(workers)
+                _decode_chunk, root=str(root_dir), dataset=dataset, secret=secret,
+                **({"hasher": hasher} if workers == 1 else {}),
             )
             chunks = _chunks(pending, chunk_size)
             from tqdm import tqdm
 
-            with _decoded_chunks(chunks, work, workers) as results, tqdm(
+            with hasher, _decoded_chunks(chunks, work, workers) as results, tqdm(
                 total=len(pending), unit="file", desc=f"ingest {dataset}", file=sys.stderr, disable=not progress,
                 dynamic_ncols=True,
             ) as bar:

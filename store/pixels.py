@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from store.dicom import DicomHeader, is_dicom_bytes, read_dicom, read_dicom_contents
-from store.digest import FrameContent, float_content, pixel_sha256
+from store.digest import FileFrameContent, FrameContent, float_content, pixel_sha256
 from store.errors import DatasetError, DecodeError, InputError
 from store.images import image_kind, read_image
 from store.layout import Store
@@ -54,7 +54,7 @@ class FileContents:
 
     kind: str
     shape: tuple[int, ...]
-    contents: list[FrameContent]
+    contents: list[FrameContent | FileFrameContent]
     header: DicomHeader | None = None
 
 
@@ -112,16 +112,18 @@ def decode_file(path: str | Path, *, name: str | None = None) -> DecodedFile:
         return DecodedFile(kind=kind, frames=read_image(handle, kind, name=label))
 
 
-def read_contents(path: str | Path, *, name: str | None = None) -> FileContents:
+def read_contents(path: str | Path, *, name: str | None = None, defer_pixels: bool = False) -> FileContents:
     """The file at ``path`` as ingestion indexes it: kind, shape, header and per-frame hashed content.
 
     Fails with ``DecodeError`` for exactly the files ``decode_file`` rejects; greyscale DICOM is not
-    converted to float32 (its stored integers are hashed instead, see ``store.digest``).
+    converted to float32 (its stored integers are hashed instead, see ``store.digest``). With
+    ``defer_pixels`` uncompressed greyscale DICOM frames are not read but located in the file
+    (``store.digest.FileFrameContent``), to be read where they are hashed.
     """
     label = name or Path(path).name
     with _sniffed(path, label) as (handle, kind):
         if kind == "dicom":
-            found = read_dicom_contents(handle, name=label)
+            found = read_dicom_contents(handle, name=label, defer_pixels=defer_pixels)
             return FileContents(kind=kind, shape=found.shape, contents=found.contents, header=found.header)
         frames = read_image(handle, kind, name=label)
         return FileContents(kind=kind, shape=tuple(frames.shape), contents=[float_content(f) for f in frames])

@@ -327,18 +327,18 @@ def test_uncompressed_reads_match_pydicom_pixel_array(tmp_path):
     assert read_dicom(tmp_path / "signed12.dcm").frames.min() == values.min()
 
 
-def test_hashing_on_a_helper_thread_gives_the_same_rows(tmp_path, monkeypatch):
+def test_hashing_on_a_helper_process_gives_the_same_rows(tmp_path, monkeypatch):
     import store.ingest
 
     rng = np.random.default_rng(4)
     root = tmp_path / "large"
-    for k in range(9):  # 300x300 float32 frames are large enough to be hashed on the helper thread
+    for k in range(9):  # 300x300 16-bit frames are large enough to be read and hashed by the helper process
         write_dicom(root / f"{k}.dcm", rng.integers(0, 4096, (300, 300), dtype=np.uint16), instance=k + 1)
     write_dicom(root / "multi.dcm", rng.integers(0, 4096, (3, 300, 300), dtype=np.uint16))
     tables = []
-    for threaded in (True, False):
-        monkeypatch.setattr(store.ingest, "_spare_core", lambda workers, threaded=threaded: threaded)
-        store_ = open_store(tmp_path / f"store-{threaded}")
+    for helper in (True, False):
+        monkeypatch.setattr(store.ingest, "_spare_core", lambda workers, helper=helper: helper)
+        store_ = open_store(tmp_path / f"store-{helper}")
         if tables:
             (store_.root / "secret").write_bytes((tmp_path / "store-True" / "secret").read_bytes())
         ingest_dataset(store_, "large", root=root, progress=False, chunk_size=3)
