@@ -72,13 +72,48 @@ def table_lock(store: Store, name: str, *, timeout_s: float = 600.0) -> Iterator
         yield directory
 
 
+def _leaf_columns(name: str, dtype: pa.DataType, nested: bool = False) -> Iterator[tuple[str, pa.DataType, bool]]:
+    """``(Parquet column path, leaf type, inside a list)`` of every leaf column of field ``name``."""
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype):
+        yield from _leaf_columns(f"{name}.list.element", dtype.value_type, True)
+    elif pa.types.is_struct(dtype):
+        for child in dtype:
+            yield from _leaf_columns(f"{name}.{child.name}", child.type, nested)
+    elif pa.types.is_map(dtype):
+        yield from _leaf_columns(f"{name}.key_value.key", dtype.key_type, True)
+        yield from _leaf_columns(f"{name}.key_value.value", dtype.item_type, True)
+    else:
+        yield name, dtype, nested
+
+
+def _write_options(schema: pa.Schema) -> dict:
+    """Parquet writer options: zstd everywhere; float vectors (embeddings, descriptors, histograms)
+    byte-stream-split instead of dictionary-encoded.
+
+    A dictionary rarely pays for vectors of distinct floats: the writer builds one, then falls back.
+    Byte stream split groups the floats' bytes so zstd finds their common exponents: on CNN embeddings
+    and KAZE descriptors, writes take a third to a half less time and parts are 17-19% smaller.
+    DuckDB reads it for FLOAT/DOUBLE (integer columns keep the dictionary: older DuckDBs cannot read
+    them byte-stream-split).
+    """
+    leaves = [leaf for field in schema for leaf in _leaf_columns(field.name, field.type)]
+    split = {path for path, dtype, nested in leaves if nested and (pa.types.is_float32(dtype) or pa.types.is_float64(dtype))}
+    if not split:
+        return {"compression": "zstd"}
+    return {
+        "compression": "zstd",
+        "use_dictionary": [path for path, _, _ in leaves if path not in split],
+        "column_encoding": {path: "BYTE_STREAM_SPLIT" for path in split},
+    }
+
+
 def _write_atomically(table: pa.Table, final_path: Path, metadata: Mapping[str, str]) -> Path:
     existing = dict(table.schema.metadata or {})
     merged = {**existing, **{k.encode(): v.encode() for k, v in metadata.items()}}
     table = table.replace_schema_metadata(merged)
     tmp_path = final_path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}.parquet")
     try:
-        pq.write_table(table, tmp_path, compression="zstd")
+        pq.write_table(table, tmp_path, **_write_options(table.schema))
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_path, final_path)

@@ -112,3 +112,40 @@ def test_secret_is_created_once_with_mode_0600(tmp_store):
     key = tmp_store.secret()
     assert len(key) == 32 and tmp_store.secret() == key
     assert (tmp_store.secret_path.stat().st_mode & 0o777) == 0o600
+
+
+def test_float_vectors_are_byte_stream_split_and_read_back_exactly_by_duckdb(tmp_store):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from store.sql import connect
+
+    rng = np.random.default_rng(0)
+    embedding = rng.normal(size=(50, 16)).astype(np.float32)
+    descriptors = rng.normal(size=(120, 8)).astype(np.float32)  # ragged lists of FLOAT[8]
+    offsets = np.concatenate([[0], np.cumsum(rng.multinomial(120, [1 / 50] * 50))]).astype(np.int32)
+    codes = rng.integers(0, 256, (50, 4), dtype=np.uint8)
+    table = pa.table({
+        "scan_id": pa.array([f"s{i:02d}" for i in range(50)]),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embedding.reshape(-1)), 16),
+        "descriptors": pa.ListArray.from_arrays(
+            pa.array(offsets), pa.FixedSizeListArray.from_arrays(pa.array(descriptors.reshape(-1)), 8)
+        ),
+        "codes": pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), 4),
+        "score": pa.array(rng.normal(size=50)),
+    })
+    part = write_part(tmp_store, "vectors", table, metadata=part_metadata(producer="test", params={}))
+    meta = pq.ParquetFile(part).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    assert "BYTE_STREAM_SPLIT" in encodings["embedding.list.element"]
+    assert "BYTE_STREAM_SPLIT" in encodings["descriptors.list.element.list.element"]
+    assert "BYTE_STREAM_SPLIT" not in encodings["codes.list.element"] + encodings["score"]  # ints, scalars: as before
+    con = connect(tmp_store)
+    try:
+        back = con.sql("SELECT * FROM vectors ORDER BY scan_id").to_arrow_table()
+    finally:
+        con.close()
+    assert np.array_equal(np.stack(back.column("embedding").to_numpy(zero_copy_only=False)), embedding)
+    flat = back.column("descriptors").combine_chunks().values.flatten().to_numpy()
+    assert np.array_equal(flat.reshape(-1, 8), descriptors)
+    assert np.array_equal(np.stack(back.column("codes").to_numpy(zero_copy_only=False)), codes)
