@@ -4,11 +4,11 @@ Generates N uncompressed 512x512 16-bit CT-like DICOM slices (RescaleSlope/Inter
 20 patients, several study dates) in a temporary folder, times the bare loop over them (best of
 ``--repeats``, after one warm-up pass so both read from the page cache), then ingests the same folder
 into a fresh temporary store with each ``--workers`` value (best of ``--repeats``; the
-configurations alternate within each repeat) and prints files/s,
-the ratio ours / bare and the cores the run kept busy. With one worker and a spare core the hashing is
-shared with a helper process (``store._frame_hasher``); the row "workers=1, one core" keeps it in the
-decoding process, as on a one-core machine, so the share of each is visible. The ingest time covers everything: listing, decoding, hashing, index parts,
-failures, and the derived scans/pairs/datasets tables.
+configurations alternate within each repeat) and prints files/s, the ratio ours / bare and the cores
+the run kept busy. With one worker and a spare core the hashing is shared with a helper process
+(``store._frame_hasher``); the row "workers=1, one core" keeps it in the decoding process, as on a
+one-core machine, so the share of each is visible. The ingest time covers everything: listing,
+decoding, hashing, index parts, failures, and the derived scans/pairs/datasets tables.
 
     .venv/bin/python bench/ingest.py                 # 2,000 files, workers 1 and 2
     .venv/bin/python bench/ingest.py --files 300 --workers 1
