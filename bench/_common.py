@@ -193,12 +193,10 @@ def machine_details() -> dict:
     """
     from importlib import metadata
 
+    from store.cores import usable_cores
     from store.provenance import code_version, package_versions
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 1
+    usable = usable_cores()
     gpu, gpu_count, cuda = "", 0, ""
     try:
         import torch

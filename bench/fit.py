@@ -383,7 +383,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     cap = args.max_seconds if args.max_seconds is not None else (20.0 if args.quick else 1800.0)
     scaling = args.scaling_seconds if args.scaling_seconds is not None else (10.0 if args.quick else 900.0)
-    from classifiers.models import usable_cores
+    from store.cores import usable_cores
 
     print(f"cpu cores: {os.cpu_count()} ({usable_cores()} usable); load average: "
           + " ".join(f"{v:.1f}" for v in os.getloadavg()) + f"; cap per fit {cap:.0f} s", flush=True)

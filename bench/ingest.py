@@ -82,7 +82,7 @@ def bare_loop(paths: list[Path]) -> tuple[float, float]:
     return time.perf_counter() - started, time.process_time() - cpu
 
 
-def _tree_cpu() -> float:
+def _machine_busy_seconds() -> float:
     """CPU seconds the whole machine has been busy (``/proc/stat``; 0 where there is none). Worker
     processes are children of multiprocessing's fork server, not of this process, so this counts them
     where ``getrusage`` would not; on a quiet machine it is the run's own CPU time."""
@@ -107,9 +107,9 @@ def ours(folder: Path, workers: int, scratch: Path, *, helper: bool = True) -> t
         if not helper:
             store.ingest._spare_core = lambda workers: False
         store_ = open_store(store_root)
-        started, cpu, tree = time.perf_counter(), time.process_time(), _tree_cpu()
+        started, cpu, tree = time.perf_counter(), time.process_time(), _machine_busy_seconds()
         summary = ingest_dataset(store_, "bench", root=folder, layout="generic", workers=workers, progress=False)
-        seconds, cpu, tree = time.perf_counter() - started, time.process_time() - cpu, _tree_cpu() - tree
+        seconds, cpu, tree = time.perf_counter() - started, time.process_time() - cpu, _machine_busy_seconds() - tree
         if summary.failed or summary.ingested != summary.files:
             raise SystemExit(f"bench ingest failed: {summary.summary_line()}")
         return seconds, cpu, tree

@@ -371,7 +371,7 @@ def stage_cnn(ctx: Context) -> list[dict]:
     """CNN embeddings from DICOM on disk (CPU, fp32, batch 32) vs the bare forward on in-memory tensors."""
     import torch
 
-    from extractors._cnn_model import cpu_threads
+    from store.cores import usable_cores
 
     store = ctx.store("cnn")
     n = min(ctx.sizes.cnn_images, ctx.sizes.images)
@@ -386,7 +386,7 @@ def stage_cnn(ctx: Context) -> list[dict]:
                 out = _profiled(ctx, f"cnn {model}",
                                 lambda: _cnn_end_to_end(store, model, device="cpu", batch_size=batch, limit=n))
             peaks.append(peak)
-            torch.set_num_threads(cpu_threads())
+            torch.set_num_threads(usable_cores())
             return out
 
         got = rounds({"ours": ours, "bare": lambda model=model: _bare_forward_seconds(model, n, batch)},
@@ -429,8 +429,9 @@ def stage_cnn_gpu(ctx: Context, *, device: str = "cuda", models: tuple[str, ...]
     if not root.is_dir():
         build_base_store(ctx.scratch, f"gpu{n}", patients=max(1, n // 4), visits=4, size=ctx.sizes.image_size)
     store = fresh_store(root, Path(tempfile.mkdtemp(prefix="gpu-", dir=ctx.scratch)))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(1, min(8, cores - 1))
+    from store.cores import usable_cores
+
+    workers = max(1, min(8, usable_cores() - 1))
     data = f"{n} DICOM {ctx.sizes.image_size}x{ctx.sizes.image_size}"
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else device
     rows = []

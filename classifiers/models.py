@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classifiers._registry import register_model
 from classifiers.splits import inner_splits
+from store.cores import usable_cores
 from store.errors import BackendUnavailableError, EvaluationError, check_param
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "LowVarianceFilter",
     "cuda_available",
     "fresh",
-    "usable_cores",
 ]
 
 def _is_number(value, *, low=None, high=None, low_open=False) -> bool:
@@ -426,16 +426,6 @@ class RandomForest(ChronoClassifier):
         return RandomForestClassifier(n_estimators=self.n_estimators, max_features=self.max_features,
                                       min_samples_leaf=self.min_samples_leaf, class_weight=self.class_weight,
                                       n_jobs=self.n_jobs, random_state=self.random_state)
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` where that is unknown)."""
-    import os
-
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def cuda_available() -> bool:

@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,7 +37,6 @@ __all__ = [
     "Embedder",
     "choose_device",
     "choose_precision",
-    "cpu_threads",
 ]
 
 _KERAS_BLOCK = re.compile(r"^block(\d+)([a-z])(?:_(dwconv|expand_conv|project_conv|activation|se))?$")
@@ -310,9 +308,3 @@ def choose_precision(precision: str, device: str) -> str:
     return "fp32"
 
 
-def cpu_threads() -> int:
-    """CPU cores this process may use (affinity / cgroup-aware where the OS says)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)

@@ -40,13 +40,13 @@ from extractors._cnn_model import (
     build_network,
     choose_device,
     choose_precision,
-    cpu_threads,
     layer_width,
     resolve_layer,
 )
 from extractors._registry import register_cli_alias, register_extractor
 from extractors._units import pair_units, scan_units, specimen_units
 from extractors.base import ExtractedBatch, Extractor
+from store.cores import usable_cores
 from store.errors import (
     BackendUnavailableError,
     ConfigMismatchError,
@@ -306,7 +306,7 @@ class CNNEmbedding(Extractor):
         if device == "cpu":
             # every core busy, none shared: an OpenMP op waits for its slowest thread, so a thread that
             # shares its core with a decoding worker slows the whole forward pass
-            torch.set_num_threads(max(1, cpu_threads() - workers))
+            torch.set_num_threads(max(1, usable_cores() - workers))
         net, digest = build_network(self.model, resolved)
         self._check_same_weights(store, table, digest, resolved)
         info = arch_info(self.model)
@@ -363,7 +363,7 @@ class CNNEmbedding(Extractor):
         that takes a core from every forward pass — so none up to 4 cores, then one per 8 cores."""
         if self.workers is not None:
             return int(self.workers)
-        cores = cpu_threads()
+        cores = usable_cores()
         if device.startswith("cuda"):
             return max(1, min(8, cores - 1))
         return 0 if cores <= 4 else min(4, cores // 8 or 1)

@@ -79,9 +79,14 @@ def noise_sigma(image: np.ndarray, mask: np.ndarray | None = None) -> float:
     with no such response (entirely flat) has sigma 0.
     """
     image = np.asarray(image, dtype=np.float64)
-    if image.ndim != 2 or min(image.shape) < 3:
-        raise InputError(f"noise_sigma needs a greyscale image of at least 3x3; got shape {image.shape}.")
+    _check_noise_shape(image.shape)
     return _noise_sigma(image, _noise_support(mask, image.shape))
+
+
+def _check_noise_shape(shape: tuple[int, ...]) -> None:
+    """``InputError`` unless ``shape`` is that of a greyscale image ``noise_sigma`` can read (>= 3x3)."""
+    if len(shape) != 2 or min(shape) < 3:
+        raise InputError(f"noise_sigma needs a greyscale image of at least 3x3; got shape {shape}.")
 
 
 def _noise_support(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
@@ -180,8 +185,7 @@ def difference_statistics(
             "The two images share no valid pixel after registration (the shift moved one off the other); "
             "check that the pair shows the same anatomy, or compute without registration."
         )
-    if min(diff.shape) < 3:
-        raise InputError(f"noise_sigma needs a greyscale image of at least 3x3; got shape {diff.shape}.")
+    _check_noise_shape(diff.shape)
     values = diff[mask]
     std = float(values.std())
     support = _noise_support(mask, diff.shape)

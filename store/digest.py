@@ -56,10 +56,6 @@ class FrameContent:
         digest.update(data.data if data.ndim else data.tobytes())
         return digest.hexdigest()
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.data.nbytes)
-
 
 @dataclass(frozen=True)
 class FileFrameContent:

@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from store._frame_hasher import FrameHasher
+from store.cores import usable_cores
 from store.errors import ChronofeatError, DatasetError, DecodeError, check_param
 from store.failures import Failure, record_failures
 from store.layout import Store
@@ -351,8 +352,7 @@ def _decoded_chunks(
 def _spare_core(workers: int) -> bool:
     """True when ``workers`` decoding processes leave a core of this process's CPU set free (then one
     decoding process shares the hashing with a helper process, see ``store._frame_hasher``)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores > workers
+    return usable_cores() > workers
 
 
 def _failed_paths(store: Store, dataset: str) -> set[str]:
@@ -612,9 +612,9 @@ def ingest_dataset(
         if pending:
             # One decoding process with a core to spare shares the hashing with a helper process.
             hasher = FrameHasher(helper=workers == 1 and _spare_core(workers) and len(pending) > 1)
-            work = partial(
+            work = partial(  # worker processes hash in their own process: no hasher crosses to them
                 _decode_chunk, root=str(root_dir), dataset=dataset, secret=secret,
-                **({"hasher": hasher} if workers == 1 else {}),
+                hasher=hasher if workers == 1 else None,
             )
             chunks = _chunks(pending, chunk_size)
             from tqdm import tqdm

@@ -110,12 +110,13 @@ def test_rows_are_complete_when_the_helper_process_dies(tmp_path):
 
 def test_a_script_without_a_main_guard_runs_once(tmp_path):
     """The helper is a plain subprocess: unlike multiprocessing children it never re-runs the caller's script."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
 
-    if len(os.sched_getaffinity(0)) < 2:
+    from store.cores import usable_cores
+
+    if usable_cores() < 2:
         pytest.skip("one core: ingestion hashes everything itself, no helper to start")
     rng = np.random.default_rng(5)
     for k in range(6):
