@@ -3,7 +3,8 @@
 
 Every command parses its arguments, calls one library function, prints, and sets the exit status:
 0 success; 1 the command finished but some inputs failed (see the ``failures`` table);
-2 the command could not run (bad argument, missing table or weights ...: the message says what to do).
+2 the command could not run (bad argument, missing table or weights ...: the message says what to do);
+3 internal error (a bug: the traceback is saved in the store's ``logs/`` folder).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 
 from store._bootstrap import ensure_environment
 
-EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERNAL, EXIT_BROKEN_PIPE = 0, 1, 2, 3, 141
 
 
 def _say(text: str = "") -> None:
@@ -28,7 +29,7 @@ def _note(text: str) -> None:
 def _store(args):
     from store.layout import open_store
 
-    return open_store(args.store)
+    return open_store(args.store, force=getattr(args, "force", False))
 
 
 def _announce_synthetic(store, dataset: str | None) -> None:
@@ -48,7 +49,8 @@ def cmd_ingest(args) -> int:
 
     store = _store(args)
     summary = ingest_dataset(
-        store, args.dataset, root=args.root, layout=args.layout, workers=args.workers, retry_failed=args.retry_failed
+        store, args.dataset, root=args.root, layout=args.layout, workers=args.workers, retry_failed=args.retry_failed,
+        max_decoded_mb=args.max_decoded_mb,
     )
     _announce_synthetic(store, args.dataset)
     _say(summary.summary_line())
@@ -70,23 +72,30 @@ def cmd_show(args) -> int:
     return EXIT_OK
 
 
+def cmd_check(args) -> int:
+    from store.check import check_store
+    from store.render import format_table
+
+    result = check_store(_store(args), repair=args.repair)
+    if result.findings:
+        _say(format_table(result.findings_table(), max_rows=10_000, max_width=90))
+    for line in result.summary_lines():
+        _say(line)
+    return result.exit_code
+
+
 def cmd_sql(args) -> int:
-    from store.render import format_table, write_result
+    from store.render import check_result_options, emit_result
     from store.sql import query
 
-    result = query(_store(args), args.query, write=args.write)
-    if args.output:
-        write_result(result, fmt=args.format, output=args.output)
-        _say(f"wrote {result.num_rows} rows to {args.output}")
-        return EXIT_OK
-    limit = args.max_rows or result.num_rows
-    if args.format == "table":
-        text = format_table(result, max_rows=limit)
-    else:
-        if result.num_rows > limit:
-            _note(f"showing {limit} of {result.num_rows} rows; add --output FILE (or --max-rows 0) for all")
-        text = write_result(result.slice(0, limit), fmt=args.format, output=None)
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    store = _store(args)
+    check_result_options(fmt=args.format, output=args.output, max_rows=args.max_rows, store=store)
+    result = query(store, args.query, write=args.write)
+    shown = emit_result(result, fmt=args.format, output=args.output, max_rows=args.max_rows, store=store)
+    if shown.note:
+        _note(shown.note)
+    sys.stdout.write(shown.text)
+    sys.stdout.flush()
     return EXIT_OK
 
 
@@ -195,7 +204,8 @@ def cmd_predict(args) -> int:
 
     store = _store(args)
     _announce_synthetic(store, args.dataset)
-    predict_command(store, args.run, dataset=args.dataset, members=args.members, write=args.write, out=_say)
+    predict_command(store, args.run, dataset=args.dataset, members=args.members, write=args.write, fmt=args.format,
+                    output=args.output, max_rows=args.max_rows, out=_say, note=_note)
     return EXIT_OK
 
 
@@ -234,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The full command-line grammar (no side effects)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=None, help="feature store directory (default $CHRONOFEAT_STORE or ./featurestore)")
+    common.add_argument("--force", action="store_true",
+                        help="use the store even inside a Python package or an unignored folder of a git work tree")
 
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -255,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", default=None, choices=["generic", "crmo", "chronomid", "impc", "spine"])
     p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
     p.add_argument("--retry-failed", action="store_true", help="try again the files recorded in 'failures' by earlier runs")
+    p.add_argument("--max-decoded-mb", type=float, default=None,
+                   help="largest decoded size of one file, in MiB of float32 frames; bigger files are recorded in "
+                        "failures, not decoded (default 1024, or $CHRONOFEAT_MAX_DECODED_MB)")
 
     add("tables", cmd_tables, "list the store's tables with row counts and columns")
 
@@ -262,14 +277,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table")
     p.add_argument("--limit", type=int, default=10, help="rows to show (default 10)")
 
+    p = add("check", cmd_check, "verify every part of every table (footer, data, schema, keys, provenance)")
+    p.add_argument("--repair", action="store_true",
+                   help="move bad parts to <store>/quarantine/ (never deletes) and say what to re-run")
+
     p = add("sql", cmd_sql, "read-only SQL (DuckDB) over every table of the store")
     p.add_argument("query")
-    p.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])
-    p.add_argument("--output", default=None, help="write the whole result to this file")
+    p.add_argument("--format", default=None, choices=["table", "csv", "json", "parquet"],
+                   help="table on the terminal; with --output the file's suffix decides (.csv, .json, .parquet)")
+    p.add_argument("--output", default=None, help="write the whole result to this file (outside the store)")
     p.add_argument("--max-rows", type=int, default=50, help="rows printed to the terminal (0 = all; default 50)")
-    p.add_argument("--write", action="store_true", help="allow statements that change or export data (COPY, CREATE...)")
+    p.add_argument("--write", action="store_true",
+                   help="also allow COPY ... TO 'file' outside the store and statements on in-memory tables")
 
     p = add("extract", cmd_extract, "compute one extractor's features for a dataset into a feature table")
+    p.epilog = (
+        "Finished rows survive an interruption (even kill -9): a part is written every 4096 items and at least "
+        "every 30 s of work (environment variable CHRONOFEAT_FLUSH_SECONDS sets that interval), and running the "
+        "same command again computes only what is missing. A second run of the same table waits for the first, "
+        "then computes only what is still missing."
+    )
     p.add_argument("--extractor", required=True, help="inception, efficientnet, convnext, cnn, sift_bovw, orb_bovw, surf_bovw, kaze_bovw, diffstats, ...")
     p.add_argument("--dataset", required=True)
     p.add_argument("--limit", type=int, default=None, help="compute at most N items in this run")
@@ -343,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--members", action="store_true", help="also show each ensemble member's prediction")
     p.add_argument("--write", action="store_true", help="append the scores to 'predictions' with split='predict'")
+    p.add_argument("--format", default=None, choices=["table", "csv", "json", "parquet"],
+                   help="table on the terminal; with --output the file's suffix decides (.csv, .json, .parquet)")
+    p.add_argument("--output", default=None, help="write every prediction to this file (outside the store)")
+    p.add_argument("--max-rows", type=int, default=20, help="predictions printed to the terminal (0 = all; default 20)")
 
     p = add("runs", cmd_runs, "list fitted runs")
     p.add_argument("--limit", type=int, default=50)
@@ -354,7 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv``, run the command, return the exit status (errors printed, never a traceback)."""
+    """Parse ``argv``, run the command, return the exit status (errors printed, never a traceback).
+
+    0 ok, 1 finished with failed inputs, 2 could not run (a ``ChronofeatError``: the message says what
+    to do), 3 internal error (the traceback goes to the store's ``logs/``, one line says where),
+    130 interrupted, 141 the reader of our output went away (``| head``).
+    """
     args = build_parser().parse_args(argv)
     from store.errors import ChronofeatError
 
@@ -366,6 +402,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _note("interrupted: finished parts are kept; run the same command again to resume")
         return 130
+    except BrokenPipeError:
+        # The reader closed the pipe: say nothing more, and keep the interpreter's final flush quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into exit 3 and a log file
+        from store.crashlog import save_traceback
+
+        log = save_traceback(args.store, exc)
+        _note(
+            f"internal error ({type(exc).__name__}): a bug in chronofeat, not in your input. The traceback is in "
+            f"{log}; finished parts are kept. Please report it with that file."
+        )
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -129,13 +129,22 @@ def format_prediction_summary(result: PredictResult) -> str:
 
 
 def predict_command(store: Store, run_id: str, *, dataset: str | None = None, members: bool = False, write: bool = False,
-                    rows: int = 20, out=print) -> PredictResult:
-    """``python cli.py predict --run RUN --dataset NAME``: score, print a summary and the first ``rows``
-    predictions (key, subject, truth, prediction, its probability); return the ``PredictResult``."""
-    from store.render import format_table
+                    fmt: str | None = None, output: str | None = None, max_rows: int = 20, out=print,
+                    note=None) -> PredictResult:
+    """``python cli.py predict --run RUN --dataset NAME``: score, print a summary and the predictions; return
+    the ``PredictResult``.
 
+    Output options as for ``sql`` (``store.render.emit_result``): ``output`` writes every prediction
+    (all ``predictions`` columns plus ``in_training``) to a file outside the store, as ``fmt`` or as its
+    suffix says; else at most ``max_rows`` rows (0 = all) are printed, as a compact table (key, subject,
+    truth, prediction, its probability) or, with ``fmt`` csv/json, as full rows. ``out`` prints to
+    stdout; ``note`` (default ``out``) prints what is not data, so csv/json on stdout stay machine-readable.
+    """
+    from store.render import check_result_options, emit_result
+
+    note = note or out
+    check_result_options(fmt=fmt, output=output, max_rows=max_rows, store=store)
     result = predict(store, run_id, dataset, members=members, write=write)
-    out(format_prediction_summary(result))
     table = result.table
     best = [max(p for _, p in proba) if proba else None for proba in table.column("proba").to_pylist()]
     shown = pa.table({
@@ -144,7 +153,14 @@ def predict_command(store: Store, run_id: str, *, dataset: str | None = None, me
         "p_pred": pa.array([None if b is None else round(b, 3) for b in best], pa.float64()),
         "in_training": table.column("in_training"),
     })
-    out(format_table(shown, max_rows=rows, max_width=34))
+    data_on_stdout = output is None and fmt not in (None, "table")
+    say = note if data_on_stdout else out
+    say(format_prediction_summary(result))
+    rendered = emit_result(table, fmt=fmt, output=output, max_rows=max_rows, store=store, display=shown, max_width=34)
+    if rendered.note:
+        note(rendered.note)
+    if rendered.text:
+        out(rendered.text.rstrip("\n"))
     if write:
-        out(f"appended {table.num_rows} rows to 'predictions' (split = 'predict', run_id {result.run_id})")
+        say(f"appended {table.num_rows} rows to 'predictions' (split = 'predict', run_id {result.run_id})")
     return result

@@ -3,8 +3,10 @@
 ``run_extraction_ray(extractor, store, dataset=...)`` is ``run_extraction`` with the per-unit work
 spread over a Ray cluster (one machine or many):
 
-1. on the driver: the dataset's work units, minus those already stored with the same source pixels
-   (``pending_units``: the resume rule of the local engine), cut to ``limit``; then ``prepare`` —
+1. on the driver, holding the table's writer lock (``extractors.runner.writer_lock``: a second run of
+   the same table waits, then finds only what is still missing): the dataset's work units, minus
+   those already stored with the same source pixels (``pending_units``: the resume rule of the
+   local engine), cut to ``limit``; then ``prepare`` —
    so a vocabulary is fitted once and weights are resolved and checked once, before any task runs;
 2. the pending units become a Ray dataset (``ray.data.from_arrow``) of blocks of ``block_rows``
    units, and ``map_batches`` computes them:
@@ -18,11 +20,12 @@ spread over a Ray cluster (one machine or many):
      CAE — runs with ``device='cpu'``, which does not change its table). A BoVW extractor first brings
      its keypoint-descriptor table up to date the same way, so describing images runs on Ray too;
 
-3. results stream back to the driver, which writes them as parts of at most ``rows_per_part`` rows
-   (``store.tables.write_part`` under ``table_lock``) with the metadata the local engine writes
-   (``extractors.runner.extraction_metadata``) plus ``chronofeat.engine``, and records failures
-   (``store.failures.record_failures``). Rows of both engines mix freely in one table: the
-   configuration hash is the same, and an interrupted run of either is resumed by either.
+3. results stream back to the driver, which writes them with the local engine's part writer
+   (``extractors.runner.PartWriter``: a part at ``rows_per_part`` rows or every ``flush_seconds`` of
+   work, failures recorded and fixed ones resolved) with the metadata the local engine writes
+   (``extractors.runner.extraction_metadata``) plus ``chronofeat.engine``. Rows of both engines mix
+   freely in one table: the configuration hash is the same, and an interrupted run of either is
+   resumed by either.
 
 The store must be visible at the same path to the driver and every worker: on one machine any
 directory works; on a cluster it must live on shared storage (NFS, a parallel file system, a mounted
@@ -52,11 +55,17 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from extractors.base import ExtractedBatch, Extractor
-from extractors.runner import ExtractionSummary, extraction_metadata, pending_units
+from extractors.runner import (
+    ExtractionSummary,
+    PartWriter,
+    extraction_metadata,
+    flush_interval,
+    pending_units,
+    writer_lock,
+)
 from store.errors import BackendUnavailableError, ChronofeatError, ParameterError
-from store.failures import Failure, record_failures
+from store.failures import Failure
 from store.layout import Store
-from store.tables import table_lock, write_part
 
 __all__ = ["run_extraction_ray", "ray_available", "RayPlan"]
 
@@ -448,6 +457,7 @@ def run_extraction_ray(
     address: str | None = None,
     num_cpus: int | None = None,
     rows_per_part: int = 4096,
+    flush_seconds: float | None = None,
     progress: bool = True,
     block_rows: int | None = None,
 ) -> ExtractionSummary:
@@ -460,8 +470,11 @@ def run_extraction_ray(
     ``num_cpus`` sizes a local instance only. ``block_rows`` units go to one task (None: about four
     blocks per cluster CPU, at most 256 units). Ray is shut down at the end only when this call
     started it. The store must be on storage every worker sees at the same path (module docstring).
+    Parts are written at ``rows_per_part`` rows and at least every ``flush_seconds`` of work (None:
+    ``$CHRONOFEAT_FLUSH_SECONDS``, else 30), as by the local engine.
     """
     started = time.perf_counter()
+    flush_every = flush_interval(flush_seconds)
 
     def todo(target: Extractor):
         units = target.units(store, dataset)
@@ -492,83 +505,68 @@ def run_extraction_ray(
             target = cnn[0]
         else:
             target = _on_cpu(extractor)
-        n_units, skipped, pending = todo(target)
-        if pending.num_rows == 0:
-            return nothing(target, n_units, skipped)
         table, key = target.table_name(), target.key_column()
-        rows = _block_rows(pending.num_rows, cpus, block_rows)
-        if cnn is not None and block_rows is None:
-            rows = min(rows, _CNN_BLOCK_ROWS)
-        for upstream in _upstream(extractor):
-            run_extraction_ray(upstream, store, dataset=dataset, rows_per_part=rows_per_part, progress=progress,
-                               block_rows=block_rows)
-        blocks = _blocks(pending, rows)
-        if cnn is not None:
-            driver, params, plan = cnn
-            plan.block_rows = rows
-            driver.prepare(store, pending)  # resolves and checks the weights once, before any task
-            provenance = driver.provenance()
-            provenance["settings"] = extractor.get_params(deep=False)
-            provenance["run"] = {**provenance.get("run", {}), "device": params["device"], "workers": 0,
-                                 "torch_threads": plan.actor_cpus}
-            for attr in ("network_", "embedder_"):  # the actors hold their own copies
-                driver.__dict__.pop(attr, None)
-            metadata = extraction_metadata(driver, dataset, provenance={**provenance, "engine": _engine(ray, address, plan)})
-            schema = driver.output_schema()
-            results = _cnn_dataset(ray, blocks, extractor, driver, params, plan, root)
-        else:
-            target.prepare(store, pending)
-            plan = RayPlan(cpus=cpus, gpus=gpus, block_rows=rows)
-            metadata = extraction_metadata(target, dataset,
-                                           provenance={**target.provenance(), "engine": _engine(ray, address, plan)})
-            schema = target.output_schema()
-            results = ray.data.from_arrow(blocks).map_batches(
-                _transform_block, batch_size=None, batch_format="pyarrow", num_cpus=1,
-                fn_kwargs={"extractor": target, "root": root},
-            )
-        if progress:
-            print(f"chronofeat: ray engine -> table {table}: {pending.num_rows} units in {len(blocks)} block(s) on "
-                  f"{cpus} CPU(s), {gpus} GPU(s){'; ' + plan.inference if plan.inference else ''}", file=sys.stderr)
-        written, failed = _write_results(store, table, schema, metadata, results, pending.num_rows,
-                                         rows_per_part=rows_per_part, progress=progress,
-                                         producer=f"extractor:{extractor.name}")
-    return ExtractionSummary(table, key, n_units, skipped, written, failed, time.perf_counter() - started)
+        with writer_lock(store, table):
+            n_units, skipped, pending = todo(target)
+            if pending.num_rows == 0:
+                return nothing(target, n_units, skipped)
+            rows = _block_rows(pending.num_rows, cpus, block_rows)
+            if cnn is not None and block_rows is None:
+                rows = min(rows, _CNN_BLOCK_ROWS)
+            for upstream in _upstream(extractor):
+                run_extraction_ray(upstream, store, dataset=dataset, rows_per_part=rows_per_part,
+                                   flush_seconds=flush_every, progress=progress, block_rows=block_rows)
+            blocks = _blocks(pending, rows)
+            if cnn is not None:
+                driver, params, plan = cnn
+                plan.block_rows = rows
+                driver.prepare(store, pending)  # resolves and checks the weights once, before any task
+                provenance = driver.provenance()
+                provenance["settings"] = extractor.get_params(deep=False)
+                provenance["run"] = {**provenance.get("run", {}), "device": params["device"], "workers": 0,
+                                     "torch_threads": plan.actor_cpus}
+                for attr in ("network_", "embedder_"):  # the actors hold their own copies
+                    driver.__dict__.pop(attr, None)
+                metadata = extraction_metadata(driver, dataset,
+                                               provenance={**provenance, "engine": _engine(ray, address, plan)})
+                schema = driver.output_schema()
+                results = _cnn_dataset(ray, blocks, extractor, driver, params, plan, root)
+            else:
+                target.prepare(store, pending)
+                plan = RayPlan(cpus=cpus, gpus=gpus, block_rows=rows)
+                metadata = extraction_metadata(target, dataset,
+                                               provenance={**target.provenance(), "engine": _engine(ray, address, plan)})
+                schema = target.output_schema()
+                results = ray.data.from_arrow(blocks).map_batches(
+                    _transform_block, batch_size=None, batch_format="pyarrow", num_cpus=1,
+                    fn_kwargs={"extractor": target, "root": root},
+                )
+            if progress:
+                print(f"chronofeat: ray engine -> table {table}: {pending.num_rows} units in {len(blocks)} block(s) on "
+                      f"{cpus} CPU(s), {gpus} GPU(s){'; ' + plan.inference if plan.inference else ''}", file=sys.stderr)
+            writer = PartWriter(store, table, key=key, schema=schema, metadata=metadata, dataset=dataset,
+                                producer=f"extractor:{extractor.name}", rows_per_part=rows_per_part,
+                                flush_seconds=flush_every)
+            _write_results(writer, results, pending.num_rows, progress=progress)
+    return ExtractionSummary(table, key, n_units, skipped, writer.written, writer.failed, time.perf_counter() - started)
 
 
 def _engine(ray, address: str | None, plan: RayPlan) -> dict:
     return {"engine": "ray", "ray": ray.__version__, "address": address or "local", **plan.describe()}
 
 
-def _write_results(store: Store, table: str, schema: pa.Schema, metadata: dict, results, total: int, *,
-                   rows_per_part: int, progress: bool, producer: str) -> tuple[int, int]:
-    """Stream packed results from Ray into parts of ``table`` and the failures table; (written, failed)."""
-    written = failed = 0
-    buffer: list[pa.Table] = []
-    buffered = 0
-    bar = tqdm(total=total, unit="item", desc=table, disable=not progress, file=sys.stderr, dynamic_ncols=True,
-               mininterval=0.5)
-
-    def flush() -> None:
-        nonlocal buffer, buffered, written
-        if buffered:
-            rows = pa.concat_tables(buffer).cast(schema)
-            write_part(store, table, rows, metadata=metadata, locked=True)
-            written += rows.num_rows
-        buffer, buffered = [], 0
-
-    with table_lock(store, table):
-        try:
-            for packed in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for rows, failures, units in _unpack(packed):
-                    if failures:
-                        failed += record_failures(store, failures, producer=producer)
-                    if rows is not None and rows.num_rows:
-                        buffer.append(rows)
-                        buffered += rows.num_rows
-                    bar.update(units)
-                    if buffered >= rows_per_part:
-                        flush()
-            flush()
-        finally:
-            bar.close()
-    return written, failed
+def _write_results(writer: PartWriter, results, total: int, *, progress: bool) -> None:
+    """Stream packed results from Ray into ``writer`` (parts of its table, failures) and flush it at the end."""
+    bar = tqdm(total=total, unit="item", desc=writer.table, disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, mininterval=0.5)
+    try:
+        for packed in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for rows, failures, units in _unpack(packed):
+                writer.add(rows, failures)
+                bar.update(units)
+    except BaseException:
+        writer.flush_quietly()
+        raise
+    finally:
+        bar.close()
+    writer.flush()

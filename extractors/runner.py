@@ -1,22 +1,52 @@
-"""Run an extractor over a dataset: skip finished rows, stream parts to the store, record failures."""
+"""Run an extractor over a dataset: skip finished rows, stream parts to the store, record failures.
+
+Both engines (this one and ``extractors.ray_engine``) share the rules written here:
+
+* one writer per table: ``writer_lock`` is taken *before* the pending units are computed, so a
+  second run of the same table waits (and says so on stderr), then finds only what is still missing
+  — two runs never write one key twice;
+* progress survives: ``PartWriter`` writes a part every ``rows_per_part`` rows and at least every
+  ``flush_seconds`` of work (default 30 s, or ``$CHRONOFEAT_FLUSH_SECONDS``), so a kill loses at
+  most that much, and a rerun computes only the units whose rows are not stored;
+* failures: one current row per unit in ``failures`` (stage ``extract:<table>``); a unit that
+  succeeds later has its failure marked resolved.
+"""
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from extractors.base import Extractor
-from store.failures import record_failures
+from store.errors import ParameterError, StoreError
+from store.failures import Failure, open_failures, record_failures, resolve_failures
 from store.layout import Store
 from store.provenance import part_metadata
-from store.tables import table_lock, table_parts, write_part
+from store.tables import read_table, table_lock, table_parts, write_part
 
-__all__ = ["ExtractionSummary", "run_extraction", "pending_units", "extraction_metadata"]
+__all__ = [
+    "ExtractionSummary",
+    "PartWriter",
+    "run_extraction",
+    "pending_units",
+    "extraction_metadata",
+    "writer_lock",
+    "flush_interval",
+    "FLUSH_SECONDS",
+    "FLUSH_SECONDS_ENV",
+]
+
+FLUSH_SECONDS = 30.0
+FLUSH_SECONDS_ENV = "CHRONOFEAT_FLUSH_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -36,17 +66,57 @@ class ExtractionSummary:
         return (self.written + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
 
+def flush_interval(flush_seconds: float | None) -> float:
+    """Seconds of work between parts: ``flush_seconds``, else ``$CHRONOFEAT_FLUSH_SECONDS``, else 30.
+
+    ``ParameterError`` for a value that is not a positive number.
+    """
+    source = "flush_seconds"
+    value: object = flush_seconds
+    if value is None:
+        value, source = os.environ.get(FLUSH_SECONDS_ENV, FLUSH_SECONDS), FLUSH_SECONDS_ENV
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not seconds > 0:
+        raise ParameterError(f"{source} must be a positive number of seconds (e.g. 30); got {value!r}.")
+    return seconds
+
+
+@contextmanager
+def writer_lock(store: Store, table: str, *, wait_s: float = math.inf) -> Iterator[Path]:
+    """Hold the writer lock of ``table`` (``store.tables.table_lock``); yield its directory.
+
+    When another process holds it, one line on stderr says this run waits, then it waits up to
+    ``wait_s`` seconds (default: until the other run ends; ``StoreError`` after ``wait_s``).
+    """
+    with ExitStack() as stack:
+        try:
+            directory = stack.enter_context(table_lock(store, table, timeout_s=0.0))
+        except StoreError:
+            print(
+                f"chronofeat: table {table!r} is being written by another run; waiting for it to finish, then "
+                "this run computes only what is still missing (Ctrl-C stops waiting).",
+                file=sys.stderr, flush=True,
+            )
+            directory = stack.enter_context(table_lock(store, table, timeout_s=wait_s))
+        yield directory
+
+
 def _present(store: Store, table: str, key: str) -> set[tuple[str, str]]:
-    """(key, source_sha256) pairs already stored in ``table``."""
-    present: set[tuple[str, str]] = set()
-    for part in table_parts(store, table):
-        cols = pq.read_table(part, columns=[key, "source_sha256"])
-        present.update(zip(cols.column(0).to_pylist(), cols.column(1).to_pylist()))
-    return present
+    """(key, source_sha256) pairs already stored in ``table`` (``DamagedPartError`` names a damaged part)."""
+    if not table_parts(store, table):
+        return set()
+    cols = read_table(store, table, columns=[key, "source_sha256"])
+    return set(zip(cols.column(0).to_pylist(), cols.column(1).to_pylist()))
 
 
 def pending_units(extractor: Extractor, store: Store, units: pa.Table) -> pa.Table:
-    """The rows of ``units`` whose (key, source_sha256) is not yet in the extractor's table."""
+    """The rows of ``units`` whose (key, source_sha256) is not yet in the extractor's table.
+
+    Call it while holding ``writer_lock`` of that table, or another run may store them meanwhile.
+    """
     key = extractor.key_column()
     present = _present(store, extractor.table_name(), key)
     if not present:
@@ -75,6 +145,75 @@ def extraction_metadata(extractor: Extractor, dataset: str, *, provenance: dict 
     )
 
 
+class PartWriter:
+    """The buffered writer of one feature table, shared by both engines (the caller holds ``writer_lock``).
+
+    ``add(rows, failures)`` buffers computed rows (any mix of Arrow tables and record batches with
+    ``schema``'s columns) and failures; a part is written when ``rows_per_part`` rows are buffered
+    or ``flush_seconds`` have passed since the last part, and by ``flush()`` at the end. With each
+    part the buffered failures are recorded (stage ``extract:<table>``, one current row per unit)
+    and the open failures of the keys just written are marked resolved. ``written`` / ``failed``
+    count rows written and failures recorded so far.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        table: str,
+        *,
+        key: str,
+        schema: pa.Schema,
+        metadata: dict[str, str],
+        dataset: str,
+        producer: str,
+        rows_per_part: int = 4096,
+        flush_seconds: float | None = None,
+    ) -> None:
+        self.store, self.table, self.key, self.schema, self.metadata = store, table, key, schema, metadata
+        self.dataset, self.producer = dataset, producer
+        self.stage = f"extract:{table}"
+        self.rows_per_part = int(rows_per_part)
+        self.flush_seconds = flush_interval(flush_seconds)
+        self.written = self.failed = 0
+        self._rows: list[pa.Table] = []
+        self._failures: list[Failure] = []
+        self._buffered = 0
+        self._last = time.monotonic()
+        # failures to resolve when their key is written; under the table lock no one else adds any
+        self._open = set(open_failures(store, dataset=dataset, stage=self.stage).column("key").to_pylist())
+
+    def add(self, rows: pa.Table | pa.RecordBatch | None, failures: Iterable[Failure] = ()) -> None:
+        """Buffer ``rows`` and ``failures``; write a part when the batch size or the interval is reached."""
+        if rows is not None and rows.num_rows:
+            table = pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
+            self._rows.append(table if table.schema.equals(self.schema) else table.cast(self.schema))
+            self._buffered += table.num_rows
+        self._failures.extend(replace(f, stage=self.stage) for f in failures)
+        if self._buffered >= self.rows_per_part or time.monotonic() - self._last >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as one part, then record the buffered failures and resolve fixed ones."""
+        if self._buffered:
+            rows = pa.concat_tables(self._rows)
+            write_part(self.store, self.table, rows, metadata=self.metadata, locked=True)
+            self.written += rows.num_rows
+            fixed = self._open.intersection(rows.column(self.key).to_pylist())
+            if fixed:
+                resolve_failures(self.store, dataset=self.dataset, keys=fixed, producer=self.producer,
+                                 stage=self.stage)
+                self._open -= fixed
+        if self._failures:
+            self.failed += record_failures(self.store, self._failures, producer=self.producer)
+        self._rows, self._failures, self._buffered = [], [], 0
+        self._last = time.monotonic()
+
+    def flush_quietly(self) -> None:
+        """``flush()`` while another error propagates: keep what was computed, never mask that error."""
+        with suppress(Exception):
+            self.flush()
+
+
 def run_extraction(
     extractor: Extractor,
     store: Store,
@@ -82,65 +221,48 @@ def run_extraction(
     dataset: str,
     limit: int | None = None,
     rows_per_part: int = 4096,
+    flush_seconds: float | None = None,
     progress: bool = True,
 ) -> ExtractionSummary:
     """Compute ``extractor``'s features for every unit of ``dataset`` not yet stored.
 
-    Rows are written as parts of ``rows_per_part`` rows (memory does not grow with the dataset);
-    an interrupted run loses at most the unwritten batch and a rerun recomputes only that.
-    ``limit`` caps the number of units computed in this run.
+    Rows are written as parts of at most ``rows_per_part`` rows, and at least every
+    ``flush_seconds`` seconds of work (None: ``$CHRONOFEAT_FLUSH_SECONDS``, else 30), so memory does
+    not grow with the dataset and an interrupted run (even by SIGKILL) loses at most the unwritten
+    rows; a rerun recomputes only those. ``limit`` caps the number of units computed in this run.
+    A concurrent run of the same table waits for this one (``writer_lock``), then computes only
+    what is still missing.
     """
     started = time.perf_counter()
     table = extractor.table_name()
     key = extractor.key_column()
-    units = extractor.units(store, dataset)
-    pending = pending_units(extractor, store, units)
-    skipped = units.num_rows - pending.num_rows
-    if limit is not None:
-        pending = pending.slice(0, limit)
-    if pending.num_rows == 0:
-        return ExtractionSummary(table, key, units.num_rows, skipped, 0, 0, time.perf_counter() - started)
+    flush_every = flush_interval(flush_seconds)
+    with writer_lock(store, table):
+        units = extractor.units(store, dataset)
+        pending = pending_units(extractor, store, units)
+        skipped = units.num_rows - pending.num_rows
+        if limit is not None:
+            pending = pending.slice(0, limit)
+        if pending.num_rows == 0:
+            return ExtractionSummary(table, key, units.num_rows, skipped, 0, 0, time.perf_counter() - started)
 
-    extractor.prepare(store, pending)
-    metadata = extraction_metadata(extractor, dataset)
-    schema = extractor.output_schema()
-    written = failed = 0
-    buffer: list[pa.RecordBatch | pa.Table] = []
-    buffered = 0
-    bar = tqdm(total=pending.num_rows, unit="item", desc=table, disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, mininterval=0.5)
-
-    def flush() -> None:
-        nonlocal buffer, buffered, written
-        if not buffered:
-            return
-        rows = pa.Table.from_batches([b for b in _as_batches(buffer)], schema=schema)
-        write_part(store, table, rows, metadata=metadata, locked=True)
-        written += rows.num_rows
-        buffer, buffered = [], 0
-
-    with table_lock(store, table):
+        extractor.prepare(store, pending)
+        writer = PartWriter(
+            store, table, key=key, schema=extractor.output_schema(), metadata=extraction_metadata(extractor, dataset),
+            dataset=dataset, producer=f"extractor:{extractor.name}", rows_per_part=rows_per_part,
+            flush_seconds=flush_every,
+        )
+        bar = tqdm(total=pending.num_rows, unit="item", desc=table, disable=not progress, file=sys.stderr,
+                   dynamic_ncols=True, mininterval=0.5)
         try:
             for batch in extractor.transform(store, pending):
-                if batch.failures:
-                    failed += record_failures(store, batch.failures, producer=f"extractor:{extractor.name}")
-                n = batch.rows.num_rows
-                if n:
-                    buffer.append(batch.rows)
-                    buffered += n
-                bar.update(n + len(batch.failures))
-                if buffered >= rows_per_part:
-                    flush()
-            flush()
+                writer.add(batch.rows, batch.failures)
+                bar.update(batch.rows.num_rows + len(batch.failures))
+        except BaseException:
+            writer.flush_quietly()
+            raise
         finally:
             bar.close()
-    return ExtractionSummary(table, key, units.num_rows, skipped, written, failed, time.perf_counter() - started)
-
-
-def _as_batches(items: list[pa.RecordBatch | pa.Table]):
-    for item in items:
-        if isinstance(item, pa.Table):
-            yield from item.to_batches()
-        else:
-            yield item
-
+        writer.flush()
+    return ExtractionSummary(table, key, units.num_rows, skipped, writer.written, writer.failed,
+                             time.perf_counter() - started)

@@ -13,14 +13,18 @@ reads them back through ``store.pixels``):
 - every frame of a multi-frame file, as a C-contiguous float32 array ``(frames, H, W)`` or
   ``(frames, H, W, 3)``.
 
-The header object keeps the PatientID in memory only, to derive the subject pseudonym; when decoding
-fails, the file's PHI values are redacted from the message. Nothing here writes anything.
+The header object keeps the PatientID in memory only, to derive the subject pseudonym, and the file's
+identifying values (``DicomHeader.identifiers``), to redact them from the paths and messages stored about
+it; when decoding fails, the file's PHI values are redacted from the message. Before any pixel data is
+decoded, the size the header claims is checked against the decoding budget (``store.limits``): a file
+over it raises ``ResourceLimitError`` and is never decoded. Nothing here writes anything.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import struct
 import warnings
 from contextlib import contextmanager
@@ -40,7 +44,8 @@ from store.digest import (
     stored_content,
     stored_descriptor,
 )
-from store.errors import DecodeError
+from store.errors import DecodeError, ResourceLimitError
+from store.limits import check_decoded_size
 from store.pseudonym import redact
 
 __all__ = [
@@ -59,6 +64,12 @@ MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _PHI_KEYWORDS = (
     "ReferringPhysicianName", "InstitutionName", "InstitutionAddress", "AccessionNumber",
     "PerformingPhysicianName", "OperatorsName", "StudyID",
+)
+# Elements whose values identify the patient: a path component, view or description holding one is redacted.
+_IDENTIFYING_KEYWORDS = (
+    "PatientID", "PatientName", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
+    "PatientMotherBirthName", "MedicalRecordLocator", "AccessionNumber", "PatientAddress",
+    "PatientTelephoneNumbers",
 )
 _FLOAT32_EXACT = 2**24
 _DEFER_BYTES = 1 << 16
@@ -80,6 +91,7 @@ class DicomHeader:
     photometric: str
     study_uid: str | None = field(default=None, repr=False)
     patient_id: str | None = field(default=None, repr=False)
+    identifiers: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -223,6 +235,37 @@ def _phi_values(ds) -> tuple[str, ...]:
     return tuple(v for v in values if v.strip())
 
 
+def _values(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [str(v) for v in value if v is not None]
+    return [str(value)]
+
+
+def _identifiers(ds) -> tuple[str, ...]:
+    """The file's identifying values as they may appear in a file or folder name: IDs whole, names whole
+    and in their parts, dates as ``YYYYMMDD``, ``DDMMYYYY`` and ``MMDDYYYY``."""
+    found: list[str] = []
+    for keyword in _IDENTIFYING_KEYWORDS:
+        for value in _values(_get(ds, keyword)):
+            value = value.strip()
+            if not value:
+                continue
+            found.append(value)
+            if keyword.endswith("Name") or keyword.endswith("Names"):
+                found.extend(part for part in re.split(r"[\^=\s]+", value) if part)
+            date = parse_dicom_date(value) if keyword.endswith("Date") else None
+            if date is not None:
+                found += [date.strftime("%d%m%Y"), date.strftime("%m%d%Y")]
+    try:
+        for item in ds.get("OtherPatientIDsSequence") or ():
+            found.extend(v.strip() for v in _values(item.get("PatientID")) if v.strip())
+    except Exception:  # a malformed sequence: its values cannot be read, so they cannot be matched either
+        pass
+    return tuple(dict.fromkeys(found))
+
+
 def _header(ds) -> DicomHeader:
     patient_id = _get(ds, "PatientID")
     return DicomHeader(
@@ -238,6 +281,19 @@ def _header(ds) -> DicomHeader:
         photometric=_text(_get(ds, "PhotometricInterpretation")).upper(),
         study_uid=_text(_get(ds, "StudyInstanceUID")) or None,
         patient_id=(str(patient_id).strip() or None) if patient_id is not None else None,
+        identifiers=_identifiers(ds),
+    )
+
+
+def _check_budget(ds, label: str, max_bytes: int | None) -> None:
+    """``ResourceLimitError`` when the frames the header claims exceed the decoding budget (``store.limits``)."""
+    rows, cols = _as_int(_get(ds, "Rows")), _as_int(_get(ds, "Columns"))
+    if rows is None or cols is None:
+        return  # no image attributes: the decoder says what is missing
+    palette = _text(_get(ds, "PhotometricInterpretation")).upper() == "PALETTE COLOR"  # one index -> RGB
+    check_decoded_size(
+        label, frames=_as_int(_get(ds, "NumberOfFrames")) or 1, rows=rows, cols=cols,
+        samples=3 if palette else _as_int(_get(ds, "SamplesPerPixel")) or 1, budget=max_bytes,
     )
 
 
@@ -497,24 +553,28 @@ def _parsed(path: str | Path | BinaryIO, name: str | None, *, defer: bool = Fals
         ds = _open(path, label, defer=defer)
         try:
             yield ds, _header(ds)
+        except ResourceLimitError:
+            raise  # its message holds only the label and the claimed sizes
         except Exception as exc:
             raise DecodeError(redact(f"{label}: {_explain(exc, ds)}", _phi_values(ds))) from None
 
 
-def read_dicom(path: str | Path | BinaryIO, *, name: str | None = None) -> DicomImage:
+def read_dicom(path: str | Path | BinaryIO, *, name: str | None = None, max_bytes: int | None = None) -> DicomImage:
     """Decode the DICOM file at ``path`` (or an open binary file) into float32 frames and its header.
 
     ``name`` (the path relative to the dataset root) is how messages refer to the file. Raises
-    ``DecodeError`` when the file is not Part-10 DICOM, has no image or cannot be decoded; messages
-    never contain header values.
+    ``DecodeError`` when the file is not Part-10 DICOM, has no image or cannot be decoded, and
+    ``ResourceLimitError`` before decoding when its frames would exceed ``max_bytes`` as float32
+    (``None``: the budget of ``store.limits``); messages never contain header values.
     """
     with _parsed(path, name) as (ds, header):
+        _check_budget(ds, name or Path(getattr(path, "name", path)).name, max_bytes)
         frames, header = _pixels(ds, header)
     return DicomImage(frames=frames, header=header)
 
 
 def read_dicom_contents(
-    path: str | Path | BinaryIO, *, name: str | None = None, defer_pixels: bool = False
+    path: str | Path | BinaryIO, *, name: str | None = None, defer_pixels: bool = False, max_bytes: int | None = None
 ) -> DicomContents:
     """What ingestion needs of the DICOM file at ``path``: header, frame shape and each frame's hashed content.
 
@@ -522,11 +582,12 @@ def read_dicom_contents(
     building float32 frames; colour, palette and Modality-LUT images by their float32 frames, exactly as
     ``read_dicom`` returns them. With ``defer_pixels``, uncompressed greyscale frames of a file on disk
     are not read at all: they come back as ``FileFrameContent`` (where their bytes lie), with the same
-    digests. Raises ``DecodeError`` as ``read_dicom`` does, for the same files.
+    digests. Raises ``DecodeError`` and ``ResourceLimitError`` as ``read_dicom`` does, for the same files.
     """
     file = _file_of(path) if defer_pixels else None
     with _parsed(path, name, defer=file is not None) as (ds, header):
         label = name or Path(file[0] if file else getattr(path, "name", path)).name
+        _check_budget(ds, label, max_bytes)
         deferred = _deferred_contents(ds, header, file, label) if file is not None else None
         if deferred is not None:
             return deferred

@@ -15,11 +15,18 @@ file whose pixels change is recomputed. Two equivalent contents are hashed:
 An uncompressed greyscale frame can also be described by where its stored integers lie in the file
 (``FileFrameContent``): it hashes to the same digest, and the bytes are read only when it is hashed,
 possibly by another process than the one that parsed the header.
+
+What a table stores is not that raw digest but ``keyed_sha256(secret, raw)``, an HMAC of it under the
+store's secret (``pixel_sha256(array, secret=...)`` computes it from pixels): equal pixels still share a
+``pixel_sha256`` within a store, while the same image in two stores cannot be linked by it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +39,8 @@ __all__ = [
     "PIXEL_POLICY",
     "clear_unused_bits",
     "float_content",
+    "keyed_sha256",
+    "open_regular",
     "pixel_sha256",
     "stored_content",
     "stored_descriptor",
@@ -40,6 +49,41 @@ __all__ = [
 # Bump when the stored-integers -> float32 policy of store.dicom changes (rescale, MONOCHROME1 inversion):
 # every stored digest then changes, so features computed under the old policy are recomputed.
 PIXEL_POLICY = 1
+_KEYED_DOMAIN = b"chronofeat.pixel-sha256\0"
+
+
+def keyed_sha256(secret: bytes, raw: str) -> str:
+    """The stored ``pixel_sha256`` of a frame whose raw digest (hex SHA-256 of its content) is ``raw``:
+    hex HMAC-SHA256 under the store ``secret`` of the raw digest's bytes, 64 characters."""
+    return hmac.new(secret, _KEYED_DOMAIN + bytes.fromhex(raw), hashlib.sha256).hexdigest()
+
+
+def open_regular(path, *, label: str, buffered: bool = True):
+    """``path`` opened for binary reading (its ``name`` is ``path``, as ``open`` gives); ``DecodeError``
+    naming ``label`` when it is not a regular file (a FIFO, socket or device is refused without
+    waiting on it: opened non-blocking, checked, then read) or cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise DecodeError(
+            f"{label}: could not be opened ({exc.strerror or type(exc).__name__}). Check that it exists and is "
+            "readable."
+        ) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DecodeError(
+                f"{label}: not a regular file (a FIFO, socket or device); it was not read. Move it out of the "
+                "dataset folder."
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "rb", buffering=-1 if buffered else 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    (handle.raw if buffered else handle).name = os.fsdecode(path)
+    return handle
 
 
 @dataclass(frozen=True)
@@ -82,7 +126,7 @@ class FileFrameContent:
     def read(self) -> np.ndarray:
         """The frame's stored integers as a flat array; ``DecodeError`` if the file no longer holds them."""
         try:
-            with open(self.path, "rb", buffering=0) as handle:
+            with open_regular(self.path, label=self.name, buffered=False) as handle:
                 handle.seek(self.offset)
                 data = handle.read(self.nbytes)
         except OSError as exc:
@@ -160,6 +204,7 @@ def stored_descriptor(
     )
 
 
-def pixel_sha256(array: np.ndarray) -> str:
-    """Hex SHA-256 of a decoded pixel array: ``"<dtype>;<shape>;"`` then its C-order bytes."""
-    return float_content(array).sha256()
+def pixel_sha256(array: np.ndarray, *, secret: bytes) -> str:
+    """The stored ``pixel_sha256`` of a decoded pixel array under the store ``secret``: ``keyed_sha256`` of
+    the hex SHA-256 of ``"<dtype>;<shape>;"`` then its C-order bytes."""
+    return keyed_sha256(secret, float_content(array).sha256())

@@ -16,6 +16,10 @@ __all__ = [
     "StoreError",
     "TableNotFoundError",
     "ConfigMismatchError",
+    "DamagedPartError",
+    "SecretMismatchError",
+    "UnsafeLocationError",
+    "ResourceLimitError",
     "ReadOnlyQueryError",
     "DatasetError",
     "WeightsError",
@@ -51,6 +55,22 @@ class TableNotFoundError(StoreError, LookupError):
 
 class ConfigMismatchError(StoreError):
     """Rows of a different configuration would be mixed into an existing table."""
+
+
+class DamagedPartError(StoreError):
+    """A Parquet part of a table cannot be read (truncated, junk, wrong schema); the message names it."""
+
+
+class SecretMismatchError(StoreError):
+    """The store's secret is missing or is not the one its tables were pseudonymised with."""
+
+
+class UnsafeLocationError(ChronofeatError, PermissionError):
+    """A store, output file or export target lies where writing would damage the store or the source tree."""
+
+
+class ResourceLimitError(InputError):
+    """An input would need more memory or time than the configured budget (e.g. a huge decoded frame)."""
 
 
 class ReadOnlyQueryError(ChronofeatError, PermissionError):

@@ -25,9 +25,18 @@ from features.sets import (
     feature_columns,
 )
 from store.errors import DatasetError, EvaluationError, TableNotFoundError
-from store.layout import Store
+from store.layout import TABLE_NAME_PATTERN, Store
 from store.sql import connect, relation_to_arrow
-from store.tables import PART_GLOB, PARAMS_HASH_KEY, list_tables, part_kv_metadata, table_exists, table_kv_metadata, table_parts
+from store.tables import (
+    PART_GLOB,
+    PARAMS_HASH_KEY,
+    list_tables,
+    part_kv_metadata,
+    require_readable,
+    table_exists,
+    table_kv_metadata,
+    table_parts,
+)
 
 __all__ = [
     "RESERVED_TABLES",
@@ -74,10 +83,11 @@ def feature_tables(store: Store) -> dict[str, FeatureTableInfo]:
     """Every feature table of the store (a key column, ``source_sha256`` and numeric feature columns).
 
     ``datasets`` comes from the parts' ``chronofeat.dataset`` metadata written by the extraction runner.
+    Only readable parts are looked at here (a damaged part is named when its table is loaded).
     """
     found = {}
     for info in list_tables(store):
-        if info.name in RESERVED_TABLES:
+        if info.name in RESERVED_TABLES or info.schema is None:
             continue
         names = info.schema.names
         key = next((k for k in KEY_COLUMNS if k in names), None)
@@ -86,11 +96,13 @@ def feature_tables(store: Store) -> dict[str, FeatureTableInfo]:
             continue
         datasets = set()
         for part in table_parts(store, info.name):
+            if part in info.damaged:
+                continue
             value = part_kv_metadata(part).get("chronofeat.dataset")
             if value:
                 datasets.add(value)
         found[info.name] = FeatureTableInfo(
-            info.name, key, tuple(columns), table_kv_metadata(store, info.name).get(PARAMS_HASH_KEY),
+            info.name, key, tuple(columns), table_kv_metadata(store, info.name, skip_damaged=True).get(PARAMS_HASH_KEY),
             info.rows, frozenset(datasets),
         )
     return found
@@ -129,7 +141,7 @@ def datasets_with_features(store: Store) -> dict[str, list[str]]:
 
 def _columns_of(store: Store, table: str) -> list[str]:
     for info in list_tables(store):
-        if info.name == table:
+        if info.name == table and info.schema is not None:
             return info.schema.names
     return []
 
@@ -149,6 +161,7 @@ def load_units(store: Store, dataset: str, unit: str, *, reference_mode: str | N
     for table in ("scans", needed):
         if not table_exists(store, table):
             raise DatasetError(f"The store {store.root} has no {table!r} table; run 'python cli.py ingest --dataset {dataset}' first.")
+        require_readable(store, table)
     scan_cols = _columns_of(store, "scans")
     con = connect(store)
     try:
@@ -203,9 +216,13 @@ def load_units(store: Store, dataset: str, unit: str, *, reference_mode: str | N
 
 
 def _connect_table(store: Store, table: str, threads: int | None):
-    """A DuckDB connection with a view of ``table`` only (``store.sql.connect`` opens every table's footers)."""
+    """A DuckDB connection with a view of ``table`` only (``store.sql.connect`` opens every table's footers).
+
+    ``DamagedPartError`` first when a part of ``table`` cannot be read.
+    """
     import duckdb
 
+    require_readable(store, table)
     con = duckdb.connect(":memory:")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
@@ -293,6 +310,8 @@ def load_feature_set(store: Store, feature_set: FeatureSet, units: pa.Table, uni
     for term in feature_set.terms:
         info = tables.get(term.table)
         if info is None:
+            if TABLE_NAME_PATTERN.match(term.table):
+                require_readable(store, term.table)  # a table whose every part is damaged is named as such
             known = ", ".join(sorted(tables)) or "none yet"
             raise TableNotFoundError(
                 f"Feature table {term.table!r} does not exist in {store.root} (feature tables: {known}). "

@@ -7,8 +7,10 @@ uninterrupted run writes:
    ``failures`` for this dataset are skipped; the rest are decoded in chunks (in worker processes
    with ``workers > 1``) and each chunk is appended as one atomic Parquet part to the dataset's
    private index (``<store>/ingest/tables/<dataset table>/``), failures to ``failures``. An index row
-   holds what the file itself says: pixel hash, size, header pseudonym, header view fields, and the
-   study day *shifted by a secret per-subject offset* (no calendar date, no PHI).
+   holds what the file itself says: keyed pixel hash, size, header pseudonym, coded view values, and
+   the study day *shifted by a secret per-subject offset* (no calendar date, no PHI). The dataset's
+   index lock is taken before anything pending is computed and held until the derived tables are
+   written, so two runs of one dataset at once never decode or write a file twice.
 2. **Derive** (quick, rerun in full every time). From the whole index plus the current
    ``manifest.csv``/``pairs.csv``: subjects (manifest ``subject``, else PatientID, pseudonymised),
    time indices (the manifest's ``time`` when given, else whole weeks/days per the layout since the
@@ -19,6 +21,19 @@ uninterrupted run writes:
    in ``datasets`` is written.
 
 Editing the manifest and ingesting again relabels without decoding anything.
+
+Hostile inputs never stop a run: only regular files are opened (a FIFO, socket or device is recorded
+in ``failures`` without being opened), a symbolic link leading out of the dataset root (found in the
+folder or named by the manifest) is refused and recorded, a file whose header claims more pixels
+than the decoding budget (``store.limits``, ``max_decoded_mb``) is recorded without being decoded,
+and a file or folder name that is not UTF-8 is ingested under a stored path (``store.paths``).
+
+Identities and paths: a file is known by its *key*, ``scan_id`` of frame 0, keyed by the store secret
+over its real relative path (so the same file has unrelated ids in two stores). Its stored path
+(``scans.path``, the index, ``failures``) is relative to the root with every component that holds one
+of the file's identifying values (PatientID, name, birth date, other IDs, the manifest's subject)
+replaced by a keyed marker, consistently across the dataset; ``store.pixels`` resolves it. Views are
+coded values (``store.layouts.coded_view``); free-text descriptions are never stored.
 """
 
 from __future__ import annotations
@@ -27,28 +42,33 @@ import hashlib
 import multiprocessing
 import os
 import re
+import stat
 import sys
 import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from store._frame_hasher import FrameHasher
 from store.cores import usable_cores
-from store.errors import ChronofeatError, DatasetError, DecodeError, check_param
-from store.failures import Failure, record_failures
-from store.layout import Store
+from store.digest import keyed_sha256
+from store.errors import ChronofeatError, DatasetError, check_param
+from store.failures import Failure, open_failures, record_failures, resolve_failures
+from store.layout import SECRET_FINGERPRINT_KEY, Store, secret_fingerprint
 from store.layouts import (
     DEMO_DATASETS,
+    OTHER_VIEW,
+    VIEW_TERMS,
     Layout,
+    coded_view,
     default_layout,
     get_layout,
     given_pairs,
@@ -57,34 +77,40 @@ from store.layouts import (
     scan_id,
     time_index_from_days,
 )
+from store.limits import max_decoded_bytes
 from store.manifest import MANIFEST_NAME, PAIRS_NAME, GivenPair, Manifest, read_manifest, read_pairs_csv
+from store.paths import IdentifyingValues, redact_components, redacted_tags, stored_path
 from store.pixels import read_contents
 from store.provenance import part_metadata
 from store.pseudonym import Pseudonymizer, redact
 from store.schema import DATASETS, PAIRS_CORE, SCANS_CORE
-from store.tables import existing_keys, read_table, replace_table, table_exists, table_lock, write_part
+from store.tables import read_table, replace_table, table_exists, table_lock, write_part
 
 __all__ = ["IngestSummary", "INDEX_SCHEMA", "ingest_dataset", "index_location", "DEFAULT_CHUNK_SIZE"]
 
 PRODUCER = "store.ingest"
 DEFAULT_CHUNK_SIZE = 128
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_INGEST_STAGES = ("ingest:read", "ingest:decode")
+_FILE = "\u241f"  # stands for the file's path in messages until its stored path is known
+_VIEW_LAYOUT = Layout("index", "auto", (), views=VIEW_TERMS)  # the vocabulary index rows are coded with
+_MODALITY = re.compile(r"^[A-Z0-9 _]{1,16}$")
 
 INDEX_SCHEMA = pa.schema(
     [
-        ("path", pa.string()),
+        ("file_key", pa.string()),  # scan_id of frame 0: the file's keyed identity (resumption, failures)
+        ("scan_id", pa.string()),
+        ("path", pa.string()),  # stored path (store.paths): relative, identifying components redacted
         ("frame", pa.int32()),
         ("frames", pa.int32()),
         ("kind", pa.string()),
-        ("pixel_sha256", pa.string()),
-        ("subject", pa.string()),  # pseudonym from the header (PatientID, else StudyInstanceUID, else path)
+        ("pixel_sha256", pa.string()),  # keyed by the store secret (store.digest.keyed_sha256)
+        ("subject", pa.string()),  # pseudonym from the header (PatientID, else StudyInstanceUID, else file key)
         ("day", pa.int32()),  # study (else acquisition) date ordinal + secret per-subject shift
         ("instance_number", pa.int32()),
         ("slice_location", pa.float64()),
-        ("view_position", pa.string()),
-        ("series_description", pa.string()),
+        ("view_position", pa.string()),  # ViewPosition coded: '' | a view term | other
+        ("description_view", pa.string()),  # the view term SeriesDescription names: '' | term | other
         ("modality", pa.string()),
         ("rows", pa.int32()),
         ("cols", pa.int32()),
@@ -131,26 +157,51 @@ class IngestSummary:
         )
         if self.failed:
             line += (
-                f". See: python cli.py sql \"SELECT path, message FROM failures WHERE dataset = '{self.dataset}'\""
+                f". See: python cli.py sql \"SELECT path, message FROM failures WHERE dataset = '{self.dataset}' AND resolved_at IS NULL\""
             )
         return line
 
 
 @dataclass(frozen=True)
 class _Item:
+    """One input: ``path`` is its real path relative to the root (undecodable bytes as surrogates) and
+    ``subject`` the manifest's raw subject; both stay in memory. ``status``: ``file`` (a regular file,
+    or a link to one inside the root), ``missing``, ``special`` (FIFO, socket, device), ``outside``
+    (a symbolic link leading out of the root) or ``unlisted`` (a folder that could not be listed)."""
+
     path: str
-    exists: bool
+    key: str
+    status: str
     in_manifest: bool
+    detail: str = ""
+    subject: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A failure before its stored path is known: ``message`` holds ``_FILE`` where the path goes,
+    ``identifying`` the file's identifying values (memory only)."""
+
+    key: str
+    path: str
+    stage: str
+    error_class: str
+    message: str
+    identifying: tuple[str, ...] = field(default=(), repr=False)
 
 
 # ----------------------------------------------------------------------------------------- locations
 
 
 def index_location(store: Store, dataset: str) -> tuple[Store, str]:
-    """The private index of ``dataset``: a store rooted at ``<store>/ingest`` and the table name in it."""
+    """The private index of ``dataset``: a store rooted at ``<store>/ingest`` and the table name in it.
+
+    The name carries the index version: an index written by an older version (unkeyed identities) is
+    left alone and the dataset is indexed afresh.
+    """
     slug = re.sub(r"[^a-z0-9_]", "_", dataset.lower())[:40]
     digest = hashlib.sha256(dataset.encode("utf-8")).hexdigest()[:8]
-    return Store(store.root / "ingest"), f"ds_{slug}_{digest}"
+    return Store(store.root / "ingest"), f"ds_{slug}_{digest}_v{INDEX_VERSION}"
 
 
 def _check_dataset_name(dataset: str) -> None:
@@ -180,123 +231,257 @@ def _resolve_root(root: str | os.PathLike) -> tuple[Path, Path | None]:
     return path, (manifest if manifest.is_file() else None)
 
 
-def _list_files(root: Path, layout: Layout, manifest: Manifest | None, manifest_file: Path | None) -> list[_Item]:
-    """Every input file, sorted: files in the folder (hidden ones and the CSVs excluded; only ``*.dcm``
-    for the DICOM layouts) plus every path the manifest lists."""
-    skip = {root / MANIFEST_NAME, root / PAIRS_NAME}
-    if manifest_file is not None:
-        skip.add(manifest_file)
-    found: set[str] = set()
-    for directory, subdirs, names in os.walk(root):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-        base = Path(directory)
-        for name in names:
-            if name.startswith(".") or (base / name) in skip:
+# ------------------------------------------------------------------------------------------ listing
+
+
+def _inside(root: str, target: str) -> bool:
+    return target == root or target.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _kind_of(mode: int) -> tuple[str, str]:
+    """``(status, detail)`` of a file of ``mode`` (as ``stat`` follows links)."""
+    if stat.S_ISREG(mode):
+        return "file", ""
+    if stat.S_ISDIR(mode):
+        return "special", "folder"
+    if stat.S_ISFIFO(mode):
+        return "special", "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "special", "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "special", "device"
+    return "special", "special file"
+
+
+def _classify(root: str, full: str) -> tuple[str, str]:
+    """``(status, detail)`` of the entry at ``full`` (below ``root``), without opening it."""
+    if not os.path.lexists(full):
+        return "missing", ""
+    if not _inside(root, os.path.realpath(full)):
+        return "outside", "symbolic link"
+    try:
+        mode = os.stat(full).st_mode
+    except OSError:
+        return "missing", "broken symbolic link"
+    return _kind_of(mode)
+
+
+def _walk(root: Path, dicom_only: bool, skip: set[str]) -> Iterator[tuple[str, str, str]]:
+    """``(relative path, status, detail)`` of every entry under ``root`` that is an input: hidden names and
+    ``skip`` excluded, only ``*.dcm`` with ``dicom_only``. Symbolic links to folders are not followed; one
+    that leads out of the root is reported (``outside``), and so is a folder that cannot be listed
+    (``unlisted``)."""
+    base = str(root)
+    pending = [""]
+    while pending:
+        relative_dir = pending.pop()
+        try:
+            with os.scandir(os.path.join(base, relative_dir) if relative_dir else base) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            if not relative_dir:
+                raise DatasetError(
+                    f"Dataset root {root} cannot be listed ({exc.strerror or type(exc).__name__}). Check its "
+                    "permissions."
+                ) from None
+            yield relative_dir, "unlisted", exc.strerror or type(exc).__name__
+            continue
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
                 continue
-            if layout.dicom_only and not name.lower().endswith(".dcm"):
-                continue
-            found.add((base / name).relative_to(root).as_posix())
-    listed = set(manifest.rows) if manifest else set()
-    return [_Item(p, p in found or (root / p).is_file(), p in listed) for p in sorted(found | listed)]
+            relative = f"{relative_dir}/{name}" if relative_dir else name
+            wanted = relative not in skip and (not dicom_only or name.lower().endswith(".dcm"))
+            try:
+                link = entry.is_symlink()
+                folder = entry.is_dir()  # follows a link
+                regular = not link and entry.is_file(follow_symlinks=False)
+            except OSError:
+                link = folder = regular = False
+            if link:
+                if not _inside(base, os.path.realpath(entry.path)):
+                    if folder or wanted:
+                        yield relative, "outside", "symbolic link"
+                elif wanted and not folder:  # a link to a folder inside the root is not followed
+                    yield (relative, *_classify(base, entry.path))
+            elif folder:
+                pending.append(relative)
+            elif wanted:
+                yield (relative, "file", "") if regular else (relative, *_classify(base, entry.path))
+
+
+def _list_files(
+    root: Path, layout: Layout, manifest: Manifest | None, manifest_file: Path | None, *, secret: bytes, dataset: str
+) -> list[_Item]:
+    """Every input, sorted by path: entries in the folder (hidden ones and the CSVs excluded; only
+    ``*.dcm`` for the DICOM layouts) plus every path the manifest lists. Nothing is opened."""
+    skip = {MANIFEST_NAME, PAIRS_NAME}
+    if manifest_file is not None and manifest_file.parent == root:
+        skip.add(manifest_file.name)
+    found = {relative: (status, detail) for relative, status, detail in _walk(root, layout.dicom_only, skip)}
+    rows = manifest.rows if manifest else {}
+    for relative in rows:
+        if relative not in found:
+            found[relative] = _classify(str(root), os.path.join(str(root), *relative.split("/")))
+    items = []
+    for relative in sorted(found):
+        status, detail = found[relative]
+        entry = rows.get(relative)
+        items.append(_Item(
+            path=relative, key=scan_id(secret, dataset, relative, 0), status=status, in_manifest=entry is not None,
+            detail=detail, subject=entry.subject if entry is not None else None,
+        ))
+    return items
 
 
 # ------------------------------------------------------------------------------------------- index
 
 
-def _header_fields(decoded, rel: str, pseudonyms: Pseudonymizer) -> dict:
+def _coded(value: str, layout: Layout, identifying: IdentifyingValues, *, free_text: bool = False) -> str:
+    view = coded_view(value, layout, free_text=free_text)
+    return OTHER_VIEW if view and identifying.found_in(view) else view
+
+
+def _header_fields(decoded, item: _Item, pseudonyms: Pseudonymizer, identifying: IdentifyingValues) -> dict:
     header = decoded.header
     if header is None:
         return {
-            "subject": None, "day": None, "instance_number": None, "slice_location": None, "view_position": None,
-            "series_description": None, "modality": None, "window_center": None, "window_width": None,
+            "subject": None, "day": None, "instance_number": None, "slice_location": None, "view_position": "",
+            "description_view": "", "modality": None, "window_center": None, "window_width": None,
         }
     if header.patient_id:
         subject = pseudonyms.subject(header.patient_id)
     elif header.study_uid:
         subject = pseudonyms.subject("study-uid:" + header.study_uid)
     else:
-        subject = pseudonyms.subject("file:" + rel)
+        subject = pseudonyms.subject("file:" + item.key)
     date = header.study_date or header.acquisition_date
+    modality = header.modality.upper()
+    if modality and (not _MODALITY.match(modality) or identifying.found_in(modality)):
+        modality = "OT"  # DICOM's term for "other": a modality is a code, never free text
     return {
         "subject": subject,
         "day": date.toordinal() + pseudonyms.shift(subject) if date else None,
         "instance_number": header.instance_number,
         "slice_location": header.slice_location,
-        "view_position": header.view_position,
-        "series_description": header.series_description,
-        "modality": header.modality,
+        "view_position": _coded(header.view_position, _VIEW_LAYOUT, identifying),
+        "description_view": _coded(header.series_description, _VIEW_LAYOUT, identifying, free_text=True),
+        "modality": modality,
         "window_center": header.window_center,
         "window_width": header.window_width,
     }
 
 
-def _failure(dataset: str, rel: str, stage: str, exc: BaseException, message: str) -> Failure:
-    return Failure(
-        key=scan_id(dataset, rel, 0), dataset=dataset, path=rel, stage=stage,
-        error_class=type(exc).__name__, message=message,
-    )
+def _clean(text: str) -> str:
+    """``text`` as valid UTF-8 (a surrogate left by an undecodable file name becomes ``?``)."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _scrub(text: str, item: _Item, base: Path) -> str:
+    """A third-party message with the file's absolute and relative paths replaced by ``_FILE``."""
+    for form in (str(base / item.path), item.path):
+        text = text.replace(form, _FILE)
+    return text
+
+
+_NOT_READ = {
+    "missing": (
+        "DatasetError", "ingest:read",
+        f"{_FILE}: listed in {MANIFEST_NAME} but not found under the dataset root. Fix the path or remove the row.",
+    ),
+    "special": (
+        "DatasetError", "ingest:read",
+        f"{_FILE}: a {{detail}}, not a regular file; it was skipped without being opened. Move it out of the "
+        "dataset folder.",
+    ),
+    "unlisted": (
+        "DatasetError", "ingest:read",
+        f"{_FILE}: a folder that could not be listed ({{detail}}); the files in it were not ingested. Check its "
+        "permissions, then ingest again.",
+    ),
+    "outside": (
+        "DatasetError", "ingest:read",
+        f"{_FILE}: a symbolic link leading out of the dataset root; refused (only files under the root are "
+        "ingested). Copy the file into the dataset folder, or ingest the folder it lives in as its own dataset.",
+    ),
+}
 
 
 def _decode_chunk(
-    items: Sequence[_Item], *, root: str, dataset: str, secret: bytes, hasher: FrameHasher | None = None
-) -> tuple[list[dict], list[Failure]]:
+    items: Sequence[_Item], *, root: str, dataset: str, secret: bytes, max_bytes: int | None = None,
+    hasher: FrameHasher | None = None,
+) -> tuple[list[dict], list[_Failed]]:
     """Decode ``items`` (runs in a worker process or in the caller); index rows and failures back.
 
-    ``hasher`` (kept across chunks by the caller) may hash frames on a helper process while the next
-    files are parsed; without one every frame is hashed here, from memory.
+    A row's ``path`` is the file's own stored path; rows also carry the real path (``_path``) and
+    identifying values (``_identifying``) so that the caller can redact consistently across files;
+    those two never reach a table. Messages hold ``_FILE`` where the stored path goes. ``max_bytes``:
+    the decoding budget (``None``: ``store.limits``). ``hasher`` (kept across chunks by the caller)
+    may hash frames on a helper process while the next files are parsed; without one every frame is
+    hashed here, from memory.
     """
     if hasher is None:
         with FrameHasher() as own:
-            return _decode_chunk(items, root=root, dataset=dataset, secret=secret, hasher=own)
+            return _decode_chunk(
+                items, root=root, dataset=dataset, secret=secret, max_bytes=max_bytes, hasher=own
+            )
     pseudonyms = Pseudonymizer(secret)
     rows: list[dict] = []
-    failures: list[Failure] = []
+    failures: list[_Failed] = []
     base = Path(root)
     for item in items:
-        rel = item.path
-        if not item.exists:
-            exc = FileNotFoundError(rel)
-            failures.append(_failure(dataset, rel, "ingest:read", exc, (
-                f"{rel}: listed in {MANIFEST_NAME} but not found under the dataset root. Fix the path "
-                "or remove the row."
-            )))
+        manifest_values = (item.subject,) if item.subject else ()
+        if item.status != "file":
+            error_class, stage, message = _NOT_READ[item.status]
+            failures.append(_Failed(
+                item.key, item.path, stage, error_class, message.format(detail=item.detail or "special file"),
+                manifest_values,
+            ))
             continue
         decoded = None
         try:
-            decoded = read_contents(base / rel, name=rel, defer_pixels=hasher.helper)
+            decoded = read_contents(base / item.path, name=_FILE, defer_pixels=hasher.helper, max_bytes=max_bytes)
             if decoded.kind != "dicom" and not item.in_manifest:
                 raise DatasetError(
-                    f"{rel}: a {decoded.kind.upper()} image needs a row in {MANIFEST_NAME} (columns path, "
+                    f"{_FILE}: a {decoded.kind.upper()} image needs a row in {MANIFEST_NAME} (columns path, "
                     "subject, time or date, view, label...) to say whose it is. Add the row."
                 )
-            fields = _header_fields(decoded, rel, pseudonyms)
+            values = manifest_values + (decoded.header.identifiers if decoded.header else ())
+            fields = _header_fields(decoded, item, pseudonyms, IdentifyingValues(values))
         except ChronofeatError as exc:
-            failures.append(_failure(dataset, rel, "ingest:decode", exc, str(exc)))
+            values = manifest_values + (decoded.header.identifiers if decoded is not None and decoded.header else ())
+            message = _scrub(str(exc), item, base)
+            failures.append(_Failed(item.key, item.path, "ingest:decode", type(exc).__name__, message, values))
             continue
         except Exception as exc:  # a bug or an exotic file must not stop the run: record it
-            phi = [decoded.header.patient_id or ""] if decoded is not None and decoded.header else []
+            values = manifest_values + (decoded.header.identifiers if decoded is not None and decoded.header else ())
+            detail = _scrub(" ".join(str(exc).split())[:200], item, base)
             message = redact(
-                f"{rel}: unexpected {type(exc).__name__} while reading it ({' '.join(str(exc).split())[:200]}). "
-                "Check the file; report this if it is a valid image.", phi,
+                f"{_FILE}: unexpected {type(exc).__name__} while reading it ({detail}). "
+                "Check the file; report this if it is a valid image.", values,
             )
-            failures.append(_failure(dataset, rel, "ingest:decode", exc, message))
+            failures.append(_Failed(item.key, item.path, "ingest:decode", type(exc).__name__, message, values))
             continue
         shape = decoded.shape
+        stored = stored_path(item.path, secret=secret, identifying=IdentifyingValues(values))
         for index, content in enumerate(decoded.contents):
             row = {
-                "path": rel, "frame": index, "frames": int(shape[0]), "kind": decoded.kind,
-                "pixel_sha256": None, "rows": int(shape[1]), "cols": int(shape[2]),
+                "file_key": item.key, "scan_id": scan_id(secret, dataset, item.path, index), "path": stored,
+                "_path": item.path, "_identifying": values, "frame": index, "frames": int(shape[0]),
+                "kind": decoded.kind, "pixel_sha256": None, "rows": int(shape[1]), "cols": int(shape[2]),
                 "channels": int(shape[3]) if len(shape) == 4 else 1, **fields,
             }
             rows.append(row)
             hasher.add(row, content)
-    unhashed: dict[str, str] = {}
+    unhashed: dict[str, tuple[str, tuple[str, ...], str]] = {}
     for row, message in hasher.finish():
-        unhashed.setdefault(row["path"], message)
+        unhashed.setdefault(row["file_key"], (row["_path"], row["_identifying"], message))
     if unhashed:  # a file that changed under us: its other frames go too, so a rerun reads it whole
-        rows = [row for row in rows if row["path"] not in unhashed]
-        for rel, message in unhashed.items():
-            failures.append(_failure(dataset, rel, "ingest:decode", DecodeError(message), message))
+        rows = [row for row in rows if row["file_key"] not in unhashed]
+        for key, (path, values, message) in unhashed.items():
+            failures.append(_Failed(key, path, "ingest:decode", "DecodeError", message, values))
+    for row in rows:
+        row["pixel_sha256"] = keyed_sha256(secret, row["pixel_sha256"])
     return rows, failures
 
 
@@ -304,7 +489,7 @@ def _chunks(items: list[_Item], size: int) -> list[list[_Item]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-_ChunkResult = tuple[list[dict], list[Failure]]
+_ChunkResult = tuple[list[dict], list[_Failed]]
 
 
 @contextmanager
@@ -355,45 +540,104 @@ def _spare_core(workers: int) -> bool:
     return usable_cores() > workers
 
 
-def _failed_paths(store: Store, dataset: str) -> set[str]:
-    if not table_exists(store, "failures"):
-        return set()
-    table = read_table(store, "failures", columns=["dataset", "path", "stage"])
-    mask = pc.and_(
-        pc.equal(table.column("dataset"), dataset), pc.is_in(table.column("stage"), pa.array(_INGEST_STAGES))
-    )
-    return set(table.filter(mask).column("path").to_pylist())
+def _open_failures(store: Store, dataset: str) -> pa.Table:
+    """This dataset's open ingest failures (every ``ingest:*`` stage)."""
+    return open_failures(store, dataset=dataset, stage="ingest")
 
 
-def _index_metadata() -> dict[str, str]:
-    return part_metadata(producer=PRODUCER, params={"index_version": INDEX_VERSION})
+def _metadata(secret: bytes, **params) -> dict[str, str]:
+    """Part metadata of every table ingest writes: provenance plus the secret's fingerprint."""
+    metadata = part_metadata(producer=PRODUCER, params=params) if params else part_metadata(producer=PRODUCER)
+    return {**metadata, SECRET_FINGERPRINT_KEY: secret_fingerprint(secret)}
+
+
+class _StoredPaths:
+    """Stored paths of one dataset's files, redacted consistently: a component redacted for one file
+    (it holds that file's identifying value) is redacted for every file of the dataset."""
+
+    def __init__(self, secret: bytes, known: Iterable[str] = ()) -> None:
+        self.secret = secret
+        self.redacted: set[str] = set()
+        for path in known:
+            self.redacted |= redacted_tags(path)
+
+    def learn(self, entries: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+        """Note the components that ``(real path, identifying values)`` entries redact."""
+        for path, values in entries:
+            self.redacted |= redacted_tags(stored_path(path, secret=self.secret, identifying=IdentifyingValues(values)))
+
+    def of(self, path: str, values: tuple[str, ...]) -> str:
+        """The stored path of the file at real path ``path`` with identifying ``values``."""
+        return stored_path(path, secret=self.secret, identifying=IdentifyingValues(values), redacted=self.redacted)
+
+    def again(self, stored: str) -> str:
+        """An earlier stored path with the components redacted since then redacted too."""
+        return redact_components(stored, secret=self.secret, redacted=self.redacted)
+
+
+def _redact_recorded(store: Store, dataset: str, paths: _StoredPaths) -> None:
+    """Rewrite this dataset's open ingest failures whose stored path holds a component redacted since they
+    were recorded (a folder found to identify a patient by a file decoded later)."""
+    changed = []
+    for row in _open_failures(store, dataset).to_pylist():
+        path = paths.again(row["path"])
+        if path != row["path"]:
+            changed.append(Failure(
+                key=row["key"], dataset=dataset, path=path, stage=row["stage"], error_class=row["error_class"],
+                message=row["message"].replace(row["path"], path), time=row["time"],
+            ))
+    record_failures(store, changed, producer=PRODUCER)
+
+
+def _failure_rows(failed: list[_Failed], dataset: str, paths: _StoredPaths) -> list[Failure]:
+    out = []
+    for item in failed:
+        path = paths.of(item.path, item.identifying)
+        message = redact(_clean(item.message.replace(_FILE, path)), item.identifying)
+        out.append(Failure(
+            key=item.key, dataset=dataset, path=path, stage=item.stage, error_class=item.error_class, message=message,
+        ))
+    return out
 
 
 # ----------------------------------------------------------------------------------------- derive
 
 
 def _view(row: dict, layout: Layout) -> str:
-    by_keyword = {"ViewPosition": row.get("view_position"), "SeriesDescription": row.get("series_description")}
+    by_keyword = {"ViewPosition": row.get("view_position"), "SeriesDescription": row.get("description_view")}
     for keyword in layout.view_keywords:
-        if by_keyword.get(keyword):
-            return by_keyword[keyword]
+        value = by_keyword.get(keyword)
+        if value:
+            return value if value in layout.views else OTHER_VIEW
     return ""
 
 
+def _manifest_view(entry, layout: Layout) -> str:
+    """A manifest's ``view`` as given, unless it holds the row's own subject identifier."""
+    view = entry.view
+    if entry.subject and IdentifyingValues([entry.subject]).found_in(view):
+        return OTHER_VIEW
+    return view
+
+
 def _derive_scans(
-    index_rows: list[dict], *, dataset: str, layout: Layout, manifest: Manifest | None, pseudonyms: Pseudonymizer
+    index_rows: list[dict], *, dataset: str, layout: Layout, manifest: Manifest | None, pseudonyms: Pseudonymizer,
+    manifest_by_key: dict[str, object],
 ) -> tuple[list[dict], str]:
-    """Scan rows (core columns + the manifest's label columns) and the time unit actually used."""
-    manifest_rows = manifest.rows if manifest else {}
+    """Scan rows (core columns + the manifest's label columns) and the time unit actually used.
+
+    ``manifest_by_key``: the manifest's rows by file key. Each scan dict also carries ``file_key``
+    (not a column) for matching ``pairs.csv``.
+    """
     list_columns = set(manifest.list_columns) if manifest else {"labels"}
     extra_columns = manifest.extra_columns if manifest else ()
     scans, ordinals, manual = [], [], []
     for row in index_rows:
-        entry = manifest_rows.get(row["path"])
+        entry = manifest_by_key.get(row["file_key"])
         if entry is not None and entry.subject:
             subject = pseudonyms.subject(entry.subject)
         else:
-            subject = row["subject"] or pseudonyms.subject("file:" + row["path"])
+            subject = row["subject"] or pseudonyms.subject("file:" + row["file_key"])
         if entry is not None and entry.date is not None:
             ordinal = entry.date.toordinal()
         elif row["day"] is not None and row["subject"]:
@@ -407,13 +651,14 @@ def _derive_scans(
         else:
             slice_number = row["instance_number"]
         scan = {
-            "scan_id": scan_id(dataset, row["path"], row["frame"]),
+            "scan_id": row["scan_id"],
+            "file_key": row["file_key"],
             "pixel_sha256": row["pixel_sha256"],
             "dataset": dataset,
             "subject": subject,
             "time_index": None,
             "days_from_baseline": None,
-            "view": entry.view if entry is not None and entry.view is not None else _view(row, layout),
+            "view": _manifest_view(entry, layout) if entry is not None and entry.view is not None else _view(row, layout),
             "slice": slice_number,
             "frame": row["frame"],
             "path": row["path"],
@@ -449,7 +694,7 @@ def _derive_scans(
             scan["time_index"] = time_index_from_days(layout, days)
             used_dates = used_dates or scan["time_index"] is not None
     _rank_slice_locations(scans, index_rows)
-    scans.sort(key=lambda s: (s["path"], s["frame"]))
+    scans.sort(key=lambda s: (s["path"], s["frame"], s["scan_id"]))
     if layout.time_unit != "auto":
         unit = layout.time_unit
     else:
@@ -463,9 +708,9 @@ def _rank_slice_locations(scans: list[dict], index_rows: list[dict]) -> None:
     for scan, row in zip(scans, index_rows):
         if scan["slice"] is None and row["slice_location"] is not None:
             key = (scan["subject"], scan["time_index"], scan["view"])
-            groups[key].append((row["slice_location"], scan["path"], scan))
+            groups[key].append((row["slice_location"], scan["path"], scan["scan_id"], scan))
     for members in groups.values():
-        for rank, (_, _, scan) in enumerate(sorted(members, key=lambda m: (m[0], m[1])), start=1):
+        for rank, (*_, scan) in enumerate(sorted(members, key=lambda m: (m[0], m[1], m[2])), start=1):
             scan["slice"] = rank
 
 
@@ -479,7 +724,7 @@ def _scans_table(scans: list[dict], manifest: Manifest | None) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
-def _replace_dataset_rows(store: Store, name: str, dataset: str, new: pa.Table) -> int:
+def _replace_dataset_rows(store: Store, name: str, dataset: str, new: pa.Table, metadata: dict[str, str]) -> int:
     """Make ``new`` the rows of ``dataset`` in the shared table ``name``; return the table's size for it."""
     if table_exists(store, name):
         old = read_table(store, name)
@@ -495,36 +740,42 @@ def _replace_dataset_rows(store: Store, name: str, dataset: str, new: pa.Table) 
         combined = new
     else:
         return 0
-    replace_table(store, name, combined, metadata=part_metadata(producer=PRODUCER))
+    replace_table(store, name, combined, metadata=metadata)
     return new.num_rows
 
 
-def _given_failures(store: Store, dataset: str, unresolved: list[GivenPair]) -> int:
-    """Record ``pairs.csv`` lines whose files have no scans (once per line); return how many there are."""
-    if not unresolved:
-        return 0
-    known = set()
-    if table_exists(store, "failures"):
-        table = read_table(store, "failures", columns=["key", "dataset"])
-        known = set(table.filter(pc.equal(table.column("dataset"), dataset)).column("key").to_pylist())
-    new = []
-    for given in unresolved:
-        key = pair_id(given.reference_path, given.comparison_path, "given-unresolved")
-        if key in known:
-            continue
-        new.append(Failure(
+def _given_key(file_key, given: GivenPair) -> str:
+    return pair_id(file_key(given.reference_path), file_key(given.comparison_path), "given-unresolved")
+
+
+def _given_failures(store: Store, dataset: str, unresolved: list[GivenPair], file_key) -> int:
+    """Record ``pairs.csv`` lines whose files have no scans (once per line), mark lines that resolve since
+    resolved; return how many lines are unresolved. Messages name line numbers, never paths (a path in
+    ``pairs.csv`` may hold an identifier)."""
+    failures = _open_failures(store, dataset)
+    mask = pc.equal(failures.column("stage"), "ingest:pairs")
+    known = set(failures.filter(mask).column("key").to_pylist())
+    wanted = {_given_key(file_key, g): g for g in unresolved}
+    new = [
+        Failure(
             key=key, dataset=dataset, path=PAIRS_NAME, stage="ingest:pairs", error_class="DatasetError",
             message=(
-                f"{PAIRS_NAME} line {given.line}: {given.reference_path} -> {given.comparison_path} has no scans "
-                "for one of its files (missing, misspelt, or failed to decode: see the failures of those "
-                "paths). Fix the path or the file, then ingest again."
+                f"{PAIRS_NAME} line {g.line}: one of its two files has no scans (missing, misspelt, or failed to "
+                "decode: see that file's row in failures). Fix the path or the file, then ingest again."
             ),
-        ))
+        )
+        for key, g in wanted.items() if key not in known
+    ]
     record_failures(store, new, producer=PRODUCER)
+    fixed = known - set(wanted)  # lines that resolve now, or are no longer in pairs.csv
+    if fixed:
+        resolve_failures(store, dataset=dataset, keys=fixed, producer=PRODUCER)
     return len(unresolved)
 
 
-def _write_dataset_row(store: Store, dataset: str, root: Path, layout: str, synthetic: bool, unit: str) -> None:
+def _write_dataset_row(
+    store: Store, dataset: str, root: Path, layout: str, synthetic: bool, unit: str, metadata: dict[str, str]
+) -> None:
     row = pa.table(
         {
             "dataset": [dataset], "root": [str(root)], "layout": [layout], "synthetic": [synthetic],
@@ -532,7 +783,7 @@ def _write_dataset_row(store: Store, dataset: str, root: Path, layout: str, synt
         },
         schema=DATASETS,
     )
-    _replace_dataset_rows(store, "datasets", dataset, row)
+    _replace_dataset_rows(store, "datasets", dataset, row, metadata)
 
 
 # ------------------------------------------------------------------------------------------ public
@@ -548,6 +799,7 @@ def ingest_dataset(
     progress: bool = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     retry_failed: bool = False,
+    max_decoded_mb: float | None = None,
 ) -> IngestSummary:
     """Ingest the folder ``root`` as ``dataset`` with ``layout``; build ``scans`` (and ``pairs``).
 
@@ -556,8 +808,10 @@ def ingest_dataset(
     anything else raises ``DatasetError``. ``layout`` defaults to the dataset's own name for the four
     built-ins, else ``generic``. ``workers`` > 1 decodes in that many processes; ``chunk_size`` files
     make one index part (the unit of resumption). Files already indexed, or already recorded as
-    failed (unless ``retry_failed``), are not read again. Unreadable inputs go to ``failures`` and
-    the run goes on. Progress (files/s) goes to stderr.
+    failed (unless ``retry_failed``; a retried file that now decodes has its failure marked resolved),
+    are not read again. Unreadable inputs go to ``failures`` and the run goes on; so do files whose
+    frames would exceed ``max_decoded_mb`` MiB as float32 (``None``: ``store.limits``' budget).
+    Progress (files/s) goes to stderr.
     """
     started = time.perf_counter()
     _check_dataset_name(dataset)
@@ -566,6 +820,7 @@ def ingest_dataset(
         "ingest", "chunk_size", chunk_size, kind="an int in [1, inf)",
         ok=isinstance(chunk_size, int) and chunk_size >= 1,
     )
+    budget = max_decoded_bytes(max_decoded_mb)
     layout_name = layout or default_layout(dataset)
     spec = get_layout(layout_name)
     record = _dataset_record(store, dataset)
@@ -600,20 +855,33 @@ def ingest_dataset(
             f"The {spec.name} layout takes its pairs from {pairs_file} (columns reference_path, comparison_path, "
             "label), which does not exist. Write it, or use --layout generic."
         )
-    items = _list_files(root_dir, spec, manifest, manifest_file)
     secret = store.secret()
+    items = _list_files(root_dir, spec, manifest, manifest_file, secret=secret, dataset=dataset)
     index_store, index_table = index_location(store, dataset)
 
+    def file_key(path: str) -> str:
+        return scan_id(secret, dataset, path, 0)
+
+    # Everything from here on holds the dataset's lock: what is pending is decided, decoded, written and
+    # derived by one process at a time.
     with table_lock(index_store, index_table):
-        indexed = existing_keys(index_store, index_table, "path")
-        failed_before = _failed_paths(store, dataset)
-        pending = [i for i in items if i.path not in indexed and (retry_failed or i.path not in failed_before)]
-        ingested = 0
+        indexed_paths = (
+            read_table(index_store, index_table, columns=["file_key", "path"])
+            if table_exists(index_store, index_table) else INDEX_SCHEMA.empty_table().select(["file_key", "path"])
+        )
+        indexed = set(indexed_paths.column("file_key").to_pylist())
+        failed_table = _open_failures(store, dataset)
+        failed_before = set(failed_table.column("key").to_pylist())
+        paths = _StoredPaths(
+            secret, indexed_paths.column("path").to_pylist() + failed_table.column("path").to_pylist()
+        )
+        pending = [i for i in items if i.key not in indexed and (retry_failed or i.key not in failed_before)]
+        ingested_keys: set[str] = set()
         if pending:
             # One decoding process with a core to spare shares the hashing with a helper process.
             hasher = FrameHasher(helper=workers == 1 and _spare_core(workers) and len(pending) > 1)
             work = partial(  # worker processes hash in their own process: no hasher crosses to them
-                _decode_chunk, root=str(root_dir), dataset=dataset, secret=secret,
+                _decode_chunk, root=str(root_dir), dataset=dataset, secret=secret, max_bytes=budget,
                 hasher=hasher if workers == 1 else None,
             )
             chunks = _chunks(pending, chunk_size)
@@ -623,47 +891,70 @@ def ingest_dataset(
                 total=len(pending), unit="file", desc=f"ingest {dataset}", file=sys.stderr, disable=not progress,
                 dynamic_ncols=True,
             ) as bar:
-                for chunk, (rows, failures) in results:
+                for chunk, (rows, failed) in results:
+                    paths.learn([(r["_path"], r["_identifying"]) for r in rows])
+                    paths.learn([(f.path, f.identifying) for f in failed])
                     if rows:
+                        for row in rows:
+                            row["path"] = paths.of(row["_path"], row["_identifying"])
                         table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
-                        write_part(index_store, index_table, table, metadata=_index_metadata(), locked=True)
-                        ingested += len({r["path"] for r in rows})
-                    record_failures(store, failures, producer=PRODUCER)
+                        write_part(
+                            index_store, index_table, table, metadata=_metadata(secret, index_version=INDEX_VERSION),
+                            locked=True,
+                        )
+                        ingested_keys.update(r["file_key"] for r in rows)
+                    record_failures(store, _failure_rows(failed, dataset, paths), producer=PRODUCER)
                     bar.update(len(chunk))
+        # resolved: files a retry ingested, and inputs that are gone (removed, renamed, a folder listable again)
+        listed_keys = {i.key for i in items}
+        gone = {
+            key for key, stage in zip(failed_table.column("key").to_pylist(), failed_table.column("stage").to_pylist())
+            if stage != "ingest:pairs" and key not in listed_keys
+        }
+        if (ingested_keys & failed_before) | gone:
+            resolve_failures(store, dataset=dataset, keys=(ingested_keys & failed_before) | gone, producer=PRODUCER)
         index_rows = read_table(index_store, index_table).to_pylist() if table_exists(index_store, index_table) else []
 
-        listed = {i.path for i in items}
+        listed = {i.key for i in items if i.status == "file"}
         latest: dict[tuple[str, int], dict] = {}
         for row in index_rows:
-            if row["path"] in listed:
-                latest[(row["path"], row["frame"])] = row
+            if row["file_key"] in listed:
+                latest[(row["file_key"], row["frame"])] = row
         index_rows = [latest[k] for k in sorted(latest)]
-        present = {row["path"] for row in index_rows}
+        for row in index_rows:
+            row["path"] = paths.again(row["path"])
+        _redact_recorded(store, dataset, paths)
+        present = {row["file_key"] for row in index_rows}
         pseudonyms = Pseudonymizer(secret)
-        scans, unit = _derive_scans(index_rows, dataset=dataset, layout=spec, manifest=manifest, pseudonyms=pseudonyms)
+        manifest_by_key = {file_key(p): entry for p, entry in manifest.rows.items()} if manifest else {}
+        scans, unit = _derive_scans(
+            index_rows, dataset=dataset, layout=spec, manifest=manifest, pseudonyms=pseudonyms,
+            manifest_by_key=manifest_by_key,
+        )
         pair_rows, unpaired = longitudinal_pairs(scans, spec, dataset)
         unresolved: list[GivenPair] = []
         if given is not None:
-            given_rows, unresolved = given_pairs(scans, given, dataset)
+            given_rows, unresolved = given_pairs(scans, given, dataset, file_key=file_key)
             pair_rows += given_rows
         pair_rows.sort(key=lambda p: (p["subject"], p["reference_mode"], p["time_index"] is None,
                                       p["time_index"] or 0, p["pair_id"]))
 
+        metadata = _metadata(secret)
         with table_lock(index_store, "store_tables"):
-            scans_rows = _replace_dataset_rows(store, "scans", dataset, _scans_table(scans, manifest))
+            scans_rows = _replace_dataset_rows(store, "scans", dataset, _scans_table(scans, manifest), metadata)
             pairs_table = pa.Table.from_pylist(pair_rows, schema=PAIRS_CORE)
-            pairs_rows = _replace_dataset_rows(store, "pairs", dataset, pairs_table)
-            _write_dataset_row(store, dataset, root_dir, spec.name, synthetic, unit)
-        bad_pairs = _given_failures(store, dataset, unresolved)
+            pairs_rows = _replace_dataset_rows(store, "pairs", dataset, pairs_table, metadata)
+            _write_dataset_row(store, dataset, root_dir, spec.name, synthetic, unit, metadata)
+        bad_pairs = _given_failures(store, dataset, unresolved, file_key)
 
-    skipped = sum(1 for i in items if i.path in indexed and i.path in present)
+    skipped = sum(1 for i in items if i.key in indexed and i.key in present)
     return IngestSummary(
         dataset=dataset,
         layout=spec.name,
         root=str(root_dir),
         synthetic=synthetic,
         files=len(items),
-        ingested=ingested,
+        ingested=len(ingested_keys),
         skipped=skipped,
         failed=len(items) - len(present) + bad_pairs,
         scans_rows=scans_rows,

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from store.errors import ParameterError, StoreError
 
-__all__ = ["Store", "open_store", "DEFAULT_STORE", "TABLE_NAME_PATTERN"]
+__all__ = ["Store", "open_store", "DEFAULT_STORE", "TABLE_NAME_PATTERN", "secret_fingerprint", "SECRET_FINGERPRINT_KEY"]
 
 DEFAULT_STORE = "featurestore"
 TABLE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+SECRET_FINGERPRINT_KEY = "chronofeat.secret_fingerprint"
+
+
+def secret_fingerprint(key: bytes) -> str:
+    """A short public fingerprint of the store secret ``key``: HMAC-SHA256 of a fixed label under it, 16 hex
+    characters. It tells whether two parts were written under the same secret without revealing it."""
+    return hmac.new(key, b"chronofeat.secret-fingerprint", hashlib.sha256).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class Store:
-    """A feature store rooted at ``root``: ``tables/``, ``artifacts/``, ``datasets/`` and ``secret``."""
+    """A feature store rooted at ``root``: ``tables/``, ``artifacts/``, ``datasets/``, ``secret`` (with its
+    ``secret.fingerprint``) and, once needed, ``quarantine/`` (parts moved by ``check --repair``) and ``logs/``."""
 
     root: Path
 
@@ -49,28 +58,23 @@ class Store:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @property
+    def secret_fingerprint_path(self) -> Path:
+        return self.root / "secret.fingerprint"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
     def secret(self) -> bytes:
-        """The store's random key for subject pseudonyms, created once with mode 0600."""
-        path = self.secret_path
-        if not path.exists():
-            self.root.mkdir(parents=True, exist_ok=True)
-            key = secrets.token_bytes(32)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another process created it first; use theirs
-            else:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(key)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-        key = path.read_bytes()
-        if len(key) < 16:
-            raise StoreError(
-                f"The store secret {path} is truncated ({len(key)} bytes). Subject pseudonyms depend on it: "
-                "restore it from a backup of this store; delete it only if the store holds no subjects yet."
-            )
-        return key
+        """The store's random key for subject pseudonyms, created once with mode 0600.
+
+        ``SecretMismatchError`` when the store already holds pseudonymised data and the secret is missing
+        or is not the one that data was made with (see ``store.secret.load_secret``).
+        """
+        from store.secret import load_secret  # store.secret reads parts through store.tables: import late
+
+        return load_secret(self)
 
 
 def check_table_name(name: str) -> None:
@@ -82,14 +86,20 @@ def check_table_name(name: str) -> None:
         )
 
 
-def open_store(root: str | os.PathLike | None = None, *, create: bool = True) -> Store:
+def open_store(root: str | os.PathLike | None = None, *, create: bool = True, force: bool = False) -> Store:
     """Return the store at ``root``, else ``$CHRONOFEAT_STORE``, else ``./featurestore``.
 
-    With ``create`` the directories are made; without it a missing store raises ``StoreError``.
+    With ``create`` the directories are made, after checking the place is safe: a store inside a Python
+    package or an unignored folder of a git work tree raises ``UnsafeLocationError`` (nothing written)
+    unless ``force`` (see ``store.location``). Without ``create`` a missing store raises ``StoreError``.
     """
     chosen = Path(root or os.environ.get("CHRONOFEAT_STORE") or DEFAULT_STORE).expanduser()
     store = Store(chosen.resolve())
     if create:
+        if not force:
+            from store.location import check_store_location
+
+            check_store_location(store.root)
         for path in (store.tables_dir, store.artifacts_dir, store.datasets_dir):
             path.mkdir(parents=True, exist_ok=True)
     elif not store.tables_dir.is_dir():

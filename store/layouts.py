@@ -4,6 +4,10 @@ A layout says which files are images, how time is counted, which manifest column
 the ``view`` comes from and how ``pairs`` rows are formed. The pairing functions are pure: scan rows
 (dicts) in, pair rows (dicts) out.
 
+A ``view`` taken from a header is a coded value: a term of the layout's vocabulary (``views``), else
+``other`` (``coded_view``), never free text. ``scan_id`` is keyed by the store secret, so the same file
+has unrelated identities in two stores.
+
 Pairing (``absolute`` / ``relative``): scans with a time index are grouped by subject, view and the
 layout's extra match columns (``level`` for spine). Within a group each time point is a volume whose
 slices are ordered by ``slice`` (then frame, then path); the k-th slice of one time point pairs with
@@ -16,9 +20,12 @@ skipped, never interpolated). The first time point's slices pair with themselves
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from store.errors import DatasetError
 from store.manifest import GivenPair
@@ -29,6 +36,9 @@ __all__ = [
     "DEMO_DATASETS",
     "get_layout",
     "default_layout",
+    "VIEW_TERMS",
+    "OTHER_VIEW",
+    "coded_view",
     "scan_id",
     "pair_id",
     "time_index_from_days",
@@ -37,6 +47,14 @@ __all__ = [
 ]
 
 DEMO_DATASETS = ("crmo", "chronomid", "impc", "spine")
+OTHER_VIEW = "other"
+# Projection and plane codes: DICOM ViewPosition defined terms (AP, PA, LL, RL, ...), mammography views,
+# veterinary projections (DV, VD, LAT) and the imaging planes series descriptions name.
+VIEW_TERMS = (
+    "AP", "PA", "LL", "RL", "RLD", "LLD", "RLO", "LLO", "LAT", "LATERAL", "OBL", "OBLIQUE", "DV", "VD",
+    "CC", "MLO", "ML", "LM", "LMO", "XCCL", "XCCM", "FB", "SIO", "AX", "AXIAL", "COR", "CORONAL", "SAG",
+    "SAGITTAL", "TRA", "TRANSVERSE",
+)
 
 
 @dataclass(frozen=True)
@@ -50,7 +68,8 @@ class Layout:
     ``required``, ``optional`` or ignored (``none``). ``match_columns``: columns besides subject and
     view that paired scans share. ``pair_label``: ``subject`` (the subject's label) or ``comparison``
     (the comparison scan's label). ``dicom_only``: only ``*.dcm`` files are taken from the folder
-    (plus files the manifest lists); otherwise every file is an input.
+    (plus files the manifest lists); otherwise every file is an input. ``views``: the coded view
+    values kept from headers (anything else becomes ``other``).
     """
 
     name: str
@@ -63,6 +82,7 @@ class Layout:
     pair_label: str = "comparison"
     dicom_only: bool = True
     constant_time_index: int | None = None
+    views: tuple[str, ...] = VIEW_TERMS
 
 
 LAYOUTS: dict[str, Layout] = {
@@ -95,9 +115,31 @@ def default_layout(dataset: str) -> str:
     return dataset if dataset in DEMO_DATASETS else "generic"
 
 
-def scan_id(dataset: str, path: str, frame: int) -> str:
-    """The identity of one 2-D image: sha256(dataset, NUL, relative path, NUL, frame) hex, 32 characters."""
-    return hashlib.sha256(f"{dataset}\0{path}\0{int(frame)}".encode("utf-8")).hexdigest()[:32]
+def coded_view(value: str | None, layout: Layout, *, free_text: bool = False) -> str:
+    """The ``view`` a header value gives under ``layout``: ``''`` when blank, the value (upper-cased) when it
+    is one of ``layout.views``, else ``other``. With ``free_text`` (a SeriesDescription) the first word
+    of the text that is a term counts (``"Full body DV"`` -> ``DV``)."""
+    text = (value or "").strip().upper()
+    if not text:
+        return ""
+    if text in layout.views:
+        return text
+    if free_text:
+        for word in re.split(r"[^A-Z0-9]+", text):
+            if word in layout.views:
+                return word
+    return OTHER_VIEW
+
+
+def scan_id(secret: bytes, dataset: str, path: str, frame: int) -> str:
+    """The identity of one 2-D image in a store: hex HMAC-SHA256 under the store ``secret`` of dataset,
+    NUL, the file's real path relative to the root (its bytes, ``os.fsencode``), NUL, frame; 32 characters.
+
+    Frame 0's id is also the file's key (index rows, failures). Keyed, so the same file in two stores
+    gets two unrelated ids.
+    """
+    message = dataset.encode("utf-8") + b"\0" + os.fsencode(path) + b"\0" + str(int(frame)).encode("ascii")
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
 
 
 def pair_id(reference_scan_id: str, comparison_scan_id: str, mode: str) -> str:
@@ -190,18 +232,23 @@ def longitudinal_pairs(scans: Sequence[dict], layout: Layout, dataset: str) -> t
     return pairs, len(unpaired)
 
 
-def given_pairs(scans: Sequence[dict], pairs: Sequence[GivenPair], dataset: str) -> tuple[list[dict], list[GivenPair]]:
+def given_pairs(
+    scans: Sequence[dict], pairs: Sequence[GivenPair], dataset: str, *, file_key: Callable[[str], str] | None = None
+) -> tuple[list[dict], list[GivenPair]]:
     """Pair rows (mode ``given``) for ``pairs.csv`` lines, and the lines whose files have no scans.
 
-    Multi-frame files pair frame k with frame k. ``label`` is the line's label.
+    Multi-frame files pair frame k with frame k. ``label`` is the line's label. With ``file_key`` (path
+    in ``pairs.csv`` -> file key) scans are matched by their ``file_key`` entry instead of their ``path``
+    (stored paths may be redacted).
     """
     by_path: dict[str, list[dict]] = defaultdict(list)
     for scan in scans:
-        by_path[scan["path"]].append(scan)
+        by_path[scan["file_key"] if file_key else scan["path"]].append(scan)
+    key_of = file_key or (lambda path: path)
     rows, unresolved = [], []
     for given in pairs:
-        references = sorted(by_path.get(given.reference_path, []), key=_slice_order)
-        comparisons = sorted(by_path.get(given.comparison_path, []), key=_slice_order)
+        references = sorted(by_path.get(key_of(given.reference_path), []), key=_slice_order)
+        comparisons = sorted(by_path.get(key_of(given.comparison_path), []), key=_slice_order)
         if not references or not comparisons:
             unresolved.append(given)
             continue

@@ -3,23 +3,28 @@
 ``decode_file`` is the one decoder every extractor uses (through ``load_pixels`` / ``PixelReader``);
 ``read_contents`` shares its DICOM reading and describes the same frames by what ``pixel_sha256``
 hashes (``store.digest``), so the ``scans`` row's digest changes exactly when those arrays do. The file kind is recognised from its first bytes
-(DICOM ``DICM`` marker, PNG/JPEG/TIFF/NPY signatures), never trusted from its suffix.
+(DICOM ``DICM`` marker, PNG/JPEG/TIFF/NPY signatures), never trusted from its suffix. Only regular
+files are read (a FIFO, socket or device is refused without blocking on it), and no file is decoded
+past the decoding budget (``store.limits``).
+
+A ``scans.path`` is a stored path (``store.paths``): components that were redacted or were not UTF-8
+are markers that ``PixelReader`` resolves with the store's secret.
 """
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
 from store.dicom import DicomHeader, is_dicom_bytes, read_dicom, read_dicom_contents
-from store.digest import FileFrameContent, FrameContent, float_content, pixel_sha256
+from store.digest import FileFrameContent, FrameContent, float_content, keyed_sha256, open_regular, pixel_sha256
 from store.errors import DatasetError, DecodeError, InputError
 from store.images import image_kind, read_image
 from store.layout import Store
+from store.paths import PathResolver, check_relative
 
 __all__ = [
     "DecodedFile",
@@ -60,21 +65,11 @@ class FileContents:
 
 def sniff_kind(path: str | Path) -> str:
     """``dicom``, ``png``, ``jpeg``, ``tiff`` or ``npy`` from the file's first bytes, else ``unknown``."""
-    with open(path, "rb") as handle:
+    with open_regular(path, label=Path(path).name) as handle:
         head = handle.read(_SNIFF_BYTES)
     if is_dicom_bytes(head):
         return "dicom"
     return image_kind(head) or "unknown"
-
-
-def _open_image(path: str | Path, label: str):
-    try:
-        return open(path, "rb")
-    except OSError as exc:
-        raise DecodeError(
-            f"{label}: could not be opened ({exc.strerror or type(exc).__name__}). Check that it exists and is "
-            "readable."
-        ) from None
 
 
 def _not_an_image(label: str) -> DecodeError:
@@ -88,7 +83,7 @@ def _not_an_image(label: str) -> DecodeError:
 def _sniffed(path: str | Path, label: str):
     """``(handle, kind)`` of the image file at ``path``, opened once and rewound: ``kind`` is ``dicom`` or
     an image kind from its first bytes; ``DecodeError`` naming ``label`` when it is neither."""
-    with _open_image(path, label) as handle:
+    with open_regular(path, label=label) as handle:
         head = handle.read(_SNIFF_BYTES)
         handle.seek(0)
         kind = "dicom" if is_dicom_bytes(head) else image_kind(head)
@@ -97,52 +92,53 @@ def _sniffed(path: str | Path, label: str):
         yield handle, kind
 
 
-def decode_file(path: str | Path, *, name: str | None = None) -> DecodedFile:
+def decode_file(path: str | Path, *, name: str | None = None, max_bytes: int | None = None) -> DecodedFile:
     """Decode the image file at ``path`` into float32 frames (see ``store.dicom`` / ``store.images``).
 
     The file is opened once: its first bytes decide the kind, then the same handle is decoded.
     ``name`` is the path relative to the dataset root used in messages. Raises ``DecodeError`` for
-    anything that is not a decodable image.
+    anything that is not a decodable image, ``ResourceLimitError`` (before decoding) for frames over
+    ``max_bytes`` as float32 (``None``: the budget of ``store.limits``).
     """
     label = name or Path(path).name
     with _sniffed(path, label) as (handle, kind):
         if kind == "dicom":
-            image = read_dicom(handle, name=label)
+            image = read_dicom(handle, name=label, max_bytes=max_bytes)
             return DecodedFile(kind=kind, frames=image.frames, header=image.header)
-        return DecodedFile(kind=kind, frames=read_image(handle, kind, name=label))
+        return DecodedFile(kind=kind, frames=read_image(handle, kind, name=label, max_bytes=max_bytes))
 
 
-def read_contents(path: str | Path, *, name: str | None = None, defer_pixels: bool = False) -> FileContents:
+def read_contents(
+    path: str | Path, *, name: str | None = None, defer_pixels: bool = False, max_bytes: int | None = None
+) -> FileContents:
     """The file at ``path`` as ingestion indexes it: kind, shape, header and per-frame hashed content.
 
     Fails with ``DecodeError`` for exactly the files ``decode_file`` rejects; greyscale DICOM is not
     converted to float32 (its stored integers are hashed instead, see ``store.digest``). With
     ``defer_pixels`` uncompressed greyscale DICOM frames are not read but located in the file
-    (``store.digest.FileFrameContent``), to be read where they are hashed.
+    (``store.digest.FileFrameContent``), to be read where they are hashed. ``max_bytes`` as for ``decode_file``.
     """
     label = name or Path(path).name
     with _sniffed(path, label) as (handle, kind):
         if kind == "dicom":
-            found = read_dicom_contents(handle, name=label, defer_pixels=defer_pixels)
+            found = read_dicom_contents(handle, name=label, defer_pixels=defer_pixels, max_bytes=max_bytes)
             return FileContents(kind=kind, shape=found.shape, contents=found.contents, header=found.header)
-        frames = read_image(handle, kind, name=label)
+        frames = read_image(handle, kind, name=label, max_bytes=max_bytes)
         return FileContents(kind=kind, shape=tuple(frames.shape), contents=[float_content(f) for f in frames])
 
 
-def frame_sha256s(path: str | Path, *, name: str | None = None) -> list[str]:
-    """The ``pixel_sha256`` of each frame of the file at ``path``, as ingestion records them."""
-    return [content.sha256() for content in read_contents(path, name=name).contents]
+def frame_sha256s(path: str | Path, *, secret: bytes, name: str | None = None) -> list[str]:
+    """The ``pixel_sha256`` of each frame of the file at ``path``, as ingestion records them in a store
+    whose secret is ``secret`` (``store.digest.keyed_sha256`` of each frame's raw digest)."""
+    return [keyed_sha256(secret, content.sha256()) for content in read_contents(path, name=name).contents]
 
 
 def resolve_relative(root: Path, path: str) -> Path:
-    """``root / path`` for a POSIX ``path`` relative to ``root``; ``InputError`` if it leaves ``root``."""
-    relative = PurePosixPath(str(path).replace(os.sep, "/"))
-    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-        raise InputError(
-            f"Path {str(path)!r} must be relative to the dataset root {root} and stay inside it "
-            "(no leading '/', no '..')."
-        )
-    return root.joinpath(*relative.parts)
+    """``root / path`` for a POSIX ``path`` relative to ``root``; ``InputError`` if it leaves ``root``.
+
+    Literal paths only: a stored path with markers is resolved by ``store.paths.PathResolver``.
+    """
+    return Path(root).joinpath(*check_relative(Path(root), path))
 
 
 def dataset_root(store: Store, dataset: str) -> Path:
@@ -165,21 +161,27 @@ def dataset_root(store: Store, dataset: str) -> Path:
 class PixelReader:
     """Reads scans' pixels of one dataset, the root looked up once; keeps the last multi-frame file.
 
-    ``read(path, frame)`` returns float32 ``(H, W)`` or ``(H, W, 3)``; the caller may modify it.
+    ``read(path, frame)`` takes a ``scans.path`` (markers resolved with the store's secret, read only
+    when a path has one) and returns float32 ``(H, W)`` or ``(H, W, 3)``; the caller may modify it.
     """
 
     def __init__(self, store: Store, dataset: str) -> None:
         self.store = store
         self.dataset = dataset
         self.root = dataset_root(store, dataset)
+        self._resolver = PathResolver(self.root, store.secret)
         self._cached_path: str | None = None
         self._cached_frames: np.ndarray | None = None
 
+    def locate(self, path: str) -> Path:
+        """The file stored path ``path`` names under the dataset root (``InputError`` if it is gone)."""
+        return self._resolver.resolve(path)
+
     def frames(self, path: str) -> np.ndarray:
-        """Every frame of the file at ``path`` (relative to the dataset root), ``(n, H, W[, 3])``."""
+        """Every frame of the file at stored path ``path`` (relative to the dataset root), ``(n, H, W[, 3])``."""
         if path == self._cached_path and self._cached_frames is not None:
             return self._cached_frames
-        decoded = decode_file(resolve_relative(self.root, path), name=path)
+        decoded = decode_file(self._resolver.resolve(path), name=path)
         if decoded.frames.shape[0] > 1:
             self._cached_path, self._cached_frames = path, decoded.frames
         return decoded.frames

@@ -20,16 +20,20 @@ REFERENCE_MODES = ("absolute", "relative", "given")
 
 SCANS_CORE = pa.schema(
     [
-        ("scan_id", pa.string()),  # sha256(dataset \0 relative path \0 frame)[:32]: an identity
-        ("pixel_sha256", pa.string()),  # of the decoded pixel array (dtype, shape and bytes)
+        # HMAC-SHA256(store secret, dataset \0 real relative path \0 frame)[:32]: an identity, unlinkable across stores
+        ("scan_id", pa.string()),
+        # HMAC-SHA256(store secret, SHA-256 of the decoded pixels): equal pixels share it within one store only
+        ("pixel_sha256", pa.string()),
         ("dataset", pa.string()),
         ("subject", pa.string()),  # HMAC-SHA256(store secret, PatientID)[:32]; never the raw ID
         ("time_index", pa.int32()),  # whole weeks/days since the subject's first study; null if unknown
         ("days_from_baseline", pa.int32()),
-        ("view", pa.string()),  # DV, LAT, ... or ''
+        ("view", pa.string()),  # a coded view (DV, LAT, AP...), 'other' for an uncoded header value, or ''
         ("slice", pa.int32()),  # InstanceNumber / manifest slice; frame number for multi-frame files
         ("frame", pa.int32()),  # frame within a multi-frame file, else 0
-        ("path", pa.string()),  # relative to the dataset root, POSIX separators
+        # relative to the dataset root, POSIX separators; identifying or non-UTF-8 components are keyed
+        # markers '[label~tag]' (store.paths) that store.pixels resolves with the secret
+        ("path", pa.string()),
         ("modality", pa.string()),
         ("rows", pa.int32()),
         ("cols", pa.int32()),
@@ -43,7 +47,7 @@ SCANS_CORE = pa.schema(
 
 PAIRS_CORE = pa.schema(
     [
-        ("pair_id", pa.string()),  # sha256(reference_scan_id \0 comparison_scan_id \0 mode)[:32]
+        ("pair_id", pa.string()),  # sha256(reference_scan_id \0 comparison_scan_id \0 mode)[:32] (keyed via scan ids)
         ("dataset", pa.string()),
         ("subject", pa.string()),
         ("reference_scan_id", pa.string()),  # equals comparison_scan_id for a subject's first time point
@@ -64,6 +68,8 @@ FAILURES = pa.schema(
         ("error_class", pa.string()),
         ("message", pa.string()),  # says what to do; never contains PHI
         ("time", pa.timestamp("us", tz="UTC")),
+        # when a later run processed the input: null while the failure is open (store.failures)
+        ("resolved_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 

@@ -10,6 +10,7 @@ rows are never also in another part because writers skip keys already present be
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from store._fs import exclusive_lock, fsync_dir
-from store.errors import ConfigMismatchError, TableNotFoundError
+from store.errors import ConfigMismatchError, DamagedPartError, TableNotFoundError
 from store.layout import Store
 
 __all__ = [
@@ -36,21 +37,35 @@ __all__ = [
     "list_tables",
     "part_kv_metadata",
     "table_kv_metadata",
+    "damaged_part_error",
+    "require_readable",
+    "REPAIR_HINT",
 ]
 
 PART_GLOB = "part-*.parquet"
 TMP_PREFIX = ".tmp-"
 PARAMS_HASH_KEY = "chronofeat.params_hash"
+REPAIR_HINT = (
+    "Run 'python cli.py check' (with the same --store) to see every problem, then 'python cli.py check --repair' "
+    "to move damaged parts to quarantine/ and learn which command recomputes what they held."
+)
+_UNREADABLE = (pa.ArrowException, OSError)  # what pyarrow raises for bytes that are not (whole) Parquet
+_SOURCE_PREFIX = re.compile(r"^Could not open Parquet input source '.*?':\s*")
 
 
 @dataclass(frozen=True)
 class TableInfo:
-    """One table of the store: its name, row count, number of parts and Arrow schema."""
+    """One table of the store: its name, row count, number of parts and Arrow schema.
+
+    ``rows``, ``parts`` and ``schema`` describe the readable parts; ``damaged`` lists the parts whose
+    Parquet footer cannot be read (truncated, junk). ``schema`` is ``None`` when no part is readable.
+    """
 
     name: str
     rows: int
     parts: int
-    schema: pa.Schema
+    schema: pa.Schema | None
+    damaged: tuple[Path, ...] = ()
 
 
 @contextmanager
@@ -156,19 +171,27 @@ def write_part(store: Store, name: str, table: pa.Table, *, metadata: Mapping[st
         return _write(directory)
 
 
-def replace_table(store: Store, name: str, table: pa.Table, *, metadata: Mapping[str, str]) -> Path:
+def replace_table(
+    store: Store, name: str, table: pa.Table, *, metadata: Mapping[str, str], locked: bool = False
+) -> Path:
     """Make ``table`` the whole content of table ``name`` (one part), atomically.
 
     Used for derived tables rebuilt in full (``pairs``): the single file ``part-0.parquet`` is
     replaced by rename, so readers see the old table or the new one, never both.
+    Pass ``locked=True`` when the caller already holds ``table_lock`` (a read-modify-write).
     """
-    with table_lock(store, name) as directory:
+    def _replace(directory: Path) -> Path:
         final = directory / "part-0.parquet"
         others = [p for p in directory.glob(PART_GLOB) if p != final]
         path = _write_atomically(table, final, metadata)
         for other in others:
             other.unlink(missing_ok=True)
         return path
+
+    if locked:
+        return _replace(store.table_dir(name))
+    with table_lock(store, name) as directory:
+        return _replace(directory)
 
 
 def table_parts(store: Store, name: str) -> list[Path]:
@@ -182,8 +205,43 @@ def table_exists(store: Store, name: str) -> bool:
     return bool(table_parts(store, name))
 
 
+def damaged_part_error(part: Path, exc: BaseException | str) -> DamagedPartError:
+    """The error for a part that cannot be read: names the part, its table, the reason and the repair."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = _SOURCE_PREFIX.sub("", text)[:200].rstrip(" .")
+    return DamagedPartError(
+        f"Part {part} of table {part.parent.name!r} is damaged and cannot be read ({reason}). {REPAIR_HINT}"
+    )
+
+
+def _all_damaged(name: str, bad: list[tuple[Path, BaseException]]) -> DamagedPartError:
+    """One error for the damaged parts of table ``name``: the first in full, the others by name."""
+    error = damaged_part_error(*bad[0])
+    if len(bad) > 1:
+        error = DamagedPartError(f"{error} Also damaged in {name!r}: {', '.join(p.name for p, _ in bad[1:])}.")
+    return error
+
+
+def require_readable(store: Store, name: str) -> None:
+    """Raise ``DamagedPartError`` naming every part of table ``name`` whose Parquet footer cannot be read."""
+    bad = []
+    for part in table_parts(store, name):
+        try:
+            pq.ParquetFile(part)
+        except _UNREADABLE as exc:
+            if isinstance(exc, FileNotFoundError):  # removed meanwhile by a writer: not damage
+                raise
+            bad.append((part, exc))
+    if bad:
+        raise _all_damaged(name, bad)
+
+
 def read_table(store: Store, name: str, *, columns: list[str] | None = None) -> pa.Table:
-    """Read every part of table ``name`` into one Arrow table (``TableNotFoundError`` if absent)."""
+    """Read every part of table ``name`` into one Arrow table.
+
+    ``TableNotFoundError`` if absent; ``DamagedPartError`` naming the parts that cannot be read (or whose
+    schema conflicts with the others) and how to repair the table.
+    """
     parts = table_parts(store, name)
     if not parts:
         known = ", ".join(info.name for info in list_tables(store)) or "none yet"
@@ -191,28 +249,78 @@ def read_table(store: Store, name: str, *, columns: list[str] | None = None) -> 
             f"The store {store.root} has no table {name!r} (tables: {known}). "
             "Run the command that produces it first (ingest / extract / fit)."
         )
-    tables = [pq.read_table(p, columns=columns) for p in parts]
-    return pa.concat_tables(tables, promote_options="default").replace_schema_metadata(None)
+    tables, bad = [], []
+    for part in parts:
+        try:
+            tables.append(pq.read_table(part, columns=columns))
+        except _UNREADABLE as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            bad.append((part, exc))
+    if bad:
+        raise _all_damaged(name, bad)
+    try:
+        combined = pa.concat_tables(tables, promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise damaged_part_error(_conflicting_part(parts, tables), f"its schema conflicts with the table's: {exc}") from None
+    return combined.replace_schema_metadata(None)
+
+
+def _conflicting_part(parts: list[Path], tables: list[pa.Table]) -> Path:
+    """The first part whose schema cannot be unified with those of the parts before it."""
+    schema = tables[0].schema
+    for part, table in zip(parts[1:], tables[1:]):
+        try:
+            schema = pa.unify_schemas([schema, table.schema], promote_options="default")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return part
+    return parts[-1]
 
 
 def existing_keys(store: Store, name: str, column: str) -> set:
-    """The set of values of ``column`` over every part of table ``name`` (empty if absent)."""
+    """The set of values of ``column`` over every part of table ``name`` (empty if absent).
+
+    ``DamagedPartError`` when a part cannot be read or lacks ``column``.
+    """
     keys: set = set()
     for part in table_parts(store, name):
-        keys.update(pq.read_table(part, columns=[column]).column(0).to_pylist())
+        try:
+            values = pq.read_table(part, columns=[column]).column(0)
+        except _UNREADABLE as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise damaged_part_error(part, exc) from None
+        keys.update(values.to_pylist())
     return keys
 
 
 def part_kv_metadata(path: Path) -> dict[str, str]:
-    """The ``chronofeat.*`` key-value metadata of one Parquet part, decoded to strings."""
-    raw = pq.read_schema(path).metadata or {}
+    """The ``chronofeat.*`` key-value metadata of one Parquet part, decoded to strings.
+
+    ``DamagedPartError`` when the part's footer cannot be read.
+    """
+    try:
+        raw = pq.read_schema(path).metadata or {}
+    except _UNREADABLE as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise damaged_part_error(path, exc) from None
     return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"chronofeat.")}
 
 
-def table_kv_metadata(store: Store, name: str) -> dict[str, str]:
-    """The ``chronofeat.*`` metadata of the newest part of table ``name`` (``{}`` when absent)."""
-    parts = table_parts(store, name)
-    return part_kv_metadata(parts[-1]) if parts else {}
+def table_kv_metadata(store: Store, name: str, *, skip_damaged: bool = False) -> dict[str, str]:
+    """The ``chronofeat.*`` metadata of the newest part of table ``name`` (``{}`` when absent).
+
+    A damaged newest part raises ``DamagedPartError``; with ``skip_damaged`` the newest readable part is
+    used instead (``{}`` when none is readable), for overviews that must not fail.
+    """
+    for part in reversed(table_parts(store, name)):
+        try:
+            return part_kv_metadata(part)
+        except DamagedPartError:
+            if not skip_damaged:
+                raise
+    return {}
 
 
 def list_tables(store: Store) -> list[TableInfo]:
@@ -224,7 +332,15 @@ def list_tables(store: Store) -> list[TableInfo]:
         parts = sorted(directory.glob(PART_GLOB))
         if not parts:
             continue
-        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
-        schema = pq.read_schema(parts[-1]).remove_metadata()
-        infos.append(TableInfo(name=directory.name, rows=rows, parts=len(parts), schema=schema))
+        rows, schema, readable, damaged = 0, None, 0, []
+        for part in parts:
+            try:
+                parquet = pq.ParquetFile(part)
+            except (pa.ArrowException, OSError):
+                damaged.append(part)
+                continue
+            rows += parquet.metadata.num_rows
+            readable += 1
+            schema = parquet.schema_arrow.remove_metadata()
+        infos.append(TableInfo(name=directory.name, rows=rows, parts=readable, schema=schema, damaged=tuple(damaged)))
     return infos

@@ -24,7 +24,9 @@ def run_cli(*args: str, store=None, env: dict | None = None, timeout: float = 60
     """Run ``python cli.py ARGS`` with this interpreter; returns the completed process (text output)."""
     full_env = {**os.environ, "CHRONOFEAT_NO_BOOTSTRAP": "1", **(env or {})}
     if store is not None:
-        full_env["CHRONOFEAT_STORE"] = str(getattr(store, "root", store))
+        from store.layout import Store
+
+        full_env["CHRONOFEAT_STORE"] = str(store.root if isinstance(store, Store) else store)  # Path.root is "/"
     return subprocess.run(
         [sys.executable, str(REPO / "cli.py"), *args],
         cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,

@@ -80,13 +80,13 @@ def test_decode_chunk_records_a_file_changed_under_it_and_keeps_the_rest(tmp_pat
         return found
 
     monkeypatch.setattr(store.ingest, "read_contents", read_then_truncate)
-    items = [_Item(f"s{k}.dcm", True, False) for k in range(6)]
+    items = [_Item(f"s{k}.dcm", f"key{k}", "file", False) for k in range(6)]
     with FrameHasher(helper=True) as hasher:
         rows, failures = _decode_chunk(items, root=str(tmp_path), dataset="d", secret=b"k" * 32, hasher=hasher)
     assert sorted(r["path"] for r in rows) == ["s0.dcm", "s1.dcm", "s3.dcm", "s4.dcm", "s5.dcm"]
     assert all(r["pixel_sha256"] and len(r["pixel_sha256"]) == 64 for r in rows)
     assert [(f.path, f.error_class) for f in failures] == [("s2.dcm", "DecodeError")]
-    assert "s2.dcm: its pixel data ends early" in failures[0].message
+    assert "its pixel data ends early" in failures[0].message
 
 
 def test_rows_are_complete_when_the_helper_process_dies(tmp_path):

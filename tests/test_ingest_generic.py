@@ -72,7 +72,7 @@ def test_manifest_images_with_labels_and_list_columns(tmp_path, image_folder):
             continue
         pixels = load_pixels(store, "imgs", rel)
         assert np.array_equal(pixels, array.astype(np.float32)), rel
-        assert pixel_sha256(pixels) == scans[(rel, 0)]["pixel_sha256"]
+        assert pixel_sha256(pixels, secret=store.secret()) == scans[(rel, 0)]["pixel_sha256"]
         assert scans[(rel, 0)]["channels"] == (3 if array.ndim == 3 else 1)
 
     grey8, grey16 = scans[("png/grey8.png", 0)], scans[("png/grey16.png", 0)]

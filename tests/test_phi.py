@@ -106,3 +106,57 @@ def test_redact_removes_names_in_all_their_parts():
     cleaned = redact(text, ["Zyqxwvuta^Quorblatt", "PHI-ID-QXZ-7731"])
     assert all(n not in cleaned for n in ("Zyqxwvuta", "Quorblatt", "PHI-ID-QXZ-7731"))
     assert cleaned.count("[redacted]") == 3
+
+
+def test_identifiers_in_paths_views_and_descriptions_are_redacted(tmp_path, capfd):
+    (pid, (name, birth)), (other_id, _) = PATIENTS.items()
+    person = {"patient_id": pid, "patient_name": name, "birth_date": birth}
+    root = tmp_path / "site"
+    # a folder named after the PatientID, a file named after the birth date, crafted free-text views
+    write_dicom(root / pid / f"{birth}_a.dcm", np.full((8, 8), 1, np.uint16), **person,
+                attributes={"ViewPosition": pid, "SeriesDescription": f"{name.replace('^', ' ')} {pid}"})
+    write_dicom(root / name.replace("^", " ") / "b.dcm", np.full((8, 8), 2, np.uint16), **person,
+                attributes={"ViewPosition": "AP"})
+    (root / pid / "junk.dcm").write_bytes(b"no header to read " * 20)  # redacted like its folder all the same
+    # a PNG named after the subject its manifest row gives
+    from PIL import Image
+
+    (root / "images").mkdir()
+    Image.fromarray(np.full((6, 6), 9, np.uint8)).save(root / "images" / f"{other_id}.png")
+    (root / "manifest.csv").write_text(f"path,subject\nimages/{other_id}.png,{other_id}\n")
+
+    store = open_store(tmp_path / "store")
+    summary = ingest_dataset(store, "site", root=root, progress=True)
+    assert summary.ingested == 3 and summary.failed == 1
+    scans = read_table(store, "scans").to_pylist()
+    failures = read_table(store, "failures").to_pylist()
+    assert sorted(r["view"] for r in scans) == ["", "AP", "other"]  # coded views only
+    assert len(failures) == 1 and failures[0]["path"].endswith("/junk.dcm")
+    # every stored path still leads to its file
+    assert sorted(float(load_pixels(store, "site", r["path"]).max()) for r in scans) == [1.0, 2.0, 9.0]
+
+    out = capfd.readouterr()
+    texts = [summary.summary_line(), out.out, out.err] + [f["message"] for f in failures]
+    needles = NEEDLES + [other_id]
+    for needle in needles:
+        for text in texts:
+            assert needle not in text, f"{needle!r} leaked"
+        for path in store.root.rglob("*"):
+            if path.is_file() and path.name != "secret":
+                data = path.read_bytes()
+                assert needle.encode() not in data and needle.lower().encode() not in data, f"{needle!r} in {path}"
+
+
+def test_a_folder_found_to_identify_later_is_redacted_in_earlier_rows_too(tmp_path):
+    pid, (name, birth) = next(iter(PATIENTS.items()))
+    root = tmp_path / "site"
+    (root / pid).mkdir(parents=True)
+    (root / pid / "0-junk.dcm").write_bytes(b"no header " * 30)  # decoded (and failed) before the folder is known
+    write_dicom(root / pid / "a.dcm", np.full((4, 4), 3, np.uint16), patient_id=pid, patient_name=name, birth_date=birth)
+    store = open_store(tmp_path / "store")
+    summary = ingest_dataset(store, "site", root=root, progress=False, chunk_size=1)
+    assert summary.failed == 1
+    [failure] = read_table(store, "failures").to_pylist()
+    [scan] = read_table(store, "scans").to_pylist()
+    assert failure["path"].split("/")[0] == scan["path"].split("/")[0] != pid
+    assert pid not in failure["path"] + failure["message"]

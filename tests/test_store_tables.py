@@ -149,3 +149,113 @@ def test_float_vectors_are_byte_stream_split_and_read_back_exactly_by_duckdb(tmp
     flat = back.column("descriptors").combine_chunks().values.flatten().to_numpy()
     assert np.array_equal(flat.reshape(-1, 8), descriptors)
     assert np.array_equal(np.stack(back.column("codes").to_numpy(zero_copy_only=False)), codes)
+
+
+# --- damaged parts, the check, the secret's fingerprint --------------------------------------------
+
+
+def _feature_meta(params=None):
+    return part_metadata(producer="extractor:toy", params=params or {"k": 1},
+                         extra={"key": "scan_id", "dataset": "toyset", "table": "emb"})
+
+
+def _keyed(keys, source="h1"):
+    table = _rows(keys)
+    return table.append_column("source_sha256", pa.array([source] * len(keys), pa.string()))
+
+
+def test_every_reader_names_a_damaged_part(tmp_store):
+    from store.errors import DamagedPartError
+    from store.featureset import load_matrix
+
+    write_part(tmp_store, "emb", _keyed(["a"]), metadata=_feature_meta())
+    write_part(tmp_store, "other", _keyed(["z"]), metadata=_feature_meta())
+    junk = tmp_store.table_dir("emb") / "part-99999999999999999999-junk.parquet"
+    junk.write_bytes(b"not parquet")
+    for read in (
+        lambda: read_table(tmp_store, "emb"),
+        lambda: existing_keys(tmp_store, "emb", "scan_id"),
+        lambda: table_kv_metadata(tmp_store, "emb"),
+        lambda: load_matrix(tmp_store, "emb", "scan_id", ["embedding"]),
+    ):
+        with pytest.raises(DamagedPartError, match=r"junk\.parquet.*check --repair"):
+            read()
+    oldest = junk.rename(junk.with_name("part-00000000000000000000-junk.parquet"))  # the writer checks the oldest part
+    with pytest.raises(DamagedPartError, match=oldest.name):
+        write_part(tmp_store, "emb", _keyed(["b"]), metadata=_feature_meta())
+    [emb, other] = list_tables(tmp_store)
+    assert emb.damaged and emb.rows == 1 and not other.damaged
+    assert read_table(tmp_store, "other").num_rows == 1  # other tables keep working
+    assert table_kv_metadata(tmp_store, "emb", skip_damaged=True)["chronofeat.producer"] == "extractor:toy"
+
+
+def test_check_finds_each_kind_of_damage_and_repair_moves_only_bad_parts(tmp_store):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from store.check import check_store
+
+    meta = _feature_meta()
+    write_part(tmp_store, "emb", _keyed(["a", "b"]), metadata=meta)
+    second = write_part(tmp_store, "emb", _keyed(["c", "d"]), metadata=meta)
+    assert check_store(tmp_store).exit_code == 0
+    folder = second.parent
+    (folder / "part-99999999999999999999-a-dup.parquet").write_bytes(second.read_bytes())  # wholly duplicated
+    write_part(tmp_store, "emb", _keyed(["d", "e"]), metadata=meta)  # partly duplicated: reported only
+    pq.write_table(_keyed(["x"]), folder / "part-99999999999999999999-b-foreign.parquet")  # no provenance
+    conflicting = pa.table({"scan_id": pa.array([1], pa.int64()), "source_sha256": ["h"]})
+    pq.write_table(conflicting.replace_schema_metadata(meta), folder / "part-99999999999999999999-c-schema.parquet")
+    pq.write_table(_keyed(["q"]).replace_schema_metadata(_feature_meta({"k": 2})),
+                   folder / "part-99999999999999999999-d-config.parquet")
+    forged = {**meta, "chronofeat.params_hash": "000000000000"}
+    pq.write_table(_keyed(["r"]).replace_schema_metadata(forged), folder / "part-99999999999999999999-e-hash.parquet")
+    (folder / ".tmp-0123.parquet").write_bytes(b"half")
+    big = write_part(tmp_store, "emb2", _keyed([f"k{i}" for i in range(3000)]), metadata=meta)
+    data = bytearray(big.read_bytes())
+    data[len(data) // 3: len(data) // 3 + 3000] = bytes(3000)  # a corrupt page: the footer still opens
+    big.write_bytes(bytes(data))
+
+    found = {(f.path.name, f.kind) for f in check_store(tmp_store).findings}
+    expected = {
+        ("part-99999999999999999999-a-dup.parquet", "duplicate part"),
+        ("part-99999999999999999999-b-foreign.parquet", "no provenance"),
+        ("part-99999999999999999999-c-schema.parquet", "schema conflict"),
+        ("part-99999999999999999999-d-config.parquet", "config mixed"),
+        ("part-99999999999999999999-e-hash.parquet", "provenance mismatch"),
+        (".tmp-0123.parquet", "stray temp file"),
+        (big.name, "unreadable data"),
+    }
+    assert expected <= found
+    partial = [name for name, kind in found if kind == "duplicate keys"]
+    assert len(partial) == 1 and (partial[0], "duplicate keys") not in expected
+
+    result = check_store(tmp_store, repair=True)
+    assert result.exit_code == 1 and len(result.moved) == len(expected)
+    assert all(f.moved_to.parent == tmp_store.root / "quarantine" / f.table for f in result.moved)
+    assert any("extract --extractor toy --dataset toyset" in c for f in result.moved for c in f.rerun)
+    manifest = [json.loads(line) for line in result.manifest.read_text().splitlines()]
+    assert len(manifest) == len(expected)
+    after = check_store(tmp_store)
+    assert [f.kind for f in after.findings] == ["duplicate keys"]  # reported, never moved
+    assert sorted(read_table(tmp_store, "emb").column("scan_id").to_pylist()) == ["a", "b", "c", "d", "d", "e"]
+
+
+def test_secret_is_made_only_for_a_store_without_pseudonyms(tmp_store):
+    from store.errors import SecretMismatchError
+    from store.layout import SECRET_FINGERPRINT_KEY, secret_fingerprint
+
+    key = tmp_store.secret()
+    assert tmp_store.secret_fingerprint_path.read_text().strip() == secret_fingerprint(key)
+    scans_meta = {**part_metadata(producer="store.ingest"), SECRET_FINGERPRINT_KEY: secret_fingerprint(key)}
+    write_part(tmp_store, "scans", _rows(["s1"]), metadata=scans_meta)
+    tmp_store.secret_path.unlink()
+    with pytest.raises(SecretMismatchError, match="missing.*backup"):
+        tmp_store.secret()
+    assert not tmp_store.secret_path.exists()
+    tmp_store.secret_fingerprint_path.unlink()  # even without the file, the parts remember the secret
+    tmp_store.secret_path.write_bytes(b"x" * 32)
+    with pytest.raises(SecretMismatchError, match="not the one"):
+        tmp_store.secret()
+    tmp_store.secret_path.write_bytes(key)
+    assert tmp_store.secret() == key
