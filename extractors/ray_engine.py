@@ -559,14 +559,8 @@ def _write_results(writer: PartWriter, results, total: int, *, progress: bool) -
     """Stream packed results from Ray into ``writer`` (parts of its table, failures) and flush it at the end."""
     bar = tqdm(total=total, unit="item", desc=writer.table, disable=not progress, file=sys.stderr,
                dynamic_ncols=True, mininterval=0.5)
-    try:
+    with bar, writer:
         for packed in results.iter_batches(batch_size=None, batch_format="pyarrow"):
             for rows, failures, units in _unpack(packed):
                 writer.add(rows, failures)
                 bar.update(units)
-    except BaseException:
-        writer.flush_quietly()
-        raise
-    finally:
-        bar.close()
-    writer.flush()

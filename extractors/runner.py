@@ -150,7 +150,8 @@ class PartWriter:
 
     ``add(rows, failures)`` buffers computed rows (any mix of Arrow tables and record batches with
     ``schema``'s columns) and failures; a part is written when ``rows_per_part`` rows are buffered
-    or ``flush_seconds`` have passed since the last part, and by ``flush()`` at the end. With each
+    or ``flush_seconds`` have passed since the last part, and on leaving ``with writer:`` (also when
+    an error or Ctrl-C ends the work, so what was computed is kept). With each
     part the buffered failures are recorded (stage ``extract:<table>``, one current row per unit)
     and the open failures of the keys just written are marked resolved. ``written`` / ``failed``
     count rows written and failures recorded so far.
@@ -208,10 +209,18 @@ class PartWriter:
         self._rows, self._failures, self._buffered = [], [], 0
         self._last = time.monotonic()
 
-    def flush_quietly(self) -> None:
-        """``flush()`` while another error propagates: keep what was computed, never mask that error."""
-        with suppress(Exception):
+    def __enter__(self) -> "PartWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """Flush at the end; when an error (or Ctrl-C) ends the work, keep what was computed and let
+        that error propagate, never one of the last flush."""
+        if exc_type is None:
             self.flush()
+        else:
+            with suppress(Exception):
+                self.flush()
+        return False
 
 
 def run_extraction(
@@ -254,15 +263,9 @@ def run_extraction(
         )
         bar = tqdm(total=pending.num_rows, unit="item", desc=table, disable=not progress, file=sys.stderr,
                    dynamic_ncols=True, mininterval=0.5)
-        try:
+        with bar, writer:
             for batch in extractor.transform(store, pending):
                 writer.add(batch.rows, batch.failures)
                 bar.update(batch.rows.num_rows + len(batch.failures))
-        except BaseException:
-            writer.flush_quietly()
-            raise
-        finally:
-            bar.close()
-        writer.flush()
     return ExtractionSummary(table, key, units.num_rows, skipped, writer.written, writer.failed,
                              time.perf_counter() - started)

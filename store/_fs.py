@@ -1,17 +1,20 @@
-"""Small file-system primitives shared by the store's writers: directory fsync and exclusive locks."""
+"""Small file-system primitives shared by the store's writers: atomic files, directory fsync, exclusive locks."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from store.errors import StoreError
 
-__all__ = ["fsync_dir", "exclusive_lock"]
+__all__ = ["fsync_dir", "exclusive_lock", "write_atomically", "TMP_PREFIX"]
+
+TMP_PREFIX = ".tmp-"
 
 
 def fsync_dir(path: Path) -> None:
@@ -21,6 +24,26 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """Make ``path`` hold what ``write(tmp)`` writes to a hidden sibling ``tmp``: whole or not at all.
+
+    The sibling (``.tmp-<random><suffix>``) is fsynced, renamed over ``path`` and the folder fsynced, so
+    a reader, or a rerun after SIGKILL, sees the previous file or the new one, never a torn one; on any
+    error the sibling is removed and ``path`` is untouched. Returns ``path``.
+    """
+    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}{path.suffix}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
 
 
 @contextmanager

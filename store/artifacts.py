@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from store._fs import write_atomically
 from store.errors import StoreError
 from store.layout import Store
 from store.provenance import canonical_json
@@ -45,19 +45,6 @@ def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}{path.suffix}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _save(store: Store, kind: str, sha: str, suffix: str, meta: Mapping[str, Any], writer) -> Artifact:
     directory = store.artifact_dir(kind)
     path = directory / f"{sha}{suffix}"
@@ -66,14 +53,14 @@ def _save(store: Store, kind: str, sha: str, suffix: str, meta: Mapping[str, Any
     meta_path = directory / f"{sha}.json"
     full_meta = {"kind": kind, "sha256": sha, "file": path.name, **meta}
     if not meta_path.exists():
-        _atomic_write(meta_path, canonical_json(full_meta).encode())
+        write_atomically(meta_path, lambda tmp: tmp.write_bytes(canonical_json(full_meta).encode()))
     return Artifact(kind, sha, path, json.loads(meta_path.read_text()))
 
 
 def save_artifact(store: Store, kind: str, data: bytes, *, suffix: str, meta: Mapping[str, Any]) -> Artifact:
     """Store ``data`` as an artifact of ``kind`` named by its SHA-256; return it (idempotent)."""
     sha = hashlib.sha256(data).hexdigest()
-    return _save(store, kind, sha, suffix, meta, lambda path: _atomic_write(path, data))
+    return _save(store, kind, sha, suffix, meta, lambda path: write_atomically(path, lambda tmp: tmp.write_bytes(data)))
 
 
 def save_artifact_file(store: Store, kind: str, source: str | os.PathLike, *, suffix: str, meta: Mapping[str, Any]) -> Artifact:
@@ -82,18 +69,7 @@ def save_artifact_file(store: Store, kind: str, source: str | os.PathLike, *, su
 
     sha = sha256_file(source)
 
-    def writer(path: Path) -> None:
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}{suffix}")
-        try:
-            shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-    return _save(store, kind, sha, suffix, meta, writer)
+    return _save(store, kind, sha, suffix, meta, lambda path: write_atomically(path, lambda tmp: shutil.copyfile(source, tmp)))
 
 
 def find_artifact(store: Store, kind: str, ref: str) -> Artifact:

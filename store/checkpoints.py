@@ -10,13 +10,11 @@ SIGKILL at any moment leaves either the previous checkpoint or the new one, neve
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
-from store._fs import fsync_dir
+from store._fs import write_atomically
 from store.errors import ParameterError, StoreError
 from store.layout import Store
 
@@ -45,17 +43,7 @@ def save_checkpoint(store: Store, name: str, key: str, state: dict[str, Any]) ->
     path = checkpoint_path(store, name, key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.pt")
-        try:
-            with open(tmp, "wb") as handle:
-                torch.save(state, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(path.parent)
+        write_atomically(path, lambda tmp: torch.save(state, tmp))
     except OSError as exc:
         raise StoreError(f"Cannot write training checkpoint {path}: {exc}. Free disk space or fix permissions.") from exc
     return path

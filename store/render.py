@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,7 +13,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from store._fs import fsync_dir
+from store._fs import write_atomically
 from store.errors import InputError, ParameterError, UnsafeLocationError
 from store.layout import Store
 
@@ -134,21 +133,12 @@ def check_output_location(store: Store | None, path: str | os.PathLike, *, expor
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a hidden sibling of ``path``, fsync it, then rename it over ``path``."""
+    """``write_atomically`` to an output file, after checking that ``path`` can be a file."""
     if path.is_dir():
         raise InputError(f"The output {path} is a folder; give a file name, e.g. {path / 'result.csv'}.")
     if not path.parent.is_dir():
         raise InputError(f"The folder of the output file {path} does not exist; create {path.parent} first.")
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    write_atomically(path, write)
 
 
 def _choose_format(fmt: str | None, output) -> str:

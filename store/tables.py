@@ -9,7 +9,6 @@ rows are never also in another part because writers skip keys already present be
 
 from __future__ import annotations
 
-import os
 import re
 import time
 import uuid
@@ -21,7 +20,7 @@ from typing import Iterator, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from store._fs import exclusive_lock, fsync_dir
+from store._fs import TMP_PREFIX, exclusive_lock, write_atomically
 from store.errors import ConfigMismatchError, DamagedPartError, TableNotFoundError
 from store.layout import Store
 
@@ -43,7 +42,6 @@ __all__ = [
 ]
 
 PART_GLOB = "part-*.parquet"
-TMP_PREFIX = ".tmp-"
 PARAMS_HASH_KEY = "chronofeat.params_hash"
 REPAIR_HINT = (
     "Run 'python cli.py check' (with the same --store) to see every problem, then 'python cli.py check --repair' "
@@ -126,17 +124,7 @@ def _write_atomically(table: pa.Table, final_path: Path, metadata: Mapping[str, 
     existing = dict(table.schema.metadata or {})
     merged = {**existing, **{k.encode(): v.encode() for k, v in metadata.items()}}
     table = table.replace_schema_metadata(merged)
-    tmp_path = final_path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}.parquet")
-    try:
-        pq.write_table(table, tmp_path, **_write_options(table.schema))
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, final_path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    fsync_dir(final_path.parent)
-    return final_path
+    return write_atomically(final_path, lambda tmp: pq.write_table(table, tmp, **_write_options(table.schema)))
 
 
 def _check_config(directory: Path, name: str, metadata: Mapping[str, str]) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-__all__ = ["write_dicom"]
+__all__ = ["write_dicom", "strings_in"]
 
 
 def write_dicom(
@@ -79,3 +79,17 @@ def write_dicom(
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def strings_in(value):
+    """Every string inside a (possibly nested) Arrow cell value, as Python gives it."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from strings_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from strings_in(item)
+    elif value is not None:
+        yield str(value)

@@ -16,7 +16,7 @@ from store.layout import open_store
 from store.pixels import load_pixels
 from store.pseudonym import redact
 from store.tables import read_table
-from tests._ingest_samples import write_dicom
+from tests._ingest_samples import strings_in, write_dicom
 
 PATIENTS = {
     "PHI-ID-QXZ-7731": ("Zyqxwvuta^Quorblatt", "19230405"),
@@ -25,20 +25,6 @@ PATIENTS = {
 NEEDLES = [pid for pid in PATIENTS] + [n for name, _ in PATIENTS.values() for n in (name, *name.split("^"))] + [
     birth for _, birth in PATIENTS.values()
 ]
-
-
-def _strings(value):
-    """Every string inside a (possibly nested) Arrow cell value."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _strings(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif value is not None:
-        yield str(value)
 
 
 @pytest.fixture()
@@ -87,7 +73,7 @@ def test_no_phi_in_tables_files_logs_or_messages(tmp_path, phi_folder, capfd, ca
         table = pq.read_table(path)
         for column in table.columns:
             for value in column.to_pylist():
-                texts.extend(_strings(value))
+                texts.extend(strings_in(value))
         texts.extend(v.decode("utf-8", "replace") for v in (table.schema.metadata or {}).values())
         texts.extend(str(f) for f in table.schema)
     for needle in NEEDLES:

@@ -26,7 +26,7 @@ import pydicom
 import pytest
 from pydicom.uid import RLELossless
 
-from tests._ingest_samples import write_dicom
+from tests._ingest_samples import strings_in, write_dicom
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "CHRONOFEAT_NO_BOOTSTRAP": "1", "PYTHONPATH": str(REPO)}
@@ -51,19 +51,6 @@ def _table(store: Path, name: str) -> list[dict]:
     return pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default").to_pylist()
 
 
-def _strings(value):
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _strings(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif value is not None:
-        yield str(value)
-
-
 def _stored_texts(store: Path) -> list[str]:
     """Every string in every Parquet part under the store (tables and the private ingest index)."""
     texts = []
@@ -71,7 +58,7 @@ def _stored_texts(store: Path) -> list[str]:
         table = pq.read_table(part)
         for column in table.columns:
             for value in column.to_pylist():
-                texts.extend(_strings(value))
+                texts.extend(strings_in(value))
     return texts
 
 
