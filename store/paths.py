@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import os
 import re
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
@@ -50,9 +51,13 @@ _LABEL_UNSAFE = re.compile(r"[\[\]~/\x00-\x1f\x7f]")
 _MIN_CONTAINED = 3  # shorter identifying values only count when they are the whole component (or its stem)
 
 
+_NOT_ALNUM = re.compile(r"[\W_]+")  # \w is str.isalnum() plus '_'
+
+
+@lru_cache(maxsize=8192)  # the same names and header values recur over a dataset's files
 def _normal(text: str) -> str:
     """``text`` case-folded, letters and digits only: how identifying values and names are compared."""
-    return "".join(ch for ch in text.casefold() if ch.isalnum())
+    return _NOT_ALNUM.sub("", text.casefold())
 
 
 class IdentifyingValues:
