@@ -55,6 +55,12 @@ _NON_READ_WORDS = frozenset({
     "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "CREATE", "DROP", "ALTER", "ATTACH", "DETACH", "INSTALL",
     "LOAD", "TRUNCATE", "EXPORT", "IMPORT", "PRAGMA", "CALL", "VACUUM", "CHECKPOINT", "SET", "RESET", "USE",
 })
+# Table functions that change settings or start writing logs/profiles (DuckDB 1.4 aborts on some of them
+# once the configuration is locked, so they are refused before anything runs)
+_SETTING_FUNCTIONS = frozenset({
+    "enable_logging", "disable_logging", "truncate_duckdb_logs", "enable_profiling", "disable_profiling",
+    "enable_checkpoint_on_shutdown", "disable_checkpoint_on_shutdown", "force_checkpoint",
+})
 _EXPORT_WORDS = _NON_READ_WORDS - {"INSERT", "UPDATE", "DELETE", "MERGE", "CREATE", "DROP", "ALTER", "TRUNCATE"}
 _NEVER = {
     "SET": "settings cannot be changed from 'sql' (log_query_path, profiling_output, temp_directory... could "
@@ -123,8 +129,14 @@ def _refuse(kind: str, sql: str, *, write: bool, needs_write: bool, reason: str 
 
 
 def _check_words(tokens: Sequence[_Token], sql: str, words: frozenset) -> None:
-    """Refuse a keyword of ``words`` inside an allowed statement, unless it is a column name."""
+    """Refuse a keyword of ``words`` inside an allowed statement, unless it is a column name, and any call
+    of a table function that changes settings (``_SETTING_FUNCTIONS``)."""
     for i, token in enumerate(tokens):
+        if token.text.strip('"').lower() in _SETTING_FUNCTIONS and i + 1 < len(tokens) and tokens[i + 1].text == "(":
+            raise ReadOnlyQueryError(
+                f"Refused {_short(sql)!r}: {token.text}() changes DuckDB's settings (where it logs or profiles to), "
+                f"which 'sql' never does. {_ALLOWED}. Nothing was run."
+            )
         if token.word in words and not (i and (tokens[i - 1].word == "AS" or tokens[i - 1].text == ".")):
             raise ReadOnlyQueryError(
                 f"Refused {_short(sql)!r}: it holds {token.word}, which does more than read (a WITH clause can "
@@ -310,7 +322,8 @@ def _sandbox(con: duckdb.DuckDBPyConnection, store: Store, readable: Sequence[st
     paths = list(readable)
     directories = []
     for target in export_to:
-        for form in {os.path.abspath(target), str(Path(target).resolve())}:
+        # as written too: DuckDB 1.x compares a relative target literally (it lies where it was checked)
+        for form in {str(target), os.path.abspath(target), str(Path(target).resolve())}:
             # the file, DuckDB's temporary sibling when it replaces one, and the folder PARTITION_BY makes
             paths += [form, str(Path(form).with_name("tmp_" + Path(form).name))]
             directories.append(form.rstrip(os.sep) + os.sep)
@@ -436,7 +449,7 @@ def query(store: Store, sql: str, *, write: bool = False) -> pa.Table:
     """
     targets = check_statements(sql, write=write)
     checked = [check_output_location(store, target, export=True) for target in targets]
-    con, damaged = _open(store, threads=None, export_to=checked)
+    con, damaged = _open(store, threads=None, export_to=[*checked, *map(Path, targets)])
     try:
         statements = con.extract_statements(sql)
         for statement in statements[:-1]:

@@ -19,6 +19,7 @@ import re
 import shutil
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +29,7 @@ import cli
 from tests.conftest import run_cli
 
 DATASET = "chronomid"
+DUCKDB_1 = int(duckdb.__version__.split(".")[0]) < 2  # pyproject admits 1.4 LTS and 2.x
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -134,6 +136,10 @@ def test_case1_import_database_does_not_run_a_folders_sql(victim, capsys):
     folder.mkdir()
     (folder / "schema.sql").write_text(f"COPY (SELECT 1 AS x) TO '{victim.part}' (FORMAT parquet);\n")
     (folder / "load.sql").write_text("")
+    if DUCKDB_1:  # 1.x hands over the folder's statements, so the COPY inside is what gets refused
+        _refused(victim, capsys, f"IMPORT DATABASE '{folder}'", expect="COPY")
+        _refused(victim, capsys, f"IMPORT DATABASE '{folder}'", "--write", expect="inside the store")
+        return
     err = _refused(victim, capsys, f"IMPORT DATABASE '{folder}'", expect="IMPORT DATABASE")
     assert "even with --write" in err
 
@@ -172,9 +178,15 @@ BYPASSES = {
 }
 
 
-@pytest.mark.parametrize("sql", list(BYPASSES.values()), ids=list(BYPASSES))
-def test_sql_bypass_attempts_change_nothing(victim, capsys, sql):
-    _refused(victim, capsys, sql, expect="efused")
+# DuckDB 1.x cannot parse a COPY inside a WITH clause at all (2.x parses it as a SELECT, and ran it on main)
+_CTE_COPY = {"COPY hidden in a CTE", "COPY in a CTE adds a part", "MATERIALIZED CTE", "case-mixed CTE",
+             "EXPLAIN ANALYZE of a CTE COPY", "CREATE TEMP wraps a COPY"}
+
+
+@pytest.mark.parametrize("name", list(BYPASSES))
+def test_sql_bypass_attempts_change_nothing(victim, capsys, name):
+    expect = "could not be parsed" if DUCKDB_1 and name in _CTE_COPY else "efused"
+    _refused(victim, capsys, BYPASSES[name], expect=expect)
 
 
 # Refused already by the old deny-list: kept as guards, so the allow-list never lets them back in.
