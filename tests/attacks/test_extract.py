@@ -292,6 +292,23 @@ def _kept(flushed: dict[Path, str], store: Path) -> bool:
     return all(after.get(part) == digest for part, digest in flushed.items())
 
 
+def _kill_after_a_first_part(command: list[str], store: Path, table: str, rng: random.Random, *, delay: float,
+                             flush: float, longest_wait: float) -> dict[Path, str]:
+    """Run ``command`` in a child, SIGKILL it at a random moment (up to ``longest_wait`` s) after ``table``
+    got its first part; return the digests of the feature parts that existed just before the kill."""
+    child = _child(command, store, delay=delay, flush=flush, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: bool(table_parts(open_store(store), table)), child, f"a first part of {table}")
+        time.sleep(rng.uniform(0.0, longest_wait))
+        flushed = _part_digests(store)
+        _kill(child)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return flushed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(10))
 def test_bovw_killed_at_a_random_point_then_rerun_gives_the_uninterrupted_tables(seed, ingested, references,
@@ -300,16 +317,7 @@ def test_bovw_killed_at_a_random_point_then_rerun_gives_the_uninterrupted_tables
     store = _copy(ingested, tmp_path / "store")
     # even seeds: kill while keypoints are described; odd seeds: while histograms are computed
     watched = "orb_descriptors" if seed % 2 == 0 else _main_table(references["bovw"], "bovw")
-    child = _child(BOVW, store, delay=0.15, flush=0.25, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(lambda: bool(table_parts(open_store(store), watched)), child, f"a first part of {watched}")
-        time.sleep(rng.uniform(0.0, 0.6))
-        flushed = _part_digests(store)
-        _kill(child)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    flushed = _kill_after_a_first_part(BOVW, store, watched, rng, delay=0.15, flush=0.25, longest_wait=0.6)
     done = _rows([p for p in flushed if p.parent.name == watched])
     assert 0 < done < N_IMAGES, f"{done} rows of {watched} at the kill: it was not written part by part"
     assert _kept(flushed, store), "a part flushed before the kill is gone or changed"
@@ -325,16 +333,7 @@ def test_cnn_killed_at_a_random_point_keeps_its_parts_and_rerun_gives_the_uninte
     rng = random.Random(100 + seed)
     store = _copy(ingested, tmp_path / "store")
     table = _main_table(references["cnn"], "cnn")
-    child = _child(CNN, store, delay=0.2, flush=0.3, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(lambda: bool(table_parts(open_store(store), table)), child, f"a first part of {table}")
-        time.sleep(rng.uniform(0.0, 0.8))
-        flushed = _part_digests(store)
-        _kill(child)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    flushed = _kill_after_a_first_part(CNN, store, table, rng, delay=0.2, flush=0.3, longest_wait=0.8)
     assert 0 < _rows(list(flushed)) < N_IMAGES
     assert _kept(flushed, store), "a part flushed before the kill is gone or changed"
     for part in flushed:
