@@ -39,10 +39,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from store._fs import exclusive_lock, fsync_dir
-from store.errors import StoreError
+from store.errors import DamagedPartError, StoreError
 from store.layout import DEFAULT_STORE, SECRET_FINGERPRINT_KEY, Store
 from store.provenance import params_hash
-from store.tables import PARAMS_HASH_KEY, PART_GLOB, TMP_PREFIX
+from store.tables import PARAMS_HASH_KEY, PART_GLOB, TMP_PREFIX, part_kv_metadata
 
 __all__ = ["Finding", "CheckResult", "check_store", "QUARANTINE_MANIFEST"]
 
@@ -366,36 +366,23 @@ def _check_table(store: Store, label: str, folder: Path, fingerprint: str | None
 
 def _column_values(folder: Path, column: str) -> set[str]:
     """Distinct values of ``column`` over the readable parts of a table folder (best effort)."""
-    values: set[str] = set()
-    for part in sorted(folder.glob(PART_GLOB)):
-        try:
-            values.update(v for v in pq.read_table(part, columns=[column]).column(0).to_pylist() if v)
-        except (pa.ArrowException, OSError, KeyError):
-            continue
-    return values
+    return {v for part in sorted(folder.glob(PART_GLOB)) for v in _column_values_of(part, column)}
 
 
 def _known_datasets(store: Store, quarantined: set[Path]) -> list[str]:
     names = set()
     for table in ("datasets", "scans"):
-        folder = store.tables_dir / table
-        if folder.is_dir():
-            for part in sorted(folder.glob(PART_GLOB)):
-                if part in quarantined:
-                    continue
-                try:
-                    names.update(v for v in pq.read_table(part, columns=["dataset"]).column(0).to_pylist() if v)
-                except (pa.ArrowException, OSError, KeyError):
-                    continue
+        for part in sorted((store.tables_dir / table).glob(PART_GLOB)):
+            if part not in quarantined:
+                names |= _column_values_of(part, "dataset")
     return sorted(names)
 
 
 def _part_meta(path: Path) -> dict[str, str]:
     try:
-        raw = pq.read_schema(path).metadata or {}
-    except (pa.ArrowException, OSError):
+        return part_kv_metadata(path)
+    except (DamagedPartError, FileNotFoundError):
         return {}
-    return {k.decode(): v.decode(errors="replace") for k, v in raw.items() if k.startswith(b"chronofeat.")}
 
 
 def _rerun(store: Store, finding: Finding, folder: Path, datasets: list[str]) -> tuple[str, ...]:

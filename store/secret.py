@@ -27,18 +27,16 @@ import sys
 import uuid
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from store._fs import fsync_dir
-from store.errors import SecretMismatchError, StoreError
+from store.errors import DamagedPartError, SecretMismatchError, StoreError
 from store.layout import SECRET_FINGERPRINT_KEY, Store, secret_fingerprint
+from store.tables import PART_GLOB, part_kv_metadata
 
 __all__ = ["load_secret", "recorded_fingerprints", "pseudonymised_data", "SECRET_BYTES"]
 
 SECRET_BYTES = 32
 _MIN_BYTES = 16
-_PART_GLOB = "part-*.parquet"
 _FINGERPRINT = re.compile(r"^[0-9a-f]{16}$")
 _PSEUDONYMISED_TABLES = ("scans", "pairs")
 
@@ -58,7 +56,7 @@ def pseudonymised_data(store: Store) -> list[str]:
     (``ingest/<name>``), the recorded fingerprint file. Empty for a fresh store."""
     found = []
     for folder in _pseudonymised_folders(store):
-        if folder.is_dir() and any(folder.glob(_PART_GLOB)):
+        if folder.is_dir() and any(folder.glob(PART_GLOB)):
             found.append(folder.name if folder.parent == store.tables_dir else f"ingest/{folder.name}")
     if store.secret_fingerprint_path.exists():
         found.append(store.secret_fingerprint_path.name)
@@ -67,11 +65,9 @@ def pseudonymised_data(store: Store) -> list[str]:
 
 def _part_fingerprint(part: Path) -> str | None:
     try:
-        raw = pq.read_schema(part).metadata or {}
-    except (pa.ArrowException, OSError):  # a damaged part is named by the readers and by 'check'
+        return part_kv_metadata(part).get(SECRET_FINGERPRINT_KEY) or None
+    except (DamagedPartError, FileNotFoundError):  # a damaged part is named by the readers and by 'check'
         return None
-    value = raw.get(SECRET_FINGERPRINT_KEY.encode())
-    return value.decode() if value else None
 
 
 def recorded_fingerprints(store: Store) -> dict[str, str]:
@@ -87,7 +83,7 @@ def recorded_fingerprints(store: Store) -> dict[str, str]:
     for folder in _pseudonymised_folders(store):
         if not folder.is_dir():
             continue
-        for part in sorted(folder.glob(_PART_GLOB), reverse=True):
+        for part in sorted(folder.glob(PART_GLOB), reverse=True):
             value = _part_fingerprint(part)
             if value is not None:
                 found[f"{folder.name}/{part.name}"] = value

@@ -202,6 +202,18 @@ def damaged_part_error(part: Path, exc: BaseException | str) -> DamagedPartError
     )
 
 
+@contextmanager
+def _reading(part: Path) -> Iterator[None]:
+    """Turn pyarrow's failure to read ``part`` into ``DamagedPartError`` (a part deleted meanwhile stays
+    ``FileNotFoundError``: a writer replaced it, which is no damage)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except _UNREADABLE as exc:
+        raise damaged_part_error(part, exc) from None
+
+
 def _all_damaged(name: str, bad: list[tuple[Path, BaseException]]) -> DamagedPartError:
     """One error for the damaged parts of table ``name``: the first in full, the others by name."""
     error = damaged_part_error(*bad[0])
@@ -272,12 +284,8 @@ def existing_keys(store: Store, name: str, column: str) -> set:
     """
     keys: set = set()
     for part in table_parts(store, name):
-        try:
+        with _reading(part):
             values = pq.read_table(part, columns=[column]).column(0)
-        except _UNREADABLE as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
-            raise damaged_part_error(part, exc) from None
         keys.update(values.to_pylist())
     return keys
 
@@ -287,13 +295,9 @@ def part_kv_metadata(path: Path) -> dict[str, str]:
 
     ``DamagedPartError`` when the part's footer cannot be read.
     """
-    try:
+    with _reading(path):
         raw = pq.read_schema(path).metadata or {}
-    except _UNREADABLE as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise damaged_part_error(path, exc) from None
-    return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"chronofeat.")}
+    return {k.decode(): v.decode(errors="replace") for k, v in raw.items() if k.startswith(b"chronofeat.")}
 
 
 def table_kv_metadata(store: Store, name: str, *, skip_damaged: bool = False) -> dict[str, str]:
@@ -324,7 +328,7 @@ def list_tables(store: Store) -> list[TableInfo]:
         for part in parts:
             try:
                 parquet = pq.ParquetFile(part)
-            except (pa.ArrowException, OSError):
+            except _UNREADABLE:
                 damaged.append(part)
                 continue
             rows += parquet.metadata.num_rows
