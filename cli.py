@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from store._bootstrap import ensure_environment
+from store.bootstrap import ensure_environment
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERNAL, EXIT_BROKEN_PIPE = 0, 1, 2, 3, 141
 
@@ -102,7 +102,7 @@ def cmd_sql(args) -> int:
 def cmd_extract(args) -> int:
     from extractors import build_from_options
     from extractors.runner import run_extraction
-    from store.errors import ParameterError
+    from features.errors import ParameterError
 
     store = _store(args)
     engine_keys = ("func", "store", "command", "dataset", "limit", "engine", "address")
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     130 interrupted, 141 the reader of our output went away (``| head``).
     """
     args = build_parser().parse_args(argv)
-    from store.errors import ChronofeatError
+    from features.errors import ChronofeatError
 
     try:
         return args.func(args)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from extractors.bovw import fit_centers, nearest_words  # noqa: E402
 from extractors.keypoints import DESCRIPTORS  # noqa: E402
-from store.errors import BackendUnavailableError  # noqa: E402
+from features.errors import BackendUnavailableError  # noqa: E402
 
 
 def test_images(n: int, size: int = 512, seed: int = 0) -> list[np.ndarray]:
@@ -155,9 +155,9 @@ def _bare_rate(greys: list[np.ndarray], name: str, workers: int = 1, max_keypoin
 def _warm_workers(store, name: str, workers: int, max_keypoints: int = 1000) -> None:
     """Start the pool and let its workers do once what a session does once: import the pixel reader,
     open this store, build the detector (tasks carry paths, as in production: workers read pixels)."""
-    from extractors._units import scan_units
     from extractors._workers import ordered_map
     from extractors.keypoints import _describe_task
+    from store.units import scan_units
 
     units = scan_units(store, "bench").slice(0, max(2, 2 * workers))
     tasks = [

@@ -55,7 +55,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import PeakRSS, bench_row, format_table, machine_details, rounds, timed  # noqa: E402
+from bench._common import (  # noqa: E402
+    PeakRSS,
+    bench_row,
+    format_table,
+    machine_details,
+    rounds,
+    timed,
+)
 
 STAGES = ("ingest", "cnn", "bovw", "diffstats", "store_load", "fit", "cnn_gpu")
 DATASET = "bench"
@@ -330,7 +337,7 @@ def _decode_seconds(store, model: str, batch_size: int, workers: int, pin_memory
     extractor's own DataLoader, without the network."""
     from extractors._cnn_data import INPUT_COLUMNS, Preprocess, UnitImages, make_loader
     from extractors._cnn_model import arch_info
-    from extractors._units import scan_units
+    from store.units import scan_units
 
     info = arch_info(model)
     units = scan_units(store, DATASET)
@@ -467,9 +474,9 @@ def stage_bovw(ctx: Context) -> list[dict]:
     """BoVW (SIFT, 50 words) end to end vs a bare OpenCV SIFT detectAndCompute loop on in-memory images."""
     import cv2
 
-    from extractors._units import scan_units
     from extractors.bovw import BoVW
     from extractors.runner import run_extraction
+    from store.units import scan_units
 
     store = ctx.store("bovw")
     units = scan_units(store, DATASET)
@@ -545,9 +552,9 @@ def _bare_pair_stats(reference: np.ndarray, comparison: np.ndarray, first: bool)
 
 def stage_diffstats(ctx: Context) -> list[dict]:
     """DiffStats (absolute) end to end vs a bare phase_cross_correlation + numpy statistics loop."""
-    from extractors._units import pair_units
     from extractors.diffstats import DiffStats
     from extractors.runner import run_extraction
+    from store.units import pair_units
 
     store = ctx.store("diffstats")
     pairs = pair_units(store, DATASET, "absolute")

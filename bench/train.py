@@ -36,9 +36,9 @@ def bench_siamese(device, *, pairs: int, size: int, batch_size: int) -> tuple[fl
     """(images/s, seconds) of one epoch of ``pairs`` pairs."""
     import torch
 
-    from extractors._nets import SiameseNet
-    from extractors._train import autocast, epoch_rng
+    from extractors.nets import SiameseNet
     from extractors.siamese import contrastive_loss
+    from extractors.training import autocast, epoch_rng
     from features.augment import augment_batch, sample_params
 
     torch.manual_seed(0)
@@ -81,7 +81,7 @@ def bench_xcnn(device, *, arch: str, samples: int, size: int, batch_size: int) -
     import torch
 
     from classifiers._xcnn_nets import build_xcnn, count_parameters, l2_penalty
-    from extractors._train import autocast, epoch_rng
+    from extractors.training import autocast, epoch_rng
 
     torch.manual_seed(0)
     images = torch.rand(samples, 1, size, size, device=device)
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for device in devices:
         precision = "bf16" if device.type == "cuda" else "fp32"
         rate, seconds = bench_siamese(device, pairs=args.pairs, size=args.size, batch_size=args.batch_size)
-        from extractors._nets import SiameseNet
+        from extractors.nets import SiameseNet
 
         params = sum(p.numel() for p in SiameseNet(n_aux=7).parameters())
         print(f"{'Siamese (small, augmented)':<28} {device.type:<6} {precision:<9} {rate:>10.1f} {seconds:>8.2f} {params:>11,d}")

@@ -6,6 +6,12 @@ Entry points: ``classifiers.evaluate.fit_command`` (``cli.py fit``), ``classifie
 Submodules are imported explicitly so that importing the registry does not pull in matplotlib.
 """
 
-from classifiers._registry import create_model, is_ensemble, list_models, model_class, register_model
+from classifiers._registry import (
+    create_model,
+    is_ensemble,
+    list_models,
+    model_class,
+    register_model,
+)
 
 __all__ = ["register_model", "create_model", "list_models", "model_class", "is_ensemble"]

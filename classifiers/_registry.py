@@ -7,67 +7,35 @@ head) registers itself the same way and is listed in ``_BUILTIN_MODULES``, impor
 
 from __future__ import annotations
 
-import importlib
-from typing import Callable, TypeVar
-
-from store.errors import ParameterError
+from features.registry import Registry
 
 __all__ = ["register_model", "create_model", "model_class", "list_models", "is_ensemble"]
 
-_REGISTRY: dict[str, type] = {}
-_BUILTIN_MODULES = (
+MODELS = Registry("model", builtin_modules=(
     "classifiers.models",
     "classifiers.ensemble",
     "classifiers.torch_heads",
-)
-T = TypeVar("T", bound=type)
+))
 
 
-def register_model(name: str) -> Callable[[T], T]:
+def register_model(name: str):
     """Class decorator: register a classifier class as ``name`` (and set ``cls.name``)."""
-
-    def decorate(cls: T) -> T:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ParameterError(
-                f"Model name {name!r} is already registered by {_REGISTRY[name].__module__}."
-                f"{_REGISTRY[name].__qualname__}; choose another name for {cls.__qualname__}."
-            )
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:  # the module exists but one of its imports is missing: say so
-                raise
+    return MODELS.register(name)
 
 
 def list_models() -> list[str]:
     """Names of every registered model, sorted."""
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def model_class(name: str) -> type:
     """The class registered as ``name``; ``ParameterError`` listing the known names otherwise."""
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ParameterError(f"Unknown model {name!r}. Known models: {', '.join(sorted(_REGISTRY))}.") from None
+    return MODELS.get(name)
 
 
 def create_model(name: str, **params):
     """Build the model registered as ``name`` with keyword ``params`` (validated at once)."""
-    model = model_class(name)(**params)
-    model.validate_params()
-    return model
+    return MODELS.create(name, **params)
 
 
 def is_ensemble(name: str) -> bool:

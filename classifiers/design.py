@@ -15,9 +15,14 @@ import numpy as np
 import pyarrow as pa
 
 from classifiers.profiles import TargetSpec
+from features.errors import EvaluationError
 from features.sets import FeatureSet, assemble, swappable
-from store.errors import EvaluationError
-from store.featureset import LoadedFeatureSet, feature_tables, load_feature_set, load_units
+from store.featureset import (
+    LoadedFeatureSet,
+    feature_tables,
+    load_feature_set,
+    load_units,
+)
 from store.layout import Store
 
 __all__ = ["Design", "load_design", "augmented_training", "label_text"]

@@ -16,8 +16,8 @@ from sklearn.preprocessing import LabelEncoder
 
 from classifiers._registry import register_model
 from classifiers.models import ChronoClassifier, _is_int, _is_number
-from classifiers.splits import inner_splits
-from store.errors import EvaluationError, ParameterError, check_param
+from features.errors import EvaluationError, ParameterError, check_param
+from features.splits import inner_splits
 
 __all__ = ["VotingEnsemble", "StackingEnsemble", "align_proba"]
 

@@ -31,10 +31,27 @@ from sklearn.exceptions import ConvergenceWarning
 from classifiers._registry import create_model, is_ensemble, list_models, model_class
 from classifiers.design import Design, augmented_training, label_text, load_design
 from classifiers.ensemble import align_proba
-from classifiers.metrics import SUMMARY_METRICS, classification_metrics, multilabel_metrics
-from classifiers.profiles import Profile, TargetSpec, profile_for, resolve_candidate, resolve_target
+from classifiers.metrics import (
+    SUMMARY_METRICS,
+    classification_metrics,
+    multilabel_metrics,
+)
+from classifiers.profiles import (
+    Profile,
+    TargetSpec,
+    profile_for,
+    resolve_candidate,
+    resolve_target,
+)
 from classifiers.search import SEARCH_LEVELS, tune
-from classifiers.splits import (
+from features.errors import (
+    DatasetError,
+    EvaluationError,
+    ParameterError,
+    TableNotFoundError,
+)
+from features.sets import FeatureSet, extend_feature_set, parse_feature_set
+from features.splits import (
     PER_CLASS_FRACTION,
     Split,
     check_disjoint,
@@ -42,8 +59,6 @@ from classifiers.splits import (
     given_split,
     holdout_split,
 )
-from features.sets import FeatureSet, extend_feature_set, parse_feature_set
-from store.errors import DatasetError, EvaluationError, ParameterError, TableNotFoundError
 from store.featureset import datasets_with_features, feature_tables
 from store.layout import Store
 from store.provenance import canonical_json
@@ -239,7 +254,7 @@ def parse_test_subjects(value, profile: Profile) -> tuple[str, float, tuple[str,
     if key in ("0", "none", "0.0"):
         return "none", 0.0, None
     if os.path.isfile(text):
-        from store.vocabulary import read_subject_list
+        from store.subjects import read_subject_list
 
         return "list", 0.0, read_subject_list(text)
     try:
@@ -553,7 +568,7 @@ def _seed_splits(store: Store, plan: FitPlan, design: Design, seed: int) -> tupl
                 f"{design.dataset!r}. List subject keys as in scans.subject (pseudonymous), one per line."
             )
     else:
-        from store.vocabulary import dataset_subject_split
+        from store.subjects import dataset_subject_split
 
         test_subjects = frozenset(dataset_subject_split(store, design.dataset, test_fraction=plan.test_fraction, seed=seed).test)
     holdout = holdout_split(groups, test_subjects)

@@ -25,9 +25,9 @@ from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classifiers._registry import register_model
-from classifiers.splits import inner_splits
+from features.errors import BackendUnavailableError, EvaluationError, check_param
+from features.splits import inner_splits
 from store.cores import usable_cores
-from store.errors import BackendUnavailableError, EvaluationError, check_param
 
 __all__ = [
     "ChronoClassifier",

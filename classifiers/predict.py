@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from classifiers.design import label_text, load_design
+from features.errors import ConfigMismatchError, InputError
 from features.sets import parse_feature_set
-from store.errors import ConfigMismatchError, InputError
 from store.layout import Store
 from store.runs import PREDICTIONS, append_predictions, load_model, run_row
 from store.tables import PARAMS_HASH_KEY, table_kv_metadata

@@ -13,8 +13,8 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
+from features.errors import ParameterError
 from features.sets import FeatureSet, parse_feature_set
-from store.errors import ParameterError
 
 __all__ = [
     "MemberDefault",

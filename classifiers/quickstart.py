@@ -7,10 +7,10 @@ add them, and the rest goes on. (An explicit ``extract --extractor inception`` s
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
-from store.errors import WeightsError
+from features.errors import WeightsError
+from store.cores import usable_cores
 from store.layout import Store
 
 __all__ = ["run_quickstart", "QUICKSTART_FEATURES"]
@@ -37,7 +37,7 @@ def run_quickstart(store: Store, *, dataset: str = "crmo", out: Callable[[str], 
     from store.ingest import ingest_dataset
 
     out(f"== 1/4 ingest the demo dataset {dataset!r}")
-    summary = ingest_dataset(store, dataset, workers=min(2, os.cpu_count() or 1))
+    summary = ingest_dataset(store, dataset, workers=min(2, usable_cores()))
     notice = synthetic_notice(store, dataset)
     if notice:
         out(notice)

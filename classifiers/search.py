@@ -16,8 +16,8 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import f1_score
 
-from classifiers.splits import inner_splits
-from store.errors import ParameterError
+from features.errors import ParameterError
+from features.splits import inner_splits
 
 __all__ = ["tune", "SEARCH_LEVELS", "grid"]
 

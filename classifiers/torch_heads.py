@@ -27,7 +27,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from classifiers._registry import register_model
 from classifiers.models import ChronoClassifier, _is_int, _is_number
-from store.errors import EvaluationError, check_param
+from features.errors import EvaluationError, check_param
 
 __all__ = [
     "TorchMLPEstimator",
@@ -45,7 +45,7 @@ def _hidden_ok(hidden) -> bool:
 
 def _validation_rows(y_strata: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int):
     """(train, val) row indices inside a training set: subject-grouped when ``groups``; None if impossible."""
-    from classifiers.splits import inner_splits
+    from features.splits import inner_splits
 
     n_splits = max(2, int(round(1.0 / fraction)))
     splits = inner_splits(y_strata, groups, n_splits=n_splits, seed=seed)
@@ -97,7 +97,14 @@ class TorchMLPEstimator(ClassifierMixin, BaseEstimator):
         """Train on ``X`` (n, d) and integer classes ``y``; early stopping on an inner validation part."""
         import torch
 
-        from extractors._train import autocast, deterministic, epoch_rng, select_device, torch_threads, train_epochs
+        from extractors.training import (
+            autocast,
+            deterministic,
+            epoch_rng,
+            select_device,
+            torch_threads,
+            train_epochs,
+        )
 
         X = np.asarray(X, dtype=np.float32)
         y = np.asarray(y).astype(np.int64)
@@ -198,7 +205,7 @@ class MLP(ChronoClassifier):
         check_param(owner, "device", self.device, kind="one of 'auto', 'cpu', 'cuda'", ok=self.device in ("auto", "cpu", "cuda"))
 
     def check_available(self) -> None:
-        from extractors._train import select_device
+        from extractors.training import select_device
 
         select_device(self.device)
 
@@ -286,7 +293,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         check_param(owner, "device", self.device, kind="one of 'auto', 'cpu', 'cuda'", ok=self.device in ("auto", "cpu", "cuda"))
 
     def check_available(self) -> None:
-        from extractors._train import select_device
+        from extractors.training import select_device
 
         select_device(self.device)
 
@@ -302,7 +309,14 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         import torch
         from sklearn.preprocessing import StandardScaler
 
-        from extractors._train import autocast, deterministic, epoch_rng, select_device, torch_threads, train_epochs
+        from extractors.training import (
+            autocast,
+            deterministic,
+            epoch_rng,
+            select_device,
+            torch_threads,
+            train_epochs,
+        )
 
         self.validate_params()
         X = np.asarray(X, dtype=np.float32)
@@ -500,7 +514,7 @@ def _specimen_features(store, dataset: str, table: str, units):
     tables = feature_tables(store)
     info = tables.get(table)
     if info is None:
-        from store.errors import TableNotFoundError
+        from features.errors import TableNotFoundError
 
         raise TableNotFoundError(
             f"Feature table {table!r} does not exist in {store.root} (feature tables: {', '.join(sorted(tables)) or 'none'}). "
@@ -549,7 +563,7 @@ def fit_hierarchical_command(
 ):
     """The IMPC hierarchical protocol on feature table ``features`` of ``dataset``, over ``seeds`` seeds.
 
-    Per seed: held-out subjects (``classifiers.splits.held_out_subjects``, rule ``fraction``, stratified
+    Per seed: held-out subjects (``features.splits.held_out_subjects``, rule ``fraction``, stratified
     by level 1) — the model is fitted on the others; per-class ROC AUC on the held-out specimens (levels
     2-3 among the abnormal ones when ``conditional``). Writes one run (``runs``/``metrics``/
     ``predictions``), prints the Table-4-style summary and returns ``(run_id, names, aucs)`` with
@@ -558,7 +572,7 @@ def fit_hierarchical_command(
     import pyarrow as pa
     from sklearn.metrics import roc_auc_score
 
-    from classifiers.splits import held_out_subjects, holdout_split
+    from features.splits import held_out_subjects, holdout_split
     from store.provenance import canonical_json
     from store.runs import METRICS, PREDICTIONS, new_run_id, write_run
     from store.tables import table_kv_metadata

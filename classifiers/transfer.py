@@ -12,7 +12,7 @@ normalised confusion matrix):
 - ``random (frozen)`` — a randomly initialised backbone, frozen; the same head on its features.
 
 The held-out subjects are the Siamese network's own test subjects when the target dataset is the one
-it was trained on (so it never saw them), otherwise ``classifiers.splits.held_out_subjects``. The
+it was trained on (so it never saw them), otherwise ``features.splits.held_out_subjects``. The
 table is printed and drawn (matplotlib, Agg) into a PNG stored as an artifact of kind ``figures``.
 """
 
@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from store.errors import EvaluationError, ParameterError, check_param
+from features.errors import EvaluationError, ParameterError, check_param
 
 __all__ = ["TRANSFER_METHODS", "nested_subsets", "transfer_command", "format_transfer_table", "plot_transfer"]
 
@@ -89,7 +89,7 @@ def plot_transfer(rows: list[dict], *, title: str) -> bytes:
 def _backbone_features(backbone, images, device, batch_size: int = 256) -> np.ndarray:
     import torch
 
-    from extractors._train import autocast
+    from extractors.training import autocast
 
     backbone.eval()
     chunks = []
@@ -105,11 +105,11 @@ def _train_scratch(images, y, groups, train_rows, *, arch: dict, n_classes: int,
     """End-to-end ``ClassifierNet`` on ``train_rows`` (augmented), early-stopped on validation subjects."""
     import torch
 
-    from classifiers.splits import inner_splits
-    from extractors._nets import ClassifierNet
-    from extractors._train import autocast, deterministic, epoch_rng, train_epochs
+    from extractors.nets import ClassifierNet
     from extractors.siamese import class_balanced_weights
+    from extractors.training import autocast, deterministic, epoch_rng, train_epochs
     from features.augment import augment_batch, sample_params
+    from features.splits import inner_splits
 
     splits = inner_splits(y[train_rows], groups[train_rows], n_splits=5, seed=seed)
     fit_rows, val_rows = (train_rows[splits[0][0]], train_rows[splits[0][1]]) if splits else (train_rows, np.array([], np.int64))
@@ -172,12 +172,12 @@ def transfer_command(
     import torch
     from sklearn.metrics import balanced_accuracy_score
 
-    from classifiers.splits import held_out_subjects
     from classifiers.torch_heads import MLP
-    from extractors._images import ImageLoader, ImageRecipe, dataset_canvas
-    from extractors._nets import build_backbone
-    from extractors._train import deterministic, select_device
+    from extractors.images import ImageLoader, ImageRecipe, dataset_canvas
+    from extractors.nets import build_backbone
     from extractors.siamese import _column, _scans, load_network_artifact
+    from extractors.training import deterministic, select_device
+    from features.splits import held_out_subjects
     from store.artifacts import save_artifact
     from store.provenance import params_hash
 
@@ -206,7 +206,7 @@ def transfer_command(
         recipe = ImageRecipe.from_dict(config["recipe"])
     else:
         test_subjects = held_out_subjects(subjects, labels, rule="fraction", seed=seed, test_fraction=0.3)
-        where = "held-out subjects (classifiers.splits, 30 %)"
+        where = "held-out subjects (features.splits, 30 %)"
         recipe = ImageRecipe(config["recipe"]["size"], dataset_canvas(scans.column("rows").to_pylist(), scans.column("cols").to_pylist()))
     if not test_subjects:
         raise EvaluationError(f"No held-out subjects of the Siamese network are in {dataset!r}; cannot judge transfer.")

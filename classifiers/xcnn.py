@@ -22,8 +22,13 @@ from typing import Callable
 
 import numpy as np
 
-from classifiers._xcnn_nets import XCNN_VARIANTS, build_xcnn, count_parameters, l2_penalty
-from store.errors import DatasetError, ParameterError, check_param
+from classifiers._xcnn_nets import (
+    XCNN_VARIANTS,
+    build_xcnn,
+    count_parameters,
+    l2_penalty,
+)
+from features.errors import DatasetError, ParameterError, check_param
 
 __all__ = ["XcnnResult", "select_variants", "fit_xcnn_command", "format_table1"]
 
@@ -114,14 +119,25 @@ def fit_xcnn_command(
     from tqdm.auto import tqdm
 
     from classifiers.metrics import classification_metrics
-    from classifiers.splits import PER_CLASS_FRACTION, holdout_split
-    from extractors._images import ImageLoader, ImageRecipe, dataset_canvas, one_blas_thread
-    from extractors._train import autocast, deterministic, epoch_rng, select_device, train_epochs
-    from extractors._units import pair_units, scan_units
+    from extractors.images import (
+        ImageLoader,
+        ImageRecipe,
+        dataset_canvas,
+        one_blas_thread,
+    )
+    from extractors.training import (
+        autocast,
+        deterministic,
+        epoch_rng,
+        select_device,
+        train_epochs,
+    )
+    from features.splits import PER_CLASS_FRACTION, holdout_split
     from store.datasets import synthetic_notice
     from store.provenance import canonical_json, params_hash
     from store.runs import METRICS, PREDICTIONS, new_run_id, write_run
-    from store.vocabulary import dataset_subject_split
+    from store.subjects import dataset_subject_split
+    from store.units import pair_units, scan_units
 
     check_param("fit xcnn", "epochs", epochs, kind="an int in [1, inf)", ok=isinstance(epochs, int) and epochs >= 1)
     check_param("fit xcnn", "image_size", image_size, kind="an int in [32, 1024]", ok=isinstance(image_size, int) and 32 <= image_size <= 1024)

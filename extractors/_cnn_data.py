@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.canvas import pad_to_canvas
+from features.errors import ChronofeatError, InputError
 from features.intensity import to_three_channels, to_unit_range
-from store.errors import ChronofeatError, InputError
 
 __all__ = ["Preprocess", "fit_to_input", "preprocess_image", "UnitImages", "collate_units", "make_loader", "INPUT_COLUMNS"]
 

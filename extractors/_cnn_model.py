@@ -25,8 +25,14 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from store.errors import BackendUnavailableError, ParameterError
-from store.weights import RANDOM_SEED, ResolvedWeights, meta_model, check_model_name, load_weights_into
+from features.errors import BackendUnavailableError, ParameterError
+from store.weights import (
+    RANDOM_SEED,
+    ResolvedWeights,
+    check_model_name,
+    load_weights_into,
+    meta_model,
+)
 
 __all__ = [
     "ArchInfo",

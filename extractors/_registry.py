@@ -2,75 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Callable
 
-from store.errors import ParameterError
+from features.errors import ParameterError
+from features.registry import Registry
 
 __all__ = [
     "register_extractor", "create_extractor", "list_extractors", "extractor_class",
     "register_cli_alias", "cli_aliases", "build_from_options",
 ]
 
-_REGISTRY: dict[str, type] = {}
-_BUILTIN_MODULES = (
+EXTRACTORS = Registry("extractor", builtin_modules=(
     "extractors.cnn",
     "extractors.bovw",
     "extractors.diffstats",
     "extractors.siamese",
     "extractors.cae",
-)
-T = TypeVar("T", bound=type)
+))
 
 
-def register_extractor(name: str) -> Callable[[T], T]:
+def register_extractor(name: str):
     """Class decorator: register an ``Extractor`` subclass as ``name`` (and set ``cls.name``)."""
-
-    def decorate(cls: T) -> T:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ParameterError(
-                f"Extractor name {name!r} is already registered by {_REGISTRY[name].__module__}."
-                f"{_REGISTRY[name].__qualname__}; choose another name for {cls.__qualname__}."
-            )
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def _load_builtins() -> None:
-    import importlib
-
-    for module in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:  # the module exists but one of its imports is missing: say so
-                raise
+    return EXTRACTORS.register(name)
 
 
 def list_extractors() -> list[str]:
     """Names of every registered extractor, sorted."""
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return EXTRACTORS.names()
 
 
 def extractor_class(name: str) -> type:
     """The class registered as ``name``; ``ParameterError`` listing the known names otherwise."""
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ParameterError(
-            f"Unknown extractor {name!r}. Known extractors: {', '.join(sorted(_REGISTRY))}."
-        ) from None
+    return EXTRACTORS.get(name)
 
 
 def create_extractor(name: str, **params):
     """Build the extractor registered as ``name`` with keyword ``params`` (validated at once)."""
-    extractor = extractor_class(name)(**params)
-    extractor.validate_params()
-    return extractor
+    return EXTRACTORS.create(name, **params)
 
 
 # --- command-line names --------------------------------------------------------------------
@@ -93,7 +61,7 @@ def register_cli_alias(alias: str, builder: Callable[[dict], object]) -> None:
 
 def cli_aliases() -> list[str]:
     """Every name ``extract --extractor`` accepts, sorted."""
-    _load_builtins()
+    EXTRACTORS.load_builtins()
     return sorted(_CLI_ALIASES)
 
 
@@ -103,7 +71,7 @@ def build_from_options(alias: str, options: dict):
     ``options`` holds every ``extract`` option as parsed (None where not given); builders take the
     ones they understand and must reject, with ``ParameterError``, given options they cannot honour.
     """
-    _load_builtins()
+    EXTRACTORS.load_builtins()
     if alias in _CLI_ALIASES:
         extractor = _CLI_ALIASES[alias](_Options(options))
     else:

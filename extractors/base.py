@@ -15,7 +15,6 @@ The runner (``extractors.runner``) drives it in four steps:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import ClassVar, Iterator, Literal
 
@@ -26,7 +25,7 @@ from store.failures import Failure
 from store.layout import Store
 from store.provenance import params_hash
 
-__all__ = ["Extractor", "ExtractedBatch", "combine_hashes", "KeyColumn"]
+__all__ = ["Extractor", "ExtractedBatch", "KeyColumn"]
 
 KeyColumn = Literal["scan_id", "pair_id", "specimen_id"]
 
@@ -37,11 +36,6 @@ class ExtractedBatch:
 
     rows: pa.RecordBatch | pa.Table
     failures: list[Failure] = field(default_factory=list)
-
-
-def combine_hashes(*hex_digests: str) -> str:
-    """One SHA-256 hex digest standing for several source pixel hashes, order-sensitive."""
-    return hashlib.sha256("\0".join(hex_digests).encode()).hexdigest()
 
 
 class Extractor(BaseEstimator):

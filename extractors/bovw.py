@@ -31,7 +31,6 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from extractors._registry import register_cli_alias, register_extractor
-from extractors._units import scan_units
 from extractors.base import ExtractedBatch, Extractor
 from extractors.keypoints import (
     BINARY_DESCRIPTORS,
@@ -41,10 +40,17 @@ from extractors.keypoints import (
     descriptor_vectors,
     read_descriptors,
 )
-from store.errors import ChronofeatError, DatasetError, ParameterError, StoreError, check_param
+from features.errors import (
+    ChronofeatError,
+    DatasetError,
+    ParameterError,
+    StoreError,
+    check_param,
+)
 from store.failures import Failure
 from store.layout import Store
 from store.provenance import params_hash
+from store.units import scan_units
 
 __all__ = [
     "BoVW",
@@ -301,7 +307,7 @@ class BoVW(Extractor):
         return scan_units(store, dataset)
 
     def _training_subjects(self, store: Store, dataset: str, scans: pa.Table) -> tuple[tuple[str, ...], str]:
-        from store.vocabulary import dataset_subject_split
+        from store.subjects import dataset_subject_split
 
         present = set(scans.column("subject").to_pylist())
         if self.vocab_subjects is not None:
@@ -449,7 +455,7 @@ _BOVW_OPTIONS = frozenset({"vocab_size", "vocab_subjects", "vocab_split", "worke
 
 def _bovw_builder(descriptor: str):
     def build(options: dict) -> BoVW:
-        from store.vocabulary import read_subject_list
+        from store.subjects import read_subject_list
 
         alias = f"{descriptor}_bovw"
         foreign = sorted(k for k, v in options.items() if v not in (None, False) and k not in _BOVW_OPTIONS | _GENERIC_OPTIONS)

@@ -27,7 +27,7 @@ from extractors.siamese import (
     data_identity,
     split_subjects,
 )
-from store.errors import check_param
+from features.errors import check_param
 
 __all__ = ["train_cae", "reconstruction_scores", "CAEFeatures"]
 
@@ -70,9 +70,15 @@ def train_cae(
     """
     import torch
 
-    from extractors._images import ImageLoader, ImageRecipe, dataset_canvas
-    from extractors._nets import ConvAutoencoder, network_to_bytes
-    from extractors._train import autocast, deterministic, epoch_rng, select_device, train_epochs
+    from extractors.images import ImageLoader, ImageRecipe, dataset_canvas
+    from extractors.nets import ConvAutoencoder, network_to_bytes
+    from extractors.training import (
+        autocast,
+        deterministic,
+        epoch_rng,
+        select_device,
+        train_epochs,
+    )
     from store.artifacts import save_artifact
     from store.provenance import params_hash
 

@@ -33,7 +33,13 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from extractors._cnn_data import INPUT_COLUMNS, Preprocess, UnitImages, make_loader, preprocess_image
+from extractors._cnn_data import (
+    INPUT_COLUMNS,
+    Preprocess,
+    UnitImages,
+    make_loader,
+    preprocess_image,
+)
 from extractors._cnn_model import (
     Embedder,
     arch_info,
@@ -44,21 +50,27 @@ from extractors._cnn_model import (
     resolve_layer,
 )
 from extractors._registry import register_cli_alias, register_extractor
-from extractors._units import pair_units, scan_units, specimen_units
 from extractors.base import ExtractedBatch, Extractor
-from store.cores import usable_cores
-from store.errors import (
+from features.errors import (
     BackendUnavailableError,
     ConfigMismatchError,
     DatasetError,
     ParameterError,
     check_param,
 )
+from store.cores import usable_cores
 from store.failures import Failure
-from store.layout import Store, TABLE_NAME_PATTERN
+from store.layout import TABLE_NAME_PATTERN, Store
 from store.provenance import params_hash
 from store.tables import table_kv_metadata
-from store.weights import ResolvedWeights, check_model_name, file_sha256, is_weights_hash, resolve_weights
+from store.units import pair_units, scan_units, specimen_units
+from store.weights import (
+    ResolvedWeights,
+    check_model_name,
+    file_sha256,
+    is_weights_hash,
+    resolve_weights,
+)
 
 __all__ = ["CNNEmbedding", "SHORT_NAMES", "build_cnn_from_options", "PREPROCESS_VERSION"]
 

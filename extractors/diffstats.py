@@ -14,7 +14,6 @@ the ChronoMID difference image, uniform at the comparison's minimum, no shift an
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from typing import Any, Iterator
 
@@ -22,15 +21,16 @@ import numpy as np
 import pyarrow as pa
 
 from extractors._registry import register_cli_alias, register_extractor
-from extractors._units import pair_units
 from extractors._workers import ordered_map
 from extractors.base import ExtractedBatch, Extractor
 from features.difference import align_pair, first_time_point_difference
+from features.errors import ChronofeatError, ParameterError, check_param
 from features.registration import agreement
 from features.stats import difference_statistics, statistic_names
-from store.errors import ChronofeatError, ParameterError, check_param
+from store.cores import usable_cores
 from store.failures import Failure
 from store.layout import Store
+from store.units import pair_units
 
 __all__ = ["DiffStats", "pair_statistics", "REFERENCE_MODES"]
 
@@ -221,7 +221,7 @@ class DiffStats(Extractor):
         names = self.column_names()
         rows: dict[str, list[Any]] = {"pair_id": [], "source_sha256": [], "stats": [], "hist": []}
         failures: list[Failure] = []
-        workers = int(self.workers or os.cpu_count() or 1)
+        workers = int(self.workers or usable_cores())
 
         def batch() -> ExtractedBatch:
             nonlocal rows, failures

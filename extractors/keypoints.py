@@ -15,7 +15,6 @@ builds with the nonfree modules; elsewhere it is refused before any work, saying
 
 from __future__ import annotations
 
-import os
 import sys
 from functools import lru_cache
 from typing import Iterable, Iterator
@@ -24,12 +23,19 @@ import numpy as np
 import pyarrow as pa
 
 from extractors._registry import register_extractor
-from extractors._units import scan_units
 from extractors._workers import ordered_map
 from extractors.base import ExtractedBatch, Extractor
-from store.errors import BackendUnavailableError, ChronofeatError, InputError, ParameterError, check_param
+from features.errors import (
+    BackendUnavailableError,
+    ChronofeatError,
+    InputError,
+    ParameterError,
+    check_param,
+)
+from store.cores import usable_cores
 from store.failures import Failure
 from store.layout import Store
+from store.units import scan_units
 
 __all__ = [
     "DESCRIPTORS",
@@ -346,7 +352,7 @@ class KeypointDescriptors(Extractor):
             keys, arrays, failures = [], [], []
             return out
 
-        workers = int(self.workers or os.cpu_count() or 1)
+        workers = int(self.workers or usable_cores())
         for result in ordered_map(_describe_task, tasks, workers, batch_size="auto"):
             if result[0] == "fail":
                 dataset, path, _ = info[result[1]]

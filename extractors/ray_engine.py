@@ -63,7 +63,7 @@ from extractors.runner import (
     pending_units,
     writer_lock,
 )
-from store.errors import BackendUnavailableError, ChronofeatError, ParameterError
+from features.errors import BackendUnavailableError, ChronofeatError, ParameterError
 from store.failures import Failure
 from store.layout import Store
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from extractors.base import Extractor
-from store.errors import ParameterError, StoreError
+from features.errors import ParameterError, StoreError
 from store.failures import Failure, open_failures, record_failures, resolve_failures
 from store.layout import Store
 from store.provenance import part_metadata

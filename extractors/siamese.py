@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from extractors._registry import register_cli_alias, register_extractor
 from extractors.base import ExtractedBatch, Extractor
-from store.errors import DatasetError, ParameterError, check_param
+from features.errors import DatasetError, ParameterError, check_param
 from store.failures import Failure
 
 __all__ = [
@@ -116,10 +116,10 @@ def class_balanced_weights(codes: np.ndarray, n_classes: int) -> np.ndarray:
 def split_subjects(subjects, labels, *, seed: int, test_fraction: float, val_fraction: float) -> tuple[frozenset, frozenset]:
     """(test, validation) subjects: whole subjects, stratified by majority label, from ``seed``.
 
-    The test subjects follow ``classifiers.splits.held_out_subjects`` (rule ``fraction``); the
+    The test subjects follow ``features.splits.held_out_subjects`` (rule ``fraction``); the
     validation subjects are drawn the same way from the rest.
     """
-    from classifiers.splits import held_out_subjects
+    from features.splits import held_out_subjects
 
     subjects, labels = np.asarray(subjects).astype(str), np.asarray(labels).astype(str)
     test = held_out_subjects(subjects, labels, rule="fraction", seed=seed, test_fraction=test_fraction)
@@ -131,7 +131,7 @@ def split_subjects(subjects, labels, *, seed: int, test_fraction: float, val_fra
 
 # --- data --------------------------------------------------------------------------------------------
 def _scans(store, dataset: str) -> pa.Table:
-    from extractors._units import scan_units
+    from store.units import scan_units
 
     return scan_units(store, dataset)
 
@@ -154,7 +154,7 @@ def data_identity(table: pa.Table) -> str:
 
 def load_network_artifact(store, ref: str, *, family: str):
     """The ``networks`` artifact ``ref`` as (artifact, config, model); ``ParameterError`` for another family."""
-    from extractors._nets import network_from_bytes
+    from extractors.nets import network_from_bytes
     from store.artifacts import find_artifact
 
     artifact = find_artifact(store, NETWORK_KIND, ref)
@@ -251,9 +251,15 @@ def train_siamese(
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from extractors._images import ImageLoader, ImageRecipe, dataset_canvas
-    from extractors._nets import SiameseNet, network_to_bytes
-    from extractors._train import autocast, deterministic, epoch_rng, select_device, train_epochs
+    from extractors.images import ImageLoader, ImageRecipe, dataset_canvas
+    from extractors.nets import SiameseNet, network_to_bytes
+    from extractors.training import (
+        autocast,
+        deterministic,
+        epoch_rng,
+        select_device,
+        train_epochs,
+    )
     from features.augment import augment_batch, sample_params
     from store.artifacts import save_artifact
     from store.provenance import params_hash
@@ -424,7 +430,7 @@ def _embed(model, images, device, *, batch_size: int = 256, mixed: bool = True) 
 
     import torch
 
-    from extractors._train import autocast
+    from extractors.training import autocast
 
     model.eval()
     chunks = []
@@ -438,7 +444,7 @@ def _embed(model, images, device, *, batch_size: int = 256, mixed: bool = True) 
 def _aux_logits(model, images, device) -> np.ndarray:
     import torch
 
-    from extractors._train import autocast
+    from extractors.training import autocast
 
     with torch.no_grad(), autocast(device):
         _, logits = model(images)
@@ -482,8 +488,8 @@ class SiameseEmbedding(Extractor):
         return _scans(store, dataset)
 
     def prepare(self, store, pending: pa.Table) -> None:
-        from extractors._images import ImageLoader, ImageRecipe, dataset_canvas
-        from extractors._train import select_device
+        from extractors.images import ImageLoader, ImageRecipe, dataset_canvas
+        from extractors.training import select_device
 
         self.device_ = select_device(self.device)
         artifact, config, model = load_network_artifact(store, self.artifact, family=self.family)
@@ -518,8 +524,8 @@ class SiameseEmbedding(Extractor):
     def transform(self, store, pending: pa.Table) -> Iterator[ExtractedBatch]:
         import torch
 
-        from extractors._images import one_blas_thread
-        from extractors._train import true_fp32
+        from extractors.images import one_blas_thread
+        from extractors.training import true_fp32
 
         rows = pending.to_pylist()
         for start in range(0, len(rows), self.batch_size):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from store.errors import InputError, ParameterError
+from features.errors import InputError, ParameterError
 
 __all__ = ["AugmentConfig", "AUGMENT_PAPER", "sample_params", "affine_theta", "augment_batch"]
 

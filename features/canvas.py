@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from store.errors import InputError
+from features.errors import InputError
 
 __all__ = ["common_canvas", "canvas_offset", "pad_to_canvas", "resize"]
 

@@ -15,8 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.canvas import common_canvas, pad_to_canvas
-from features.registration import Registration, _register_translation, apply_registration, register_rigid
-from store.errors import InputError
+from features.errors import InputError
+from features.registration import (
+    Registration,
+    _register_translation,
+    apply_registration,
+    register_rigid,
+)
 
 __all__ = ["AlignedPair", "align_pair", "difference_image", "first_time_point_difference"]
 

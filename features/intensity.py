@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from store.errors import InputError
+from features.errors import InputError
 
 __all__ = [
     "PERCENTILES",

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from features.canvas import resize
-from store.errors import InputError
+from features.errors import InputError
 
 __all__ = ["multiview_composite", "view_mean", "robust_unit_range"]
 

@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from store.errors import InputError
+from features.errors import InputError
 
 __all__ = [
     "Registration",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from store.errors import ParameterError
+from features.errors import ParameterError
 
 __all__ = [
     "PAIR_MODES",

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from store.errors import InputError
+from features.errors import InputError
 
 __all__ = [
     "DifferenceStatistics",

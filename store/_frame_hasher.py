@@ -24,8 +24,8 @@ from collections import deque
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from features.errors import DecodeError
 from store.digest import FileFrameContent, FrameContent
-from store.errors import DecodeError
 
 __all__ = ["FrameHasher", "hash_frames", "serve"]
 

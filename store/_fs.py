@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from store.errors import StoreError
+from features.errors import StoreError
 
 __all__ = ["fsync_dir", "exclusive_lock", "write_atomically", "TMP_PREFIX"]
 

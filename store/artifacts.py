@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from features.errors import StoreError
 from store._fs import write_atomically
-from store.errors import StoreError
 from store.layout import Store
 from store.provenance import canonical_json
 

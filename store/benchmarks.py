@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 
 import pyarrow as pa
 
-from store.errors import InputError
+from features.errors import InputError
 from store.layout import Store
 from store.provenance import part_metadata
 from store.tables import read_table, table_exists, write_part

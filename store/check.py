@@ -38,8 +38,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.errors import DamagedPartError, StoreError
 from store._fs import exclusive_lock, fsync_dir
-from store.errors import DamagedPartError, StoreError
 from store.layout import DEFAULT_STORE, SECRET_FINGERPRINT_KEY, Store
 from store.provenance import params_hash
 from store.tables import PARAMS_HASH_KEY, PART_GLOB, TMP_PREFIX, part_kv_metadata
@@ -396,7 +396,9 @@ def _rerun(store: Store, finding: Finding, folder: Path, datasets: list[str]) ->
             return tuple(f"python cli.py ingest --dataset {d}{suffix}" for d in datasets)
         return (f"python cli.py ingest --dataset NAME{suffix}   (for each dataset of this store)",)
     if label.startswith("ingest/"):
-        from store.ingest import index_location  # index names are hashed: map them back through the dataset names
+        from store.ingest import (
+            index_location,  # index names are hashed: map them back through the dataset names
+        )
 
         owners = [d for d in datasets if index_location(store, d)[1] == folder.name]
         name = owners[0] if owners else f"NAME   (the dataset whose index is {folder.name})"

@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from features.errors import ParameterError, StoreError
 from store._fs import write_atomically
-from store.errors import ParameterError, StoreError
 from store.layout import Store
 
 __all__ = ["checkpoint_path", "save_checkpoint", "load_checkpoint", "remove_checkpoint", "list_checkpoints"]

@@ -36,6 +36,7 @@ from typing import BinaryIO, Iterable
 import numpy as np
 from pydicom.dataelem import RawDataElement
 
+from features.errors import DecodeError, ResourceLimitError
 from store.digest import (
     FileFrameContent,
     FrameContent,
@@ -44,7 +45,6 @@ from store.digest import (
     stored_content,
     stored_descriptor,
 )
-from store.errors import DecodeError, ResourceLimitError
 from store.limits import check_decoded_size
 from store.pseudonym import redact
 

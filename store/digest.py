@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from store.errors import DecodeError
+from features.errors import DecodeError
 
 __all__ = [
     "FileFrameContent",

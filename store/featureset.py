@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.errors import DatasetError, EvaluationError, TableNotFoundError
 from features.sets import (
     KEY_COLUMNS,
     UNIT_OF_KEY,
@@ -24,12 +25,11 @@ from features.sets import (
     column_to_matrix,
     feature_columns,
 )
-from store.errors import DatasetError, EvaluationError, TableNotFoundError
 from store.layout import TABLE_NAME_PATTERN, Store
 from store.sql import connect, relation_to_arrow
 from store.tables import (
-    PART_GLOB,
     PARAMS_HASH_KEY,
+    PART_GLOB,
     list_tables,
     part_kv_metadata,
     require_readable,
@@ -187,7 +187,9 @@ def load_units(store: Store, dataset: str, unit: str, *, reference_mode: str | N
                 JOIN scans c ON c.scan_id = p.comparison_scan_id
                 WHERE {where}
                 ORDER BY p.subject, p.time_index NULLS LAST, p.pair_id""", params)
-            from extractors.base import combine_hashes  # the one definition of a pair's source hash
+            from store.provenance import (
+                combine_hashes,  # the one definition of a pair's source hash
+            )
 
             hashes = [combine_hashes(a, b) for a, b in zip(units.column("ref_pixel_sha256").to_pylist(),
                                                             units.column("cmp_pixel_sha256").to_pylist())]
@@ -202,7 +204,7 @@ def load_units(store: Store, dataset: str, unit: str, *, reference_mode: str | N
                 FROM scans WHERE dataset = ?
                 GROUP BY subject, time_index
                 ORDER BY subject, time_index NULLS LAST""", [dataset])
-            from extractors.base import combine_hashes
+            from store.provenance import combine_hashes
 
             hashes = [combine_hashes(*h) for h in units.column("pixel_sha256s").to_pylist()]
             units = units.append_column("source_sha256", pa.array(hashes, pa.string()))

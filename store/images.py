@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from store.errors import DecodeError, ResourceLimitError
+from features.errors import DecodeError, ResourceLimitError
 from store.limits import check_decoded_size
 
 __all__ = ["IMAGE_MAGIC", "IMAGE_SUFFIXES", "image_kind", "read_image", "as_frames"]

@@ -33,7 +33,7 @@ over its real relative path (so the same file has unrelated ids in two stores). 
 (``scans.path``, the index, ``failures``) is relative to the root with every component that holds one
 of the file's identifying values (PatientID, name, birth date, other IDs, the manifest's subject)
 replaced by a keyed marker, consistently across the dataset; ``store.pixels`` resolves it. Views are
-coded values (``store.layouts.coded_view``); free-text descriptions are never stored.
+coded values (``store.dataset_layouts.coded_view``); free-text descriptions are never stored.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ import stat
 import sys
 import time
 from collections import defaultdict, deque
-from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -57,13 +57,10 @@ from typing import Iterable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.errors import ChronofeatError, DatasetError, check_param
 from store._frame_hasher import FrameHasher
 from store.cores import usable_cores
-from store.digest import keyed_sha256
-from store.errors import ChronofeatError, DatasetError, check_param
-from store.failures import Failure, open_failures, record_failures, resolve_failures
-from store.layout import SECRET_FINGERPRINT_KEY, Store, secret_fingerprint
-from store.layouts import (
+from store.dataset_layouts import (
     DEMO_DATASETS,
     OTHER_VIEW,
     VIEW_TERMS,
@@ -77,8 +74,18 @@ from store.layouts import (
     scan_id,
     time_index_from_days,
 )
+from store.digest import keyed_sha256
+from store.failures import Failure, open_failures, record_failures, resolve_failures
+from store.layout import SECRET_FINGERPRINT_KEY, Store, secret_fingerprint
 from store.limits import max_decoded_bytes
-from store.manifest import MANIFEST_NAME, PAIRS_NAME, GivenPair, Manifest, read_manifest, read_pairs_csv
+from store.manifest import (
+    MANIFEST_NAME,
+    PAIRS_NAME,
+    GivenPair,
+    Manifest,
+    read_manifest,
+    read_pairs_csv,
+)
 from store.paths import IdentifyingValues, redact_components, redacted_tags, stored_path
 from store.pixels import read_contents
 from store.provenance import part_metadata

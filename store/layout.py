@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from store.errors import ParameterError, StoreError
+from features.errors import ParameterError, StoreError
 
 __all__ = ["Store", "open_store", "DEFAULT_STORE", "TABLE_NAME_PATTERN", "secret_fingerprint", "SECRET_FINGERPRINT_KEY"]
 
@@ -72,7 +72,9 @@ class Store:
         ``SecretMismatchError`` when the store already holds pseudonymised data and the secret is missing
         or is not the one that data was made with (see ``store.secret.load_secret``).
         """
-        from store.secret import load_secret  # store.secret reads parts through store.tables: import late
+        from store.secret import (
+            load_secret,  # store.secret reads parts through store.tables: import late
+        )
 
         return load_secret(self)
 

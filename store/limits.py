@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from store.errors import ParameterError, ResourceLimitError
+from features.errors import ParameterError, ResourceLimitError
 
 __all__ = ["DEFAULT_MAX_DECODED_MB", "MAX_DECODED_ENV", "FLOAT32_BYTES", "max_decoded_bytes", "check_decoded_size"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from store.errors import UnsafeLocationError
+from features.errors import UnsafeLocationError
 
 __all__ = ["check_store_location", "git_work_tree"]
 

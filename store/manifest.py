@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from store.errors import DatasetError
+from features.errors import DatasetError
 from store.schema import SCANS_CORE
 
 __all__ = [

@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
-from store.errors import InputError
+from features.errors import InputError
 
 __all__ = [
     "REDACTED_LABEL",

@@ -19,9 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+from features.errors import DatasetError, DecodeError, InputError
 from store.dicom import DicomHeader, is_dicom_bytes, read_dicom, read_dicom_contents
-from store.digest import FileFrameContent, FrameContent, float_content, keyed_sha256, open_regular, pixel_sha256
-from store.errors import DatasetError, DecodeError, InputError
+from store.digest import (
+    FileFrameContent,
+    FrameContent,
+    float_content,
+    keyed_sha256,
+    open_regular,
+    pixel_sha256,
+)
 from store.images import image_kind, read_image
 from store.layout import Store
 from store.paths import PathResolver, check_relative

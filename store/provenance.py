@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["canonical_json", "params_hash", "package_versions", "code_version", "part_metadata"]
+__all__ = ["canonical_json", "params_hash", "combine_hashes", "package_versions", "code_version", "part_metadata"]
 
 TRACKED_PACKAGES = (
     "numpy", "scikit-learn", "scikit-image", "opencv-contrib-python-headless", "torch", "torchvision",
@@ -44,6 +44,11 @@ def params_hash(params: Mapping[str, Any], *, length: int = 12) -> str:
 
 
 @lru_cache(maxsize=1)
+def combine_hashes(*hex_digests: str) -> str:
+    """One SHA-256 hex digest standing for several source pixel hashes, order-sensitive."""
+    return hashlib.sha256("\0".join(hex_digests).encode()).hexdigest()
+
+
 def package_versions() -> dict[str, str]:
     """Installed versions of the libraries whose behaviour changes features; absent ones are skipped."""
     versions = {}

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from features.errors import InputError, ParameterError, UnsafeLocationError
 from store._fs import write_atomically
-from store.errors import InputError, ParameterError, UnsafeLocationError
 from store.layout import Store
 
 __all__ = [

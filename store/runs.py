@@ -18,8 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.errors import StoreError
 from store.artifacts import Artifact, find_artifact, save_artifact
-from store.errors import StoreError
 from store.layout import Store
 from store.provenance import part_metadata
 from store.sql import connect, relation_to_arrow

@@ -27,9 +27,8 @@ import sys
 import uuid
 from pathlib import Path
 
-
+from features.errors import DamagedPartError, SecretMismatchError, StoreError
 from store._fs import fsync_dir
-from store.errors import DamagedPartError, SecretMismatchError, StoreError
 from store.layout import SECRET_FINGERPRINT_KEY, Store, secret_fingerprint
 from store.tables import PART_GLOB, part_kv_metadata
 

@@ -33,7 +33,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from store.errors import DamagedPartError, InputError, ReadOnlyQueryError, UnsafeLocationError
+from features.errors import (
+    DamagedPartError,
+    InputError,
+    ReadOnlyQueryError,
+    UnsafeLocationError,
+)
 from store.layout import Store
 from store.render import check_output_location
 from store.tables import PART_GLOB, list_tables, table_parts

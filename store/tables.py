@@ -20,8 +20,8 @@ from typing import Iterator, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.errors import ConfigMismatchError, DamagedPartError, TableNotFoundError
 from store._fs import TMP_PREFIX, exclusive_lock, write_atomically
-from store.errors import ConfigMismatchError, DamagedPartError, TableNotFoundError
 from store.layout import Store
 
 __all__ = [

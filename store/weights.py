@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
+from features.errors import ParameterError, StoreError, WeightsError
 from store.artifacts import find_artifact, list_artifacts, save_artifact, sha256_file
-from store.errors import ParameterError, StoreError, WeightsError
 from store.layout import Store
 
 __all__ = [

@@ -14,8 +14,8 @@ import pytest
 
 from bench._common import PeakRSS, bench_row, format_table, machine_details
 from bench.run import QUICK, Context, run_stage_here, stage_cnn_gpu
+from features.errors import InputError
 from store.benchmarks import BENCHMARKS, append_benchmarks, read_benchmarks
-from store.errors import InputError
 from store.sql import query
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,17 +14,20 @@ import extractors.bovw as bovw
 import extractors.keypoints as keypoints
 from extractors import build_from_options, create_extractor
 from extractors.bovw import BoVW, bag_of_words, idf_weights, word_counts
-from extractors.keypoints import describe, descriptor_vectors, read_descriptors, to_uint8
+from extractors.keypoints import (
+    describe,
+    descriptor_vectors,
+    read_descriptors,
+    to_uint8,
+)
 from extractors.runner import run_extraction
-from store.errors import BackendUnavailableError, DatasetError, ParameterError
+from features.errors import BackendUnavailableError, DatasetError, ParameterError
+from features.splits import split_subjects, training_subjects
+from store.subjects import dataset_subject_split, read_subject_list
 from store.tables import read_table, table_exists, table_kv_metadata
 from store.vocabulary import (
-    dataset_subject_split,
     list_vocabularies,
     load_vocabulary,
-    read_subject_list,
-    split_subjects,
-    training_subjects,
     vocabularies_table,
     vocabulary_bytes,
 )

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from extractors._nets import ConvAutoencoder, network_from_bytes, network_to_bytes
 from extractors.cae import reconstruction_scores
-from store.errors import WeightsError
+from extractors.nets import ConvAutoencoder, network_from_bytes, network_to_bytes
+from features.errors import WeightsError
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,7 +7,7 @@ import pytest
 from skimage import data
 
 from features.canvas import canvas_offset, common_canvas, pad_to_canvas, resize
-from store.errors import InputError
+from features.errors import InputError
 
 
 def test_common_canvas_is_the_largest_height_and_width():

@@ -13,8 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from store.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint, remove_checkpoint, save_checkpoint
-from store.errors import ParameterError, StoreError
+from features.errors import ParameterError, StoreError
+from store.checkpoints import (
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,8 +30,8 @@ TRAINING_SCRIPT = textwrap.dedent(
     import sys, time
     import numpy as np, torch
     torch.set_num_threads(1)
-    from extractors._nets import SmallCNN
-    from extractors._train import deterministic, epoch_rng, train_epochs
+    from extractors.nets import SmallCNN
+    from extractors.training import deterministic, epoch_rng, train_epochs
     from features.augment import augment_batch, sample_params
     from store.layout import open_store
 

@@ -21,13 +21,29 @@ import pytest
 import torch
 
 from extractors import build_from_options, create_extractor
-from extractors._cnn_data import fit_to_input, preprocess_image, Preprocess
+from extractors._cnn_data import Preprocess, fit_to_input, preprocess_image
 from extractors._cnn_model import Embedder, arch_info, layer_width, resolve_layer
 from extractors.runner import run_extraction
-from features.intensity import percentile_to_unit, to_three_channels, to_unit_range, window_to_unit
-from store.errors import BackendUnavailableError, InputError, ParameterError, WeightsError
+from features.errors import (
+    BackendUnavailableError,
+    InputError,
+    ParameterError,
+    WeightsError,
+)
+from features.intensity import (
+    percentile_to_unit,
+    to_three_channels,
+    to_unit_range,
+    window_to_unit,
+)
 from store.sql import query
-from store.tables import list_tables, read_table, table_exists, table_kv_metadata, table_parts
+from store.tables import (
+    list_tables,
+    read_table,
+    table_exists,
+    table_kv_metadata,
+    table_parts,
+)
 from tests._demo_stores import core_copy, demo_store
 
 REPO = Path(__file__).resolve().parent.parent

@@ -30,9 +30,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import store.demo as demo
+from features.errors import DatasetError
 from store.demo import COMPLETE_MARKER, DEMO_NAMES, DEMO_NOTICE, ensure_demo, is_demo
 from store.demo import impc as impc_module
-from store.errors import DatasetError
 from store.layout import open_store
 
 

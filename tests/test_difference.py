@@ -8,8 +8,12 @@ from scipy import ndimage
 from skimage import data
 
 from features.canvas import canvas_offset
-from features.difference import align_pair, difference_image, first_time_point_difference
-from store.errors import InputError
+from features.difference import (
+    align_pair,
+    difference_image,
+    first_time_point_difference,
+)
+from features.errors import InputError
 
 
 @pytest.fixture(scope="module")

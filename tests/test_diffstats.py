@@ -9,8 +9,13 @@ from skimage import data
 
 from extractors import build_from_options, create_extractor
 from extractors.diffstats import DiffStats, pair_statistics
-from features.stats import difference_statistics, noise_sigma, sigma_column, statistic_names
-from store.errors import ParameterError
+from features.errors import ParameterError
+from features.stats import (
+    difference_statistics,
+    noise_sigma,
+    sigma_column,
+    statistic_names,
+)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,13 @@ from classifiers.design import augmented_training, load_design
 from classifiers.evaluate import fit_command, plan_fit
 from classifiers.predict import format_prediction_summary, predict
 from classifiers.profiles import profile_for
+from features.errors import (
+    DatasetError,
+    EvaluationError,
+    ParameterError,
+    TableNotFoundError,
+)
 from features.sets import parse_feature_set
-from store.errors import DatasetError, EvaluationError, ParameterError, TableNotFoundError
 from store.runs import list_runs, load_model, run_metrics, run_predictions, run_row
 from store.sql import query
 from store.tables import table_exists, table_kv_metadata
@@ -281,7 +286,7 @@ def test_device_cuda_without_a_gpu_fails_before_any_work(tmp_store):
         plan_fit(tmp_store, "logistic", device="cuda")
     if cuda_available():
         pytest.skip("a CUDA device is present here")
-    from store.errors import BackendUnavailableError
+    from features.errors import BackendUnavailableError
 
     with pytest.raises(BackendUnavailableError, match="device='cuda'"):
         fit_command(tmp_store, "xgboost", device="cuda", out=Lines(), **FAST)

@@ -27,7 +27,7 @@ from sklearn.base import clone
 
 from extractors import create_extractor, extractor_class, list_extractors
 from extractors.runner import run_extraction
-from store.errors import ChronofeatError, ParameterError
+from features.errors import ChronofeatError, ParameterError
 from tests._demo_stores import core_copy, demo_store
 
 LIMIT = 4

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from extractors.base import combine_hashes
+from features.errors import EvaluationError, ParameterError, TableNotFoundError
 from features.sets import (
     Block,
     FeatureSet,
@@ -26,7 +26,6 @@ from features.sets import (
     feature_columns,
     parse_feature_set,
 )
-from store.errors import EvaluationError, ParameterError, TableNotFoundError
 from store.featureset import (
     datasets_with_features,
     feature_tables,
@@ -34,7 +33,7 @@ from store.featureset import (
     load_matrix,
     load_units,
 )
-from store.provenance import part_metadata
+from store.provenance import combine_hashes, part_metadata
 from store.schema import PAIRS_CORE, SCANS_CORE
 from store.tables import table_parts, write_part
 
@@ -332,7 +331,7 @@ def test_missing_table_and_wrong_mode_errors_name_the_fix(tmp_store):
 
 
 def test_specimen_keys_and_hashes_match_the_extractors_units(tmp_store):
-    from extractors._units import specimen_units
+    from store.units import specimen_units
 
     build_specimens_like(tmp_store, n_subjects=6)
     mine = load_units(tmp_store, "impc", "specimens")

@@ -8,10 +8,10 @@ import pydicom
 import pytest
 
 import store.ingest
+from features.errors import DecodeError
 from store._frame_hasher import FrameHasher
 from store.dicom import read_dicom_contents
 from store.digest import FileFrameContent, FrameContent
-from store.errors import DecodeError
 from store.ingest import _decode_chunk, _Item
 from tests._ingest_samples import write_dicom
 

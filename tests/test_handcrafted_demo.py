@@ -15,8 +15,9 @@ from extractors.diffstats import DiffStats
 from extractors.runner import run_extraction
 from features.canvas import canvas_offset, common_canvas, pad_to_canvas
 from store.sql import query
+from store.subjects import dataset_subject_split
 from store.tables import read_table, table_kv_metadata
-from store.vocabulary import dataset_subject_split, list_vocabularies
+from store.vocabulary import list_vocabularies
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
+from features.errors import DatasetError
 from store.dicom import read_dicom
-from store.errors import DatasetError
 from store.ingest import ingest_dataset
 from store.layout import open_store
 from store.pixels import PixelReader, frame_sha256s, load_pixels

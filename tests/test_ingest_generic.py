@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from store.errors import DatasetError, ParameterError
+from features.errors import DatasetError, ParameterError
 from store.ingest import ingest_dataset
 from store.layout import open_store
 from store.pixels import load_pixels, pixel_sha256

@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from store.errors import InputError
+from features.errors import InputError
 from store.limits import check_decoded_size, max_decoded_bytes
-from store.paths import IdentifyingValues, PathResolver, is_marker, redact_components, redacted_tags, stored_path
+from store.paths import (
+    IdentifyingValues,
+    PathResolver,
+    is_marker,
+    redact_components,
+    redacted_tags,
+    stored_path,
+)
 
 SECRET = b"s" * 32
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.base import clone
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    roc_auc_score,
+)
 
 from classifiers import create_model, is_ensemble, list_models, model_class
 from classifiers.metrics import (
@@ -18,7 +23,7 @@ from classifiers.metrics import (
 )
 from classifiers.models import cuda_available
 from classifiers.search import grid, tune
-from store.errors import BackendUnavailableError, EvaluationError, ParameterError
+from features.errors import BackendUnavailableError, EvaluationError, ParameterError
 
 SINGLE = ("logistic", "svm_rbf", "naive_bayes", "random_forest", "xgboost", "knn")
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from skimage import data
 
+from features.errors import InputError
 from features.multiview import multiview_composite, robust_unit_range, view_mean
-from store.errors import InputError
 
 
 @pytest.fixture(scope="module")

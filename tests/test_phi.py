@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.dataelem import DataElement
 
-from store.errors import DecodeError
+from features.errors import DecodeError
 from store.ingest import ingest_dataset
 from store.layout import open_store
 from store.pixels import load_pixels

@@ -22,7 +22,7 @@ from extractors.cnn import CNNEmbedding  # noqa: E402
 from extractors.diffstats import DiffStats  # noqa: E402
 from extractors.ray_engine import run_extraction_ray  # noqa: E402
 from extractors.runner import run_extraction  # noqa: E402
-from store.errors import InputError, ParameterError  # noqa: E402
+from features.errors import InputError, ParameterError  # noqa: E402
 from store.tables import read_table, table_exists, table_kv_metadata  # noqa: E402
 from tests._demo_stores import core_copy, demo_store  # noqa: E402
 

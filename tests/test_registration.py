@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 from skimage import data
 
+from features.errors import InputError
 from features.registration import (
     Registration,
     apply_registration,
@@ -15,7 +16,6 @@ from features.registration import (
     register_rigid,
     register_translation,
 )
-from store.errors import InputError
 
 
 @pytest.fixture(scope="module")

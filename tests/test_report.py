@@ -8,7 +8,7 @@ import pytest
 
 from classifiers.evaluate import fit_command
 from classifiers.report import format_runs, format_summary, write_report
-from store.errors import StoreError
+from features.errors import StoreError
 from store.runs import list_runs
 from tests.test_featuresets import build_crmo_like, build_specimens_like
 
@@ -59,8 +59,9 @@ def test_summary_and_runs_text():
     assert lines[0] == "run r1" and lines[1].split()[:3] == ["member", "cv", "acc"]
     assert "0.800 ± 0.050" in text and "0.700 [0.50, 0.90]" in text and "error = 1 - macro F1" in text
     assert lines[4].startswith("ensemble") and lines[4].count("-") >= 4
-    from store.runs import RUNS
     import pyarrow as pa
+
+    from store.runs import RUNS
 
     assert "no runs yet" in format_runs(pa.Table.from_pylist([], schema=RUNS))
 

@@ -15,7 +15,7 @@ from extractors.siamese import (
     sample_negatives,
 )
 from features.augment import AugmentConfig, augment_batch, sample_params
-from store.errors import ParameterError
+from features.errors import ParameterError
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,17 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from classifiers.splits import (
+from features.errors import EvaluationError, ParameterError
+from features.splits import (
     check_disjoint,
     cv_folds,
     given_split,
     held_out_subjects,
     holdout_split,
     inner_splits,
+    split_subjects,
     subject_majority_labels,
 )
-from store.errors import EvaluationError, ParameterError
-from store.vocabulary import split_subjects
 
 
 def _rows(n_subjects: int, per_subject: int = 3, classes=("a", "b", "c"), seed: int = 0):

@@ -7,7 +7,7 @@ import hashlib
 import pyarrow as pa
 import pytest
 
-from store.errors import ReadOnlyQueryError
+from features.errors import ReadOnlyQueryError
 from store.provenance import part_metadata
 from store.sql import query
 from store.tables import write_part

@@ -8,7 +8,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from store.errors import ConfigMismatchError, ParameterError, TableNotFoundError
+from features.errors import ConfigMismatchError, ParameterError, TableNotFoundError
 from store.provenance import part_metadata
 from store.tables import (
     existing_keys,
@@ -165,7 +165,7 @@ def _keyed(keys, source="h1"):
 
 
 def test_every_reader_names_a_damaged_part(tmp_store):
-    from store.errors import DamagedPartError
+    from features.errors import DamagedPartError
     from store.featureset import load_matrix
 
     write_part(tmp_store, "emb", _keyed(["a"]), metadata=_feature_meta())
@@ -242,7 +242,7 @@ def test_check_finds_each_kind_of_damage_and_repair_moves_only_bad_parts(tmp_sto
 
 
 def test_secret_is_made_only_for_a_store_without_pseudonyms(tmp_store):
-    from store.errors import SecretMismatchError
+    from features.errors import SecretMismatchError
     from store.layout import SECRET_FINGERPRINT_KEY, secret_fingerprint
 
     key = tmp_store.secret()

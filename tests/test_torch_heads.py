@@ -10,8 +10,12 @@ import pytest
 import torch
 
 from classifiers._registry import create_model, list_models
-from classifiers.torch_heads import HierarchicalClassifier, format_level_table, hierarchical_targets
-from store.errors import EvaluationError, ParameterError
+from classifiers.torch_heads import (
+    HierarchicalClassifier,
+    format_level_table,
+    hierarchical_targets,
+)
+from features.errors import EvaluationError, ParameterError
 
 
 @pytest.fixture(autouse=True, scope="module")

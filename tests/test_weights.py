@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from store.errors import WeightsError
+from features.errors import WeightsError
 from store.weights import (
     check_state_dict,
     import_weights,

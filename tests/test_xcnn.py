@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from classifiers._xcnn_nets import XCNN_VARIANTS, build_xcnn, count_parameters, l2_penalty
+from classifiers._xcnn_nets import (
+    XCNN_VARIANTS,
+    build_xcnn,
+    count_parameters,
+    l2_penalty,
+)
 from classifiers.xcnn import select_variants
-from store.errors import ParameterError
+from features.errors import ParameterError
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from features.errors import DatasetError, StoreError
 from store._fs import exclusive_lock
-from store.errors import DatasetError, StoreError
 from store.layout import Store
 
 __all__ = ["DEMO_NAMES", "DEMO_NOTICE", "COMPLETE_MARKER", "is_demo", "ensure_demo", "demo_root"]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
-from store.errors import InputError
+from features.errors import InputError
 
 __all__ = ["demo_uid", "dicom_date", "write_image", "to_uint16"]
 

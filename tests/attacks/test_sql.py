@@ -347,7 +347,7 @@ def test_case7_a_damaged_part_breaks_only_its_own_table(victim, capsys, damage):
 
 
 def test_case7_damaged_part_error_class(victim):
-    from store.errors import DamagedPartError
+    from features.errors import DamagedPartError
     from store.sql import query
 
     (victim.tables / "efficientnet_b0" / "part-99999999999999999999-junk0000.parquet").write_bytes(b"junk")

@@ -224,7 +224,7 @@ def test_store_in_an_unignored_folder_of_a_work_tree_is_refused_and_ignored_one_
 
 
 def test_this_repositorys_own_package_is_refused_and_its_default_store_is_not():
-    from store.errors import UnsafeLocationError
+    from features.errors import UnsafeLocationError
     from store.location import check_store_location
 
     for inside in (REPO / "store", REPO / "features" / "x", REPO / "store" / "tables"):

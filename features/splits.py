@@ -11,17 +11,29 @@ test subject.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import Hashable, Mapping, Sequence
 
 import numpy as np
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+import pyarrow as pa
+from sklearn.model_selection import (
+    GroupKFold,
+    KFold,
+    StratifiedGroupKFold,
+    StratifiedKFold,
+)
 
-from store.errors import EvaluationError, ParameterError
+from features.errors import EvaluationError, InputError, ParameterError, check_param
 
 __all__ = [
+    "SPLIT_RULE",
+    "SubjectSplit",
+    "subject_labels",
+    "split_subjects",
+    "training_subjects",
     "HELD_OUT_RULES",
     "subject_majority_labels",
     "held_out_subjects",
@@ -74,13 +86,12 @@ def held_out_subjects(
 ) -> frozenset:
     """The subjects held out for testing, chosen deterministically from ``seed``.
 
-    ``subjects`` and ``labels`` have one entry per row. This is ``store.vocabulary.split_subjects`` —
+    ``subjects`` and ``labels`` have one entry per row. This is ``features.splits.split_subjects`` —
     the same rule the BoVW vocabulary uses for ``--vocab-split train`` — applied to each subject's
     majority label: ``fraction`` holds out ``max(1, floor(test_fraction * n))`` subjects of every
     label stratum with n >= 2 subjects; ``per_class`` holds out exactly one subject per class
     (ChronoMID: one mouse per treatment group); ``none`` holds out nobody. Returns a frozenset.
     """
-    from store.vocabulary import split_subjects
 
     if rule not in HELD_OUT_RULES:
         raise ParameterError(
@@ -239,3 +250,77 @@ def _strata_key(y: np.ndarray) -> np.ndarray:
     if y.ndim == 2:
         return np.array(["".join("1" if v else "0" for v in row) for row in y])
     return y.astype(str)
+
+
+SPLIT_RULE = (
+    "per label stratum (a subject's most frequent non-null label; subjects without one form their own "
+    "stratum), subjects ordered by sha256('<seed>:<subject>'); the first max(1, floor(test_fraction * n)) "
+    "of each stratum with n >= 2 subjects are held out for testing, the rest are training subjects"
+)
+
+
+# --- the one deterministic subject split (BoVW vocabularies, held-out test sets) -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class SubjectSplit:
+    """Training and held-out test subjects (sorted tuples), and how they were chosen."""
+
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    test_fraction: float
+    seed: int
+    rule: str = SPLIT_RULE
+
+
+def subject_labels(table: pa.Table) -> dict[str, str | None]:
+    """Each subject of ``table`` (columns ``subject`` and ``label``) with its most frequent non-null
+    label (ties: alphabetically first), or None when none of its rows has a label."""
+    if "subject" not in table.column_names:
+        raise InputError(f"A subject split needs a 'subject' column; the table has {table.column_names}.")
+    subjects = table.column("subject").to_pylist()
+    labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(subjects)
+    counts: dict[str, Counter] = {}
+    for subject, label in zip(subjects, labels):
+        if subject is None:
+            continue
+        bucket = counts.setdefault(subject, Counter())
+        if label not in (None, ""):
+            bucket[label] += 1
+    result: dict[str, str | None] = {}
+    for subject, bucket in counts.items():
+        if bucket:
+            top = max(bucket.values())
+            result[subject] = min(label for label, n in bucket.items() if n == top)
+        else:
+            result[subject] = None
+    return result
+
+
+def split_subjects(table: pa.Table | Mapping[str, str | None], *, test_fraction: float = 0.3, seed: int = 0) -> SubjectSplit:
+    """The deterministic stratified subject split (``SPLIT_RULE``) of ``table``'s subjects.
+
+    ``table`` is any Arrow table with ``subject`` and ``label`` columns (scans, pairs) or a ready
+    ``{subject: label}`` mapping. The result depends only on the set of (subject, label) and on
+    ``test_fraction`` and ``seed``, never on row order; ChronoMID's 5 + 5 mice give one test mouse
+    per class with the default fraction.
+    """
+    check_param("split_subjects", "test_fraction", test_fraction, kind="a float in (0, 1)",
+                ok=isinstance(test_fraction, (int, float)) and not isinstance(test_fraction, bool)
+                and 0.0 < float(test_fraction) < 1.0)
+    check_param("split_subjects", "seed", seed, kind="an int", ok=isinstance(seed, int) and not isinstance(seed, bool))
+    labels = dict(table) if isinstance(table, Mapping) else subject_labels(table)
+    strata: dict[str | None, list[str]] = {}
+    for subject, label in labels.items():
+        strata.setdefault(label, []).append(subject)
+    train: list[str] = []
+    test: list[str] = []
+    for members in strata.values():
+        members.sort(key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+        n_test = max(1, int(np.floor(float(test_fraction) * len(members) + 1e-9))) if len(members) >= 2 else 0
+        test.extend(members[:n_test])
+        train.extend(members[n_test:])
+    return SubjectSplit(tuple(sorted(train)), tuple(sorted(test)), float(test_fraction), int(seed))
+
+
+def training_subjects(table: pa.Table | Mapping[str, str | None], *, test_fraction: float = 0.3, seed: int = 0) -> tuple[str, ...]:
+    """The training side of ``split_subjects(table, ...)``: subjects a vocabulary may learn from."""
+    return split_subjects(table, test_fraction=test_fraction, seed=seed).train

@@ -19,7 +19,7 @@ import io
 import torch
 from torch import nn
 
-from store.errors import ParameterError, WeightsError
+from features.errors import ParameterError, WeightsError
 
 __all__ = [
     "SmallCNN",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from extractors.base import combine_hashes
-from store.errors import DatasetError
+from features.errors import DatasetError
 from store.layout import Store
+from store.provenance import combine_hashes
 from store.sql import connect, relation_to_arrow
 from store.tables import table_exists
 

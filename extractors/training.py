@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from store.errors import BackendUnavailableError, ParameterError
+from features.errors import BackendUnavailableError, ParameterError
 
 __all__ = [
     "select_device",

@@ -27,7 +27,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from store.errors import DatasetError
+from features.errors import DatasetError
 from store.manifest import GivenPair
 
 __all__ = [
