@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import json
 import secrets
+import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,6 +33,7 @@ __all__ = [
     "PREDICTIONS",
     "MODEL_KIND",
     "new_run_id",
+    "RunRecorder",
     "write_run",
     "list_runs",
     "run_row",
@@ -131,6 +134,91 @@ def write_run(
     runs = pa.Table.from_pylist([row], schema=RUNS)
     write_part(store, "runs", runs, metadata=_metadata("runs"))
     return artifact
+
+
+class RunRecorder:
+    """One run being built: its id, the metrics and predictions gathered so far, and how to write it.
+
+    Every ``fit`` path (feature models, X-CNN, hierarchical heads) records through this class, so a
+    run row, its metrics and its predictions always have the same shape::
+
+        run = RunRecorder(dataset="crmo", model="xcnn", target="label", unit="pairs")
+        run.add_metric(metric="accuracy", value=0.87, seed=0)
+        run.add_predictions(keys=k, subjects=s, y_true=t, y_pred=p, proba=[{"a": .9, "b": .1}, ...], seed=0)
+        artifact = run.write(store, fitted, config={...}, seeds=[0], n_units=40, n_subjects=10, classes=["a", "b"])
+
+    ``member`` defaults to the model's name; ``split`` to ``test`` and ``fold`` to -1 (the held-out set).
+    """
+
+    def __init__(self, *, dataset: str, model: str, target: str, unit: str, run_id: str | None = None) -> None:
+        self.run_id = run_id or new_run_id()
+        self.dataset, self.model, self.target, self.unit = dataset, model, target, unit
+        self.started = time.perf_counter()
+        self.metric_rows: list[dict[str, Any]] = []
+        self.prediction_columns: dict[str, list] = {name: [] for name in PREDICTIONS.names}
+
+    def add_metric(self, *, metric: str, value: float, seed: int, split: str = "test", fold: int = -1,
+                   member: str | None = None, cls: str | None = None, ci_low: float | None = None,
+                   ci_high: float | None = None) -> None:
+        """One ``metrics`` row of this run (``cls`` None for an overall metric)."""
+        self.metric_rows.append({
+            "run_id": self.run_id, "model": self.model, "member": member or self.model, "split": split,
+            "fold": int(fold), "seed": int(seed), "metric": metric, "class": cls,
+            "value": None if value is None else float(value), "ci_low": ci_low, "ci_high": ci_high,
+        })
+
+    def add_predictions(self, *, keys: Sequence, subjects: Sequence, y_true: Sequence, y_pred: Sequence,
+                        proba: Sequence[Mapping[str, float]], seed: int, split: str = "test", fold: int = -1,
+                        member: str | None = None) -> None:
+        """``predictions`` rows, one per key: truth, prediction and class probabilities (a mapping per row)."""
+        n = len(keys)
+        if not (len(subjects) == len(y_true) == len(y_pred) == len(proba) == n):
+            raise ValueError("keys, subjects, y_true, y_pred and proba must have one entry per predicted unit")
+        columns = self.prediction_columns
+        columns["run_id"] += [self.run_id] * n
+        columns["dataset"] += [self.dataset] * n
+        columns["member"] += [member or self.model] * n
+        columns["key"] += [str(k) for k in keys]
+        columns["subject"] += [str(s) for s in subjects]
+        columns["split"] += [split] * n
+        columns["fold"] += [int(fold)] * n
+        columns["seed"] += [int(seed)] * n
+        columns["y_true"] += [str(t) for t in y_true]
+        columns["y_pred"] += [str(p) for p in y_pred]
+        columns["proba"] += [[(str(c), float(v)) for c, v in row.items()] for row in proba]
+
+    def metrics_table(self) -> pa.Table:
+        """The metrics recorded so far (``METRICS`` schema)."""
+        return pa.Table.from_pylist(self.metric_rows, schema=METRICS)
+
+    def predictions_table(self) -> pa.Table:
+        """The predictions recorded so far (``PREDICTIONS`` schema)."""
+        return pa.table(self.prediction_columns, schema=PREDICTIONS)
+
+    def write(self, store: Store, model: Any, *, config: Mapping[str, Any], seeds: Sequence[int], n_units: int,
+              n_subjects: int, classes: Sequence[str], members: Sequence[str] = (), folds: int = 0,
+              feature_hashes: Mapping[str, str | None] | None = None, timings: Mapping[str, float] | None = None,
+              model_meta: Mapping[str, Any] | None = None) -> Artifact:
+        """Write the model, metrics, predictions and last the ``runs`` row (see ``write_run``).
+
+        ``config`` is stored as canonical JSON; ``timings`` (seconds) gains ``total`` since the recorder
+        was made unless given. Returns the model artifact.
+        """
+        from store.provenance import canonical_json
+
+        hashes = dict(feature_hashes or {})
+        spent = {k: float(v) for k, v in (timings or {}).items()}
+        spent.setdefault("total", time.perf_counter() - self.started)
+        run = {
+            "run_id": self.run_id, "created": datetime.now(timezone.utc), "dataset": self.dataset,
+            "target": self.target, "unit": self.unit, "model": self.model, "members": list(members),
+            "config": canonical_json(dict(config)), "feature_tables": sorted(hashes),
+            "feature_hashes": [(k, v or "") for k, v in sorted(hashes.items())],
+            "seeds": [int(s) for s in seeds], "folds": int(folds), "n_units": int(n_units),
+            "n_subjects": int(n_subjects), "classes": [str(c) for c in classes], "timings": list(spent.items()),
+        }
+        return write_run(store, run, self.metrics_table(), self.predictions_table(), model,
+                         model_meta=dict(model_meta or {}))
 
 
 def append_predictions(store: Store, predictions: pa.Table) -> None:
