@@ -240,6 +240,15 @@ def cmd_test(args) -> int:
 
 
 # --- argument parsing ----------------------------------------------------------------------
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help texts may be callables, evaluated only when help is shown: lists of registered names come from
+    the registries without importing torch or scikit-learn for every command."""
+
+    def _get_help_string(self, action):
+        text = action.help
+        return text() if callable(text) else text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line grammar (no side effects)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -247,20 +256,29 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--force", action="store_true",
                         help="use the store even inside a Python package or an unignored folder of a git work tree")
 
-    parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text, formatter_class=_HelpFormatter)
         p.set_defaults(func=func)
         return p
 
+    for add_command in (_add_demo_and_test, _add_ingest, _add_store_commands, _add_sql, _add_extract, _add_weights,
+                        _add_fit, _add_train_and_transfer, _add_predict_and_runs):
+        add_command(add, common)
+    return parser
+
+
+def _add_demo_and_test(add, common) -> None:
     p = add("demo", cmd_demo, "the main job on built-in demo data: ingest, extract features, fit an ensemble, show the result")
     p.add_argument("--dataset", default="crmo", choices=["crmo"], help="demo dataset (default crmo)")
 
     p = add("test", cmd_test, "run the test suite (pytest); extra arguments go to pytest")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="arguments for pytest, e.g. -k sql -x")
 
+
+def _add_ingest(add, common) -> None:
     p = add("ingest", cmd_ingest, "index a dataset's images into the scans (and pairs) tables")
     p.add_argument("--dataset", required=True, help="dataset name: crmo, chronomid, impc, spine (demo when no --root) or your own")
     p.add_argument("--root", default=None, help="folder of DICOM files, or of images plus manifest.csv")
@@ -271,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest decoded size of one file, in MiB of float32 frames; bigger files are recorded in "
                         "failures, not decoded (default 1024, or $CHRONOFEAT_MAX_DECODED_MB)")
 
+
+def _add_store_commands(add, common) -> None:
     add("tables", cmd_tables, "list the store's tables with row counts and columns")
 
     p = add("show", cmd_show, "one table's schema, provenance and first rows")
@@ -281,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true",
                    help="move bad parts to <store>/quarantine/ (never deletes) and say what to re-run")
 
+
+def _add_sql(add, common) -> None:
     p = add("sql", cmd_sql, "read-only SQL (DuckDB) over every table of the store")
     p.add_argument("query")
     p.add_argument("--format", default=None, choices=["table", "csv", "json", "parquet"],
@@ -290,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true",
                    help="also allow COPY ... TO 'file' outside the store and statements on in-memory tables")
 
+
+def _add_extract(add, common) -> None:
     p = add("extract", cmd_extract, "compute one extractor's features for a dataset into a feature table")
     p.epilog = (
         "Finished rows survive an interruption (even kill -9): a part is written every 4096 items and at least "
@@ -319,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="parallel workers (decoding / descriptors)")
     p.add_argument("--artifact", default=None, help="trained network for --extractor siamese|cae (see 'train')")
 
+
+def _add_weights(add, common) -> None:
     p = add("weights", cmd_weights, "import or list pretrained weights kept in the store")
     wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     wi = wsub.add_parser("import", parents=[common], help="check a checkpoint against a timm architecture and keep it")
@@ -330,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("vocab", cmd_vocab, "visual-word vocabularies kept in the store")
     p.add_argument("action", choices=["list"])
 
+
+def _add_fit(add, common) -> None:
     p = add("fit", cmd_fit, "fit and judge a model (subject-grouped CV + held-out test subjects)")
     p.add_argument("model", help="logistic, svm_rbf, naive_bayes, random_forest, xgboost, knn, ensemble, stacking, ...")
     p.add_argument("--dataset", default=None)
@@ -348,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestamps", default=None, action=argparse.BooleanOptionalAction, help="xcnn: with/without timestamps (default: both)")
     p.add_argument("--epochs", type=int, default=None, help="xcnn: training epochs (default 10)")
 
+
+def _add_train_and_transfer(add, common) -> None:
     p = add("train", cmd_train, "train a network on a dataset (Siamese from longitudinal pairs, or a convolutional autoencoder)")
     p.add_argument("network", choices=["siamese", "cae"])
     p.add_argument("--dataset", required=True)
@@ -365,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-sizes", default="0.25,0.5,1.0")
     p.add_argument("--seed", type=int, default=0)
 
+
+def _add_predict_and_runs(add, common) -> None:
     p = add("predict", cmd_predict, "score a dataset with a fitted run's saved model")
     p.add_argument("--run", required=True)
     p.add_argument("--dataset", required=True)
@@ -381,7 +413,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "write an HTML report with plots for a run")
     p.add_argument("run")
     p.add_argument("--output", default=None, help="folder for the report (default: inside the store)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

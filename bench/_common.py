@@ -17,8 +17,8 @@ import platform
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 __all__ = [
     "PeakRSS",
@@ -107,7 +107,7 @@ class PeakRSS:
             self._peak_kb = max(self._peak_kb, _tree_rss_kb(me))
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         try:
             with open("/proc/self/clear_refs", "w") as handle:
                 handle.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)

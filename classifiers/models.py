@@ -123,7 +123,7 @@ class LowVarianceFilter(SelectorMixin, BaseEstimator):
             variances = np.fmin(variances, high - low)
         self.variances_ = variances
         if np.all(~np.isfinite(self.variances_) | (self.variances_ <= self.threshold)):
-            message = "No feature in X meets the variance threshold {0:.5f}".format(self.threshold)
+            message = f"No feature in X meets the variance threshold {self.threshold:.5f}"
             raise ValueError(message + (" (X contains only one sample)" if n == 1 else ""))
         return self
 

@@ -7,7 +7,7 @@ add them, and the rest goes on. (An explicit ``extract --extractor inception`` s
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from features.errors import WeightsError
 from store.cores import usable_cores

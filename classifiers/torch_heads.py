@@ -20,7 +20,8 @@ targets (union over the specimen's images), held-out subjects drawn per seed, pe
 from __future__ import annotations
 
 import time
-from typing import Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin

@@ -17,8 +17,8 @@ seconds per training epoch and parameter count.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

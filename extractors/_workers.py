@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 __all__ = ["ordered_map", "keep_freed_memory", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
 

@@ -15,8 +15,9 @@ The runner (``extractors.runner``) drives it in four steps:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterator, Literal
+from typing import ClassVar, Literal
 
 import pyarrow as pa
 from sklearn.base import BaseEstimator

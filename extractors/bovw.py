@@ -23,8 +23,9 @@ Steps (``prepare`` then ``transform``):
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

@@ -11,7 +11,7 @@ writes the encoder's latent map, flattened, as ``embedding`` FLOAT[d] per scan â
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

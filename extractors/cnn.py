@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa

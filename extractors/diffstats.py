@@ -14,8 +14,9 @@ the ChronoMID difference image, uniform at the comparison's minimum, no shift an
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

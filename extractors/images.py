@@ -51,7 +51,7 @@ class ImageRecipe:
         return {"size": int(self.size), "canvas": [int(v) for v in self.canvas]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ImageRecipe":
+    def from_dict(cls, data: dict) -> ImageRecipe:
         """The recipe ``to_dict`` wrote."""
         return cls(size=int(data["size"]), canvas=(int(data["canvas"][0]), int(data["canvas"][1])))
 

@@ -16,8 +16,8 @@ builds with the nonfree modules; elsewhere it is refused before any work, saying
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa

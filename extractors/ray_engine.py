@@ -46,9 +46,9 @@ import math
 import pickle
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa

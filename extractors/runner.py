@@ -18,10 +18,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pyarrow as pa
 from tqdm.auto import tqdm
@@ -209,7 +209,7 @@ class PartWriter:
         self._rows, self._failures, self._buffered = [], [], 0
         self._last = time.monotonic()
 
-    def __enter__(self) -> "PartWriter":
+    def __enter__(self) -> PartWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

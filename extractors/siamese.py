@@ -16,8 +16,8 @@ measured on the held-out subjects only. The trained network is stored as an arti
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa

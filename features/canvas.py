@@ -8,7 +8,7 @@ or not. Arrays in, arrays out: ``(H, W)`` greyscale or ``(H, W, C)`` colour.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

@@ -9,7 +9,7 @@ images of different sizes and exposures can be averaged.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

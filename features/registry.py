@@ -9,7 +9,8 @@ dependency of one plugin module is reported by name instead of hiding every othe
 from __future__ import annotations
 
 import importlib
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from features.errors import ParameterError
 

@@ -19,8 +19,8 @@ plus a fixed-bin histogram, so pairs of different datasets, sizes and weeks are 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

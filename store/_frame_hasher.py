@@ -125,7 +125,7 @@ class FrameHasher:
                 process.kill()
                 process.wait()
 
-    def __enter__(self) -> "FrameHasher":
+    def __enter__(self) -> FrameHasher:
         return self
 
     def __exit__(self, *exc_info) -> None:

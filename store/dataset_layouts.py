@@ -24,8 +24,8 @@ import hmac
 import os
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 from features.errors import DatasetError
 from store.manifest import GivenPair
@@ -144,7 +144,7 @@ def scan_id(secret: bytes, dataset: str, path: str, frame: int) -> str:
 
 def pair_id(reference_scan_id: str, comparison_scan_id: str, mode: str) -> str:
     """The identity of one pair: sha256(reference, NUL, comparison, NUL, mode) hex, 32 characters."""
-    return hashlib.sha256(f"{reference_scan_id}\0{comparison_scan_id}\0{mode}".encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(f"{reference_scan_id}\0{comparison_scan_id}\0{mode}".encode()).hexdigest()[:32]
 
 
 def time_index_from_days(layout: Layout, days: int | None) -> int | None:

@@ -27,11 +27,12 @@ import os
 import re
 import struct
 import warnings
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 import numpy as np
 from pydicom.dataelem import RawDataElement
@@ -135,7 +136,7 @@ _ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
 _INT_VRS = {"US": ("H", 2), "SS": ("h", 2), "UL": ("I", 4), "SL": ("i", 4)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tag_and_vr(keyword: str) -> tuple[int, str]:
     from pydicom.datadict import dictionary_VR, tag_for_keyword
 

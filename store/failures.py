@@ -15,9 +15,9 @@ as open failures, and the first rewrite gives the table the new column.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,7 +46,7 @@ class Failure:
     time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     @classmethod
-    def from_exception(cls, exc: BaseException, *, key: str, dataset: str, path: str, stage: str) -> "Failure":
+    def from_exception(cls, exc: BaseException, *, key: str, dataset: str, path: str, stage: str) -> Failure:
         """A failure record for ``exc`` raised while processing ``path`` at ``stage``."""
         return cls(key=key, dataset=dataset, path=path, stage=stage, error_class=type(exc).__name__, message=str(exc))
 

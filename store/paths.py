@@ -24,9 +24,9 @@ import hashlib
 import hmac
 import os
 import re
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable
 
 from features.errors import InputError
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["canonical_json", "params_hash", "combine_hashes", "package_versions", "code_version", "part_metadata"]
 

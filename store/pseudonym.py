@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Iterable
+from collections.abc import Iterable
 
 __all__ = ["SUBJECT_KEY_LENGTH", "MAX_DAY_SHIFT", "subject_key", "day_shift", "redact", "Pseudonymizer"]
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -34,11 +34,11 @@ import os
 import re
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlparse
 
 from features.errors import ParameterError, StoreError, WeightsError

@@ -103,7 +103,7 @@ def test_fitting_keeps_the_aspect_ratio_and_pads_with_the_minimum():
     net_input = preprocess_image(np.random.default_rng(1).random((300, 500)) * 4000, Preprocess(size=(299, 299)))
     assert net_input.shape == (3, 299, 299) and net_input.dtype == np.float32
     np.testing.assert_array_equal(net_input[0], net_input[2])
-    assert 0.0 <= net_input.min() and net_input.max() <= 1.0
+    assert net_input.min() >= 0.0 and net_input.max() <= 1.0
 
 
 # --- layers -------------------------------------------------------------------------------------------

@@ -214,6 +214,6 @@ def test_grid_and_tune_choose_inside_the_rows_given():
     assert not hasattr(tuned, "classes_") and notes == []
     members = [("lr", create_model("logistic"), (0, 3)), ("nn", create_model("knn"), (3, 6))]
     ensemble, chosen, _ = tune(create_model("ensemble", members=members), X, y, groups, level="quick", seed=0)
-    assert set(chosen) == {"lr", "nn"} and ensemble.members[0][1].C == chosen["lr"]["C"]
+    assert set(chosen) == {"lr", "nn"} and chosen["lr"]["C"] == ensemble.members[0][1].C
     with pytest.raises(ParameterError, match="'search'"):
         tune(create_model("knn"), X, y, groups, level="exhaustive")

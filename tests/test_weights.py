@@ -83,7 +83,7 @@ def test_genuine_lite0_weights_classify_espresso_through_the_extractors_preproce
     assert extractor.weights_info_["source"] == "imported"
     assert extractor.weights_info_["tensor_sha256"] == record.tensor_sha256
     image = extractor.preprocess(data.coffee().astype(np.float32))
-    assert image.shape == (3, 224, 224) and 0.0 <= image.min() and image.max() <= 1.0
+    assert image.shape == (3, 224, 224) and image.min() >= 0.0 and image.max() <= 1.0
     with torch.inference_mode():
         probabilities = extractor.embedder_.logits(torch.from_numpy(image)[None]).softmax(-1)[0]
     assert int(probabilities.argmax()) == 967  # ImageNet 'espresso'
