@@ -26,6 +26,7 @@ __all__ = [
     "BackendUnavailableError",
     "EvaluationError",
     "check_param",
+    "is_int",
 ]
 
 
@@ -102,3 +103,12 @@ def check_param(owner: str, name: str, value, *, kind: str, ok: bool) -> None:
     """
     if not ok:
         raise ParameterError(f"The {name!r} parameter of {owner} must be {kind}. Got {value!r} instead.")
+
+
+def is_int(value, low: int | None = None) -> bool:
+    """True for an int or NumPy integer (never a bool) that is ``>= low`` when ``low`` is given."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return False
+    return low is None or value >= low

@@ -29,6 +29,7 @@ __all__ = [
     "percentile_to_unit",
     "to_unit_range",
     "to_three_channels",
+    "to_grey",
 ]
 
 PERCENTILES = (0.5, 99.5)
@@ -139,3 +140,9 @@ def to_three_channels(image: np.ndarray) -> np.ndarray:
         f"An image of shape {image.shape} cannot be given to a 3-channel network: greyscale (H, W), "
         "(H, W, 1), RGB (H, W, 3) or RGBA (H, W, 4) is needed."
     )
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """An (H, W) float32 image from (H, W) or (H, W, C) pixels (channels averaged)."""
+    image = np.asarray(image, dtype=np.float32)
+    return image.mean(axis=2) if image.ndim == 3 else image
