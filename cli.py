@@ -10,6 +10,7 @@ Every command parses its arguments, calls one library function, prints, and sets
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 
@@ -20,6 +21,11 @@ EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERNAL, EXIT_BROKEN_PIPE = 0, 1, 2, 3,
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def _say_lines(lines) -> None:
+    for line in lines:
+        _say(line)
 
 
 def _note(text: str) -> None:
@@ -79,8 +85,7 @@ def cmd_check(args) -> int:
     result = check_store(_store(args), repair=args.repair)
     if result.findings:
         _say(format_table(result.findings_table(), max_rows=10_000, max_width=90))
-    for line in result.summary_lines():
-        _say(line)
+    _say_lines(result.summary_lines())
     return result.exit_code
 
 
@@ -117,13 +122,7 @@ def cmd_extract(args) -> int:
         if args.address:
             raise ParameterError("--address goes with --engine ray; drop it or add --engine ray.")
         summary = run_extraction(extractor, store, dataset=args.dataset, limit=args.limit)
-    if summary.written == 0 and summary.failed == 0:
-        _say(f"{summary.table}: nothing to do — all {summary.units} {summary.key}s already extracted")
-    else:
-        _say(
-            f"{summary.table}: wrote {summary.written} rows, skipped {summary.skipped} already present, "
-            f"{summary.failed} failed, in {summary.seconds:.1f} s ({summary.rate:.1f} items/s)"
-        )
+    _say_lines(summary.summary_lines())
     return EXIT_PARTIAL if summary.failed else EXIT_OK
 
 
@@ -149,25 +148,10 @@ def cmd_vocab(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    store = _store(args)
-    if args.model == "xcnn":
-        from classifiers.xcnn import fit_xcnn_command
+    from classifiers.fitting import FitRequest, fit
 
-        fit_xcnn_command(store, dataset=args.dataset or "chronomid", reference=args.reference, timestamps=args.timestamps,
-                         epochs=args.epochs or 10, seed=0, device=args.device or "auto", out=_say)
-        return EXIT_OK
-    if args.model == "hierarchical":
-        from classifiers.torch_heads import fit_hierarchical_command
-
-        fit_hierarchical_command(store, dataset=args.dataset, features=args.features, seeds=args.seeds or 3, out=_say)
-        return EXIT_OK
-    from classifiers.evaluate import fit_command
-
-    fit_command(
-        store, args.model, dataset=args.dataset, target=args.target, features=args.features,
-        members=args.members, folds=args.folds, test_subjects=args.test_subjects, seeds=args.seeds,
-        split=args.split, search=args.search, augment=args.augment, device=args.device, out=_say,
-    )
+    outcome = fit(_store(args), FitRequest.from_options(vars(args)))
+    _say_lines(outcome.summary_lines())
     return EXIT_OK
 
 
@@ -177,35 +161,39 @@ def cmd_train(args) -> int:
 
     store = _store(args)
     _announce_synthetic(store, args.dataset)
-    common = dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device, out=_say)
+    common = dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device)
     common = {k: v for k, v in common.items() if v is not None}
     if args.network == "siamese":
         extra = {k: v for k, v in dict(margin=args.margin, backbone=args.backbone).items() if v is not None}
         result = train_siamese(store, args.dataset, **common, **extra)
     else:
         result = train_cae(store, args.dataset, **common)
-    for line in result.summary_lines():
-        _say(line)
+    _say_lines(result.summary_lines())
     return EXIT_OK
 
 
 def cmd_transfer(args) -> int:
-    from classifiers.transfer import transfer_command
+    from classifiers.transfer import run_transfer
 
     store = _store(args)
     _announce_synthetic(store, args.dataset)
     sizes = [float(x) for x in args.train_sizes.split(",")]
-    transfer_command(store, args.artifact, dataset=args.dataset, target=args.target, train_sizes=sizes, seed=args.seed, out=_say)
+    result = run_transfer(
+        store, args.artifact, dataset=args.dataset, target=args.target, train_sizes=sizes, seed=args.seed
+    )
+    _say_lines(result.summary_lines())
     return EXIT_OK
 
 
 def cmd_predict(args) -> int:
-    from classifiers.predict import predict_command
+    from classifiers.predict import predict_report
 
     store = _store(args)
     _announce_synthetic(store, args.dataset)
-    predict_command(store, args.run, dataset=args.dataset, members=args.members, write=args.write, fmt=args.format,
-                    output=args.output, max_rows=args.max_rows, out=_say, note=_note)
+    output = predict_report(store, args.run, dataset=args.dataset, members=args.members, write=args.write,
+                             fmt=args.format, output=args.output, max_rows=args.max_rows)
+    for printed in output.lines:  # notes (what is not data) on stderr, so csv/json on stdout stay machine-readable
+        (_note if printed.note else _say)(printed.text)
     return EXIT_OK
 
 
@@ -226,15 +214,20 @@ def cmd_report(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from classifiers.quickstart import run_quickstart
+    from classifiers.demo import Demo
 
-    return run_quickstart(_store(args), dataset=args.dataset, out=_say)
+    demo = Demo(_store(args), dataset=args.dataset)
+    for line in demo:  # each line as soon as its step is done: the demo takes a while
+        _say(line)
+    return demo.result.exit_code
 
 
 def cmd_test(args) -> int:
     import subprocess
 
-    command = [sys.executable, "-m", "pytest", *args.pytest_args]
+    # argparse cannot hand options such as -m to a REMAINDER argument first: 'test -- -m "not slow"' does
+    pytest_args = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    command = [sys.executable, "-m", "pytest", *pytest_args]
     _note("running: " + " ".join(command))
     return subprocess.call(command, cwd=os.path.dirname(os.path.abspath(__file__)))
 
@@ -244,23 +237,31 @@ class _HelpFormatter(argparse.HelpFormatter):
     """Help texts may be callables, evaluated only when help is shown: lists of registered names come from
     the registries without importing torch or scikit-learn for every command."""
 
-    def _get_help_string(self, action):
-        text = action.help
-        return text() if callable(text) else text
+    def _format_action(self, action):
+        if callable(action.help):
+            action = copy.copy(action)
+            action.help = action.help()
+        return super()._format_action(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line grammar (no side effects)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", default=None, help="feature store directory (default $CHRONOFEAT_STORE or ./featurestore)")
+    common.add_argument(
+        "--store", default=None, help="feature store directory (default $CHRONOFEAT_STORE or ./featurestore)"
+    )
     common.add_argument("--force", action="store_true",
                         help="use the store even inside a Python package or an unignored folder of a git work tree")
 
-    parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cli.py", description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text, formatter_class=_HelpFormatter)
+        p = sub.add_parser(
+            name, parents=[common], help=help_text, description=help_text, formatter_class=_HelpFormatter
+        )
         p.set_defaults(func=func)
         return p
 
@@ -271,20 +272,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_demo_and_test(add, common) -> None:
-    p = add("demo", cmd_demo, "the main job on built-in demo data: ingest, extract features, fit an ensemble, show the result")
-    p.add_argument("--dataset", default="crmo", choices=["crmo"], help="demo dataset (default crmo)")
+    from classifiers.demo import DEMO_FEATURES
+
+    p = add("demo", cmd_demo,
+            "the main job on built-in demo data: ingest, extract features, fit an ensemble, show the result")
+    p.add_argument("--dataset", default="crmo", choices=sorted(DEMO_FEATURES), help="demo dataset (default crmo)")
 
     p = add("test", cmd_test, "run the test suite (pytest); extra arguments go to pytest")
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="arguments for pytest, e.g. -k sql -x")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER,
+                   help="arguments for pytest after '--', e.g. -- -m 'not slow' -x (a file or folder may come first)")
 
 
 def _add_ingest(add, common) -> None:
+    from store.dataset_layouts import LAYOUTS  # no pyarrow: cheap at parser time
+
     p = add("ingest", cmd_ingest, "index a dataset's images into the scans (and pairs) tables")
-    p.add_argument("--dataset", required=True, help="dataset name: crmo, chronomid, impc, spine (demo when no --root) or your own")
+    p.add_argument(
+        "--dataset", required=True, help="dataset name: crmo, chronomid, impc, spine (demo when no --root) or your own"
+    )
     p.add_argument("--root", default=None, help="folder of DICOM files, or of images plus manifest.csv")
-    p.add_argument("--layout", default=None, choices=["generic", "crmo", "chronomid", "impc", "spine"])
+    p.add_argument("--layout", default=None, choices=list(LAYOUTS))
     p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
-    p.add_argument("--retry-failed", action="store_true", help="try again the files recorded in 'failures' by earlier runs")
+    p.add_argument(
+        "--retry-failed", action="store_true", help="try again the files recorded in 'failures' by earlier runs"
+    )
     p.add_argument("--max-decoded-mb", type=float, default=None,
                    help="largest decoded size of one file, in MiB of float32 frames; bigger files are recorded in "
                         "failures, not decoded (default 1024, or $CHRONOFEAT_MAX_DECODED_MB)")
@@ -314,6 +325,11 @@ def _add_sql(add, common) -> None:
 
 
 def _add_extract(add, common) -> None:
+    def extractor_names() -> str:  # evaluated only when help is shown (the registry imports torch)
+        from extractors import cli_aliases
+
+        return "one of: " + ", ".join(cli_aliases())
+
     p = add("extract", cmd_extract, "compute one extractor's features for a dataset into a feature table")
     p.epilog = (
         "Finished rows survive an interruption (even kill -9): a part is written every 4096 items and at least "
@@ -321,7 +337,7 @@ def _add_extract(add, common) -> None:
         "same command again computes only what is missing. A second run of the same table waits for the first, "
         "then computes only what is still missing."
     )
-    p.add_argument("--extractor", required=True, help="inception, efficientnet, convnext, cnn, sift_bovw, orb_bovw, surf_bovw, kaze_bovw, diffstats, ...")
+    p.add_argument("--extractor", required=True, help=extractor_names)
     p.add_argument("--dataset", required=True)
     p.add_argument("--limit", type=int, default=None, help="compute at most N items in this run")
     p.add_argument("--engine", default="local", choices=["local", "ray"], help="run here (default) or on Ray Data")
@@ -329,9 +345,18 @@ def _add_extract(add, common) -> None:
     cnn = p.add_argument_group("CNN options")
     cnn.add_argument("--model", default=None, help="any timm model name (overrides the short name)")
     cnn.add_argument("--input", default=None, choices=["image", "difference", "multiview"])
-    p.add_argument("--reference", default=None, choices=["absolute", "relative", "given"], help="pair reference for difference inputs and diffstats (given: pairs from the manifest, e.g. crmo)")
+    p.add_argument(
+        "--reference",
+        default=None,
+        choices=["absolute", "relative", "given"],
+        help="pair reference for difference inputs and diffstats (given: pairs from the manifest, e.g. crmo)",
+    )
     cnn.add_argument("--layer", default=None, help="'pooled' (default) or an intermediate stage name, e.g. blocks.2")
-    cnn.add_argument("--weights", default=None, help="'hub' (default: imported, cached or downloaded), a checkpoint FILE, or 'random'")
+    cnn.add_argument(
+        "--weights",
+        default=None,
+        help="'hub' (default: imported, cached or downloaded), a checkpoint FILE, or 'random'",
+    )
     cnn.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     cnn.add_argument("--batch-size", type=int, default=None)
     cnn.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"])
@@ -339,7 +364,9 @@ def _add_extract(add, common) -> None:
     bovw = p.add_argument_group("bag-of-visual-words options")
     bovw.add_argument("--vocab-size", type=int, default=None, help="visual words, e.g. 50 or 500")
     bovw.add_argument("--vocab-subjects", default=None, help="text file of subject keys to fit the vocabulary on")
-    bovw.add_argument("--vocab-split", default=None, choices=["train"], help="fit the vocabulary on the training subjects only")
+    bovw.add_argument(
+        "--vocab-split", default=None, choices=["train"], help="fit the vocabulary on the training subjects only"
+    )
     p.add_argument("--workers", type=int, default=None, help="parallel workers (decoding / descriptors)")
     p.add_argument("--artifact", default=None, help="trained network for --extractor siamese|cae (see 'train')")
 
@@ -350,7 +377,9 @@ def _add_weights(add, common) -> None:
     wi = wsub.add_parser("import", parents=[common], help="check a checkpoint against a timm architecture and keep it")
     wi.add_argument("name", help="timm model name, e.g. inception_v3")
     wi.add_argument("file", help="checkpoint (.pth, .pt, .safetensors)")
-    wi.add_argument("--map-by-order", action="store_true", help="match tensors by order and shape when key names differ")
+    wi.add_argument(
+        "--map-by-order", action="store_true", help="match tensors by order and shape when key names differ"
+    )
     wsub.add_parser("list", parents=[common], help="weights imported into the store")
 
     p = add("vocab", cmd_vocab, "visual-word vocabularies kept in the store")
@@ -358,27 +387,55 @@ def _add_weights(add, common) -> None:
 
 
 def _add_fit(add, common) -> None:
+    def model_names() -> str:  # evaluated only when help is shown (the registry imports scikit-learn and torch)
+        from classifiers import list_models
+
+        return "one of: " + ", ".join(list_models())
+
     p = add("fit", cmd_fit, "fit and judge a model (subject-grouped CV + held-out test subjects)")
-    p.add_argument("model", help="logistic, svm_rbf, naive_bayes, random_forest, xgboost, knn, ensemble, stacking, ...")
+    p.add_argument("model", help=model_names)
     p.add_argument("--dataset", default=None)
     p.add_argument("--target", default=None, help="label column or a mapping such as 'binary'")
     p.add_argument("--features", default=None, help="feature sets, e.g. 'inception_v3:diff,+time'")
-    p.add_argument("--members", default=None, help="ensemble members separated by ';' or ',', e.g. 'logistic=inception_v3:diff;svm_rbf=sift_bovw500:concat'")
+    p.add_argument(
+        "--members",
+        default=None,
+        help="ensemble members separated by ';' or ',', e.g. 'logistic=inception_v3:diff;svm_rbf=sift_bovw500:concat'",
+    )
     p.add_argument("--folds", type=int, default=None, help="CV folds (default: the dataset profile's)")
-    p.add_argument("--test-subjects", default=None,
-                   help="held-out test subjects: 'per-class' / 'one-per-class', a fraction like 0.3, 0 (CV only), or a file of subject keys")
+    p.add_argument(
+        "--test-subjects",
+        default=None,
+        help="held-out test subjects: 'per-class' / 'one-per-class', a fraction like 0.3, 0 (CV only), "
+        "or a file of subject keys",
+    )
     p.add_argument("--seeds", type=int, default=None, help="repeat over N seeds (default: the dataset profile's)")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="cuda for xgboost / torch heads (fails if absent)")
+    p.add_argument(
+        "--device", default=None, choices=["cpu", "cuda"], help="cuda for xgboost / torch heads (fails if absent)"
+    )
     p.add_argument("--split", default="auto", choices=["auto", "given"])
     p.add_argument("--search", default="none", choices=["none", "quick", "thorough"])
-    p.add_argument("--augment", action="store_true", help="swap pair order (label mapped) and add noise, training folds only")
-    p.add_argument("--reference", default=None, choices=["absolute", "relative"], help="xcnn: difference reference (default: both)")
-    p.add_argument("--timestamps", default=None, action=argparse.BooleanOptionalAction, help="xcnn: with/without timestamps (default: both)")
+    p.add_argument(
+        "--augment", action="store_true", help="swap pair order (label mapped) and add noise, training folds only"
+    )
+    p.add_argument(
+        "--reference", default=None, choices=["absolute", "relative"], help="xcnn: difference reference (default: both)"
+    )
+    p.add_argument(
+        "--timestamps",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="xcnn: with/without timestamps (default: both)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="xcnn: training epochs (default 10)")
 
 
 def _add_train_and_transfer(add, common) -> None:
-    p = add("train", cmd_train, "train a network on a dataset (Siamese from longitudinal pairs, or a convolutional autoencoder)")
+    p = add(
+        "train",
+        cmd_train,
+        "train a network on a dataset (Siamese from longitudinal pairs, or a convolutional autoencoder)",
+    )
     p.add_argument("network", choices=["siamese", "cae"])
     p.add_argument("--dataset", required=True)
     p.add_argument("--epochs", type=int, default=None)

@@ -7,7 +7,8 @@
   repeats)`` calls several in turn, round after round, so a busy moment of the machine hits all alike;
 * ``machine_details()`` — CPU model, cores, memory, GPU (torch.cuda), Python, library versions;
 * ``format_table(rows, columns)`` — a plain-text table for the terminal;
-* ``bench_row(...)`` — one result row in the shape ``store.benchmarks`` records.
+* ``bench_row(...)`` — one result row in the shape ``store.benchmarks`` records;
+* ``write_ct_slice(path, pixels, ...)`` — one generated CT-like DICOM slice (``store.demo.dicom_writer``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "format_table",
     "bench_row",
     "rss_mb",
+    "write_ct_slice",
     "REPO_ROOT",
 ]
 
@@ -247,7 +249,8 @@ def format_table(rows: Iterable[dict], columns: Sequence[tuple[str, str, str]]) 
                for key, _, _ in columns]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+        cells = zip(values, widths, numeric, strict=True)
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in cells).rstrip()
 
     out = [line([h for _, h, _ in columns]), "  ".join("-" * w for w in widths)]
     out += [line(c) for c in cells]
@@ -289,3 +292,21 @@ def bench_row(
         "status": status,
         "notes": notes,
     }
+
+
+def write_ct_slice(path: Path, pixels, *, patient: str, patient_name: str, study_date: str, instance: int,
+                   window: tuple[float, float]) -> None:
+    """Write one uncompressed 16-bit CT-like slice at ``path``: ``pixels`` are 2-D uint16 stored values
+    (12 bits; HU = stored - 1024), ``window`` = (centre, width), ``study_date`` YYYYMMDD; UIDs are fresh."""
+    from pydicom.uid import CTImageStorage, generate_uid
+
+    from store.demo.dicom_writer import write_image
+
+    center, width = window
+    attributes = {
+        "PatientID": patient, "PatientName": patient_name, "StudyDate": study_date,
+        "StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(), "Modality": "CT",
+        "InstanceNumber": instance, "WindowCenter": center, "WindowWidth": width,
+        "RescaleSlope": 1, "RescaleIntercept": -1024,
+    }
+    write_image(path, pixels, attributes, sop_class_uid=CTImageStorage, sop_instance_uid=generate_uid(), bits_stored=12)

@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +164,7 @@ def _warm_workers(store, name: str, workers: int, max_keypoints: int = 1000) -> 
     tasks = [
         (scan_id, (str(store.root), "bench", path, int(frame or 0)), name, max_keypoints)
         for scan_id, path, frame in zip(units.column("scan_id").to_pylist(), units.column("path").to_pylist(),
-                                        units.column("frame").to_pylist())
+                                        units.column("frame").to_pylist(), strict=True)
     ]
     for result in ordered_map(_describe_task, tasks, workers):
         if result[0] == "fail":
@@ -178,11 +179,7 @@ def bench_descriptors(images: list[np.ndarray], descriptors: list[str], workers_
     Each run describes at least ``len(images)`` images, more (up to ``max_images``, the images repeated)
     for a fast descriptor, so that a 1-worker run lasts about ``min_seconds``: a run's fixed cost (finding
     pending units, opening and writing the table: some 30-60 ms) then weighs little in its images/s."""
-    import shutil
     import tempfile
-
-    from extractors.keypoints import KeypointDescriptors
-    from extractors.runner import run_extraction
 
     first, last = workers_list[0], workers_list[-1]
     max_images = max(max_images, len(images))
@@ -190,9 +187,12 @@ def bench_descriptors(images: list[np.ndarray], descriptors: list[str], workers_
           f"distinct images of {images[0].shape[0]}x{images[0].shape[1]} (repeated up to {max_images} for runs of "
           f"~{min_seconds:g} s at 1 worker), max_keypoints=1000, best of {repeats}, alternating; "
           f"cpu_count={os.cpu_count()}, load average before: {os.getloadavg()[0]:.1f}")
-    print("  bare = cv2 detectAndCompute loop on uint8 images in memory, 1 OpenCV thread, in this process (1w) or in each "
-          "of w pool processes over its share (the speedup the machine itself gives); ours at 1 worker = 1 process "
-          "with 1 OpenCV thread, at w workers = w processes with 1 OpenCV thread each (pool warm)")
+    print(
+        "  bare = cv2 detectAndCompute loop on uint8 images in memory, 1 OpenCV thread, "
+        "in this process (1w) or in each "
+        "of w pool processes over its share (the speedup the machine itself gives); ours at 1 worker = 1 process "
+        "with 1 OpenCV thread, at w workers = w processes with 1 OpenCV thread each (pool warm)"
+    )
     print("  cores used = CPU seconds of this process and its workers / wall seconds: below the worker count "
           "(+ a little for the parent) means the machine's other load took the rest")
     print("  img/s, bare and ours, at each worker count; NwMw = the speedup from M to N workers; ours/bare at each")
@@ -200,56 +200,89 @@ def bench_descriptors(images: list[np.ndarray], descriptors: list[str], workers_
           + " ".join(f"{f'ours {w}w':>9}" for w in workers_list) + f" {f'{last}w/{first}w':>7} "
           + f"{f'o/b {first}w':>6} {f'o/b {last}w':>6} {'images':>6} {'kp/img':>7}  cores used")
     from extractors.keypoints import to_uint8
+    from store.sql import query
+
+    def images_per_run(bare_rate: float) -> int:  # a 1-worker run of about min_seconds
+        return int(min(max_images, max(len(images), np.ceil(min_seconds * bare_rate))))
 
     greys = [to_uint8(image) for image in images]
     with tempfile.TemporaryDirectory() as tmp:
         store = _bench_store(images, Path(tmp), max_images)
         for name in descriptors:
             try:
-                bare = {w: _bare_rate(greys, name, w) for w in workers_list}
-                count = int(min(max_images, max(len(images), np.ceil(min_seconds * bare[first]))))
-                for workers in workers_list:
-                    _warm_workers(store, name, workers)
-                best = {w: 0.0 for w in workers_list}
-                cpu = {w: float("inf") for w in workers_list}
-                used = {w: 0.0 for w in workers_list}
-                # The worker counts alternate within each repeat, so a drift in the machine's speed (a
-                # shared VM's varies by tens of percent within minutes) hits every count alike.
-                for _ in range(repeats):
-                    for workers in workers_list:
-                        bare[workers] = max(bare[workers], _bare_rate(greys, name, workers))
-                        extractor = KeypointDescriptors(descriptor=name, workers=workers, progress=False)
-                        shutil.rmtree(store.table_dir(extractor.table_name()), ignore_errors=True)
-                        started, started_cpu, tree_cpu = time.perf_counter(), time.process_time(), _tree_cpu_seconds()
-                        summary = run_extraction(extractor, store, dataset="bench", limit=count, progress=False)
-                        wall = time.perf_counter() - started
-                        if summary.written / wall > best[workers]:
-                            best[workers] = summary.written / wall
-                            used[workers] = (_tree_cpu_seconds() - tree_cpu) / wall
-                        cpu[workers] = min(cpu[workers], (time.process_time() - started_cpu) / summary.written)
-                rates = [best[w] for w in workers_list]
-                parent_cpu = [cpu[w] for w in workers_list]
-                cores = [used[w] for w in workers_list]
+                rates = _measure_descriptor(store, greys, name, workers_list, repeats, count_for=images_per_run)
             except BackendUnavailableError as exc:
                 print(f"{name:<10} skipped: {str(exc).split(' (OpenCV says')[0]}")
                 continue
-            from store.sql import query
+            keypoints = query(store, f"SELECT avg(n_keypoints) AS k FROM {rates.table}").to_pylist()[0]["k"]
+            print(_descriptor_line(name, rates, workers_list, keypoints), flush=True)
 
-            keypoints = query(store, f"SELECT avg(n_keypoints) AS k FROM {extractor.table_name()}").to_pylist()[0]["k"]
-            speedup = rates[-1] / rates[0]
-            # CPU-bound estimate for an idle machine with as many cores as workers: with one worker the
-            # parent does everything (c1 s/img); with w workers the parent's own share is p s/img and
-            # the rest (c1 - p) is spread over the workers, so throughput is w / (c1 + (w - 1) * p)
-            # at best (the parent also needs a core while the workers run).
-            c1, pw = parent_cpu[0], parent_cpu[-1]
-            estimate = last * c1 / (c1 + (last - 1) * pw) if first == 1 else float("nan")
-            bare_speedup = bare[last] / bare[first]
-            print(f"{name:<10} " + " ".join(f"{bare[w]:>9.1f}" for w in workers_list) + f" {bare_speedup:>6.2f}x "
-                  + " ".join(f"{r:>9.1f}" for r in rates)
-                  + f" {speedup:>6.2f}x {rates[0] / bare[first]:>6.2f} {rates[-1] / bare[last]:>6.2f} {count:>6} {keypoints:>7.0f}  "
-                  + " / ".join(f"{c:.2f}" for c in cores)
-                  + f"   cpu/img: {first} worker {1000 * c1:.1f} ms, parent at {last} workers {1000 * pw:.1f} ms "
-                  f"-> idle-machine estimate {estimate:.2f}x", flush=True)
+
+@dataclass
+class _DescriptorRates:
+    """What ``bench_descriptors`` measured for one descriptor, per worker count."""
+
+    bare: dict[int, float]  # images/s of the bare OpenCV loop
+    ours: dict[int, float]  # images/s of run_extraction (best run)
+    parent_cpu: dict[int, float]  # CPU seconds of this process per image (lowest)
+    cores: dict[int, float]  # cores the best run kept busy
+    count: int  # images per run
+    table: str
+
+
+def _measure_descriptor(store, greys: list[np.ndarray], name: str, workers_list: list[int], repeats: int, *,
+                        count_for) -> _DescriptorRates:
+    """Time the bare loop and ``run_extraction`` of ``name`` at each worker count, ``repeats`` rounds;
+    each run describes ``count_for(bare images/s at the first worker count)`` images."""
+    import shutil
+
+    from extractors.keypoints import KeypointDescriptors
+    from extractors.runner import run_extraction
+
+    bare = {w: _bare_rate(greys, name, w) for w in workers_list}
+    count = count_for(bare[workers_list[0]])
+    for workers in workers_list:
+        _warm_workers(store, name, workers)
+    best = {w: 0.0 for w in workers_list}
+    cpu = {w: float("inf") for w in workers_list}
+    used = {w: 0.0 for w in workers_list}
+    table = ""
+    # The worker counts alternate within each repeat, so a drift in the machine's speed (a
+    # shared VM's varies by tens of percent within minutes) hits every count alike.
+    for _ in range(repeats):
+        for workers in workers_list:
+            bare[workers] = max(bare[workers], _bare_rate(greys, name, workers))
+            extractor = KeypointDescriptors(descriptor=name, workers=workers, progress=False)
+            table = extractor.table_name()
+            shutil.rmtree(store.table_dir(table), ignore_errors=True)
+            started, started_cpu, tree_cpu = time.perf_counter(), time.process_time(), _tree_cpu_seconds()
+            summary = run_extraction(extractor, store, dataset="bench", limit=count, progress=False)
+            wall = time.perf_counter() - started
+            if summary.written / wall > best[workers]:
+                best[workers] = summary.written / wall
+                used[workers] = (_tree_cpu_seconds() - tree_cpu) / wall
+            cpu[workers] = min(cpu[workers], (time.process_time() - started_cpu) / summary.written)
+    return _DescriptorRates(bare, best, cpu, used, count, table)
+
+
+def _descriptor_line(name: str, rates: _DescriptorRates, workers_list: list[int], keypoints: float) -> str:
+    """One row of the descriptor table: bare and ours at each worker count, speedups, CPU per image."""
+    first, last = workers_list[0], workers_list[-1]
+    ours = [rates.ours[w] for w in workers_list]
+    speedup = ours[-1] / ours[0]
+    # CPU-bound estimate for an idle machine with as many cores as workers: with one worker the
+    # parent does everything (c1 s/img); with w workers the parent's own share is p s/img and
+    # the rest (c1 - p) is spread over the workers, so throughput is w / (c1 + (w - 1) * p)
+    # at best (the parent also needs a core while the workers run).
+    c1, pw = rates.parent_cpu[first], rates.parent_cpu[last]
+    estimate = last * c1 / (c1 + (last - 1) * pw) if first == 1 else float("nan")
+    bare = rates.bare
+    return (f"{name:<10} " + " ".join(f"{bare[w]:>9.1f}" for w in workers_list) + f" {bare[last] / bare[first]:>6.2f}x "
+            + " ".join(f"{r:>9.1f}" for r in ours)
+            + f" {speedup:>6.2f}x {ours[0] / bare[first]:>6.2f} {ours[-1] / bare[last]:>6.2f} {rates.count:>6} "
+            f"{keypoints:>7.0f}  " + " / ".join(f"{rates.cores[w]:.2f}" for w in workers_list)
+            + f"   cpu/img: {first} worker {1000 * c1:.1f} ms, parent at {last} workers {1000 * pw:.1f} ms "
+            f"-> idle-machine estimate {estimate:.2f}x")
 
 
 def bench_fit(rows: int, k: int, batch_sizes: list[int | None], threads_list: list[int | None]) -> None:
@@ -281,7 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fit-rows", type=int, default=1_000_000, help="descriptors for the fit (default 1M)")
     parser.add_argument("--k", type=int, default=500, help="vocabulary size for the fit (default 500)")
     parser.add_argument("--batch-sizes", default="", help="extra batch sizes to compare, e.g. 1024,4096")
-    parser.add_argument("--fit-threads", default="1", help="thread caps to compare, 0 = all (default 1, the extractor's)")
+    parser.add_argument(
+        "--fit-threads", default="1", help="thread caps to compare, 0 = all (default 1, the extractor's)"
+    )
     parser.add_argument("--skip-descriptors", action="store_true")
     parser.add_argument("--skip-fit", action="store_true")
     args = parser.parse_args(argv)

@@ -171,8 +171,11 @@ def main() -> None:
     load = os.getloadavg()
     print(f"chronofeat CNN extraction benchmark — {os.cpu_count()} CPU(s), load average {load[0]:.1f} at start; "
           f"dataset {DATASET} (DICOM), N={args.n}, batch {args.batch_size}")
-    header = f"{'model':<16}{'device':<7}{'prec':<6}{'wk':>3}{'e2e img/s':>11}{'(incl. start)':>14}{'bare img/s':>12}{'ratio':>7}" \
-             f"{'CPU ratio':>10}{'RSS N':>9}{'RSS 10N':>9}{'10N/N':>7}"
+    header = (
+        f"{'model':<16}{'device':<7}{'prec':<6}{'wk':>3}{'e2e img/s':>11}{'(incl. start)':>14}"
+        f"{'bare img/s':>12}{'ratio':>7}"
+        f"{'CPU ratio':>10}{'RSS N':>9}{'RSS 10N':>9}{'10N/N':>7}"
+    )
     print(header)
     for model in args.models.split(","):
         args.model = model

@@ -29,6 +29,7 @@ one DuckDB thread gives one Arrow chunk whose values buffer is reshaped into the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -37,7 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +103,10 @@ def describe(name: str, model, d: int) -> str:
         config = json.loads(est.get_booster().save_config())
         threads = config["learner"]["generic_param"]["nthread"]
         rounds = est.get_booster().num_boosted_rounds()
-        return (f"{rounds} rounds x {len(model.classes_)} classes = {rounds * len(model.classes_)} trees, "
-                f"max_depth {est.max_depth}, lr {est.learning_rate}, {est.tree_method}, {threads} threads, {est.device}")
+        return (
+            f"{rounds} rounds x {len(model.classes_)} classes = {rounds * len(model.classes_)} trees, "
+            f"max_depth {est.max_depth}, lr {est.learning_rate}, {est.tree_method}, {threads} threads, {est.device}"
+        )
     if name == "ensemble":
         parts = " + ".join(f"{m}[{a}:{b}]" for m, _, (a, b) in model.members)
         return f"{parts}, {model.voting} voting"
@@ -120,14 +124,12 @@ def worker(d: int, jobs: list[tuple[str, int]], *, device: str, seed: int) -> in
     for name, rows in jobs:
         if name not in warm:  # a first small fit imports the backend and starts its threads: not timed
             warm.add(name)
-            try:
+            with contextlib.suppress(Exception):  # the timed fit below reports any real error
                 build_model(name, d, device=device, seed=seed).fit(X[:90], y[:90])
-            except Exception:
-                pass  # the timed fit below reports any real error
         model = build_model(name, d, device=device, seed=seed)
         print(json.dumps({"event": "start", "model": name, "rows": rows}), flush=True)
         try:
-            seconds = timed(lambda: model.fit(X[:rows], y[:rows]))
+            seconds = timed(lambda model=model, rows=rows: model.fit(X[:rows], y[:rows]))
         except Exception as exc:  # reported, and the next job goes on
             print(json.dumps({"event": "error", "model": name, "rows": rows,
                               "error": f"{type(exc).__name__}: {exc}"[:300]}), flush=True)
@@ -148,105 +150,156 @@ class Result:
     config: str = ""
 
 
+@dataclass
+class _Series:
+    """A series of fit jobs under way: what is left, what came out, and the seconds spent on it."""
+
+    pending: list[tuple[str, int]]
+    budget: float | None
+    on_result: Callable[[Result], None] | None
+    results: list[Result] = field(default_factory=list)
+    spent: float = 0.0
+
+    def record(self, result: Result, seconds: float) -> None:
+        """Keep ``result`` (which took ``seconds`` of the budget) and show it."""
+        self.spent += seconds
+        self.results.append(result)
+        if self.on_result:
+            self.on_result(result)
+
+    def cap_for_next(self, cap: float) -> float:
+        """The wall-clock limit of the fit that starts now: ``cap``, or less when the budget runs out first."""
+        return max(cap if self.budget is None else min(cap, self.budget - self.spent), 0.0)
+
+    def over_budget(self) -> bool:
+        """True when the next job is not expected to end within the budget: it is expected to take the
+        last fit's time x (rows ratio)^b, b the exponent between the last two points (2 before two exist)."""
+        if self.budget is None or not self.pending:
+            return False
+        times = [(r.rows, r.seconds) for r in self.results if r.seconds]
+        exponent = 2.0
+        if len(times) > 1 and times[-1][0] != times[-2][0]:
+            exponent = math.log(times[-1][1] / times[-2][1]) / math.log(times[-1][0] / times[-2][0])
+            exponent = max(exponent, 1.0)
+        expected = times[-1][1] * (self.pending[0][1] / times[-1][0]) ** exponent if times else 0.0
+        return self.spent + expected > self.budget
+
+
+_TIMED_OUT = object()
+
+
+class _LineReader:
+    """Whole lines of a child's stdout, read with ``os.read`` (never a buffered readline: a line waiting in a
+    reader's buffer would be invisible to select() and its fit would escape the cap)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.select = selectors.DefaultSelector()
+        self.select.register(stream, selectors.EVENT_READ)
+        self.buffered, self.eof = b"", False
+
+    def next_line(self, deadline: float | None):
+        """The next line; ``_TIMED_OUT`` when the monotonic ``deadline`` passed first; None at the end of output."""
+        while b"\n" not in self.buffered and not self.eof:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self.select.select(timeout=wait):
+                return _TIMED_OUT
+            chunk = os.read(self.stream.fileno(), 65536)
+            self.buffered += chunk
+            self.eof = not chunk
+        if b"\n" not in self.buffered:
+            return None
+        line, _, self.buffered = self.buffered.partition(b"\n")
+        return line
+
+    def close(self) -> None:
+        self.select.close()
+        self.stream.close()
+
+
+def _event(line: bytes) -> dict | None:
+    """One of the worker's JSON events, or None for something a library printed."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
+
+
 def run_jobs(d: int, jobs: list[tuple[str, int]], *, cap: float, device: str, seed: int,
              budget: float | None = None, after_stop: str = "continue", on_result=None) -> list[Result]:
     """Run ``jobs`` in child processes, each fit stopped at ``cap`` seconds (its child is killed).
 
     ``after_stop='continue'`` starts a fresh child for the jobs after a stopped or crashed one; 'end'
     ends there. ``budget`` (seconds, all jobs together) stops the series before a job that the times
-    so far say cannot finish within what is left: the next fit is expected to take the last one x
-    (rows ratio)^b, b the exponent between the last two points (2 before there are two)."""
-    results: list[Result] = []
-    pending = list(jobs)
-    spent = 0.0
-    while pending:
+    so far say cannot finish within what is left (``_Series.over_budget``)."""
+    series = _Series(list(jobs), budget, on_result)
+    while series.pending:
         command = [sys.executable, str(Path(__file__).resolve()), "--_worker", "--_d", str(d), "--_jobs",
-                   ",".join(f"{m}:{r}" for m, r in pending), "--device", device, "--_seed", str(seed)]
-        errors = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty child never blocks on it
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors,
-                                 env={**os.environ, "PYTHONWARNINGS": "ignore"})
-
-        def last_error() -> str:
-            errors.seek(0)
-            lines = [line for line in errors.read().strip().splitlines() if line.strip()]
-            return lines[-1][:200] if lines else f"exit code {child.returncode}"
-
-        select = selectors.DefaultSelector()
-        select.register(child.stdout, selectors.EVENT_READ)
-        deadline, current, started = None, None, None
-        ended_early, buffered, eof = False, b"", False
-        while True:
-            # read whole lines ourselves (os.read, never a buffered readline): a line waiting in a
-            # reader's buffer would be invisible to select() and its fit would escape the cap
-            while b"\n" not in buffered and not eof:
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if not select.select(timeout=wait):
-                    break
-                chunk = os.read(child.stdout.fileno(), 65536)
-                buffered += chunk
-                eof = not chunk
-            if b"\n" not in buffered and not eof:  # the running fit passed its cap
-                child.kill()
-                child.wait()
-                limit = deadline - started
-                result = Result(current[0], current[1], stopped_at=limit)
-                spent += limit
-                results.append(result)
-                if on_result:
-                    on_result(result)
-                pending = pending[pending.index(current) + 1:]
-                ended_early = True
-                break
-            if b"\n" not in buffered:  # the child ended: all done, or it crashed (out of memory?)
-                child.wait()
-                if current is not None and pending and pending[0] == current:
-                    result = Result(current[0], current[1], error=f"child exited {child.returncode}: {last_error()}")
-                    results.append(result)
-                    if on_result:
-                        on_result(result)
-                    pending = pending[1:]
-                    ended_early = True
-                elif pending:
-                    raise RuntimeError(f"fit worker failed before its first fit: {last_error()}")
-                break
-            line, _, buffered = buffered.partition(b"\n")
-            try:
-                event = json.loads(line)
-            except ValueError:  # something a library printed: not ours
-                continue
-            if not isinstance(event, dict) or "event" not in event:
-                continue
-            job = (event["model"], event["rows"])
-            if event["event"] == "start":
-                current, started = job, time.monotonic()
-                limit = cap if budget is None else min(cap, budget - spent)
-                deadline = started + max(limit, 0.0)
-                continue
-            deadline = None
-            result = Result(*job, seconds=event.get("seconds"), error=event.get("error"), config=event.get("config", ""))
-            spent += event.get("seconds") or 0.0
-            results.append(result)
-            if on_result:
-                on_result(result)
-            pending = pending[1:]
-            if budget is not None and pending:
-                times = [(r.rows, r.seconds) for r in results if r.seconds]
-                exponent = 2.0
-                if len(times) > 1 and times[-1][0] != times[-2][0]:
-                    exponent = math.log(times[-1][1] / times[-2][1]) / math.log(times[-1][0] / times[-2][0])
-                    exponent = max(exponent, 1.0)
-                expected = times[-1][1] * (pending[0][1] / times[-1][0]) ** exponent if times else 0.0
-                if spent + expected > budget:
-                    child.kill()
-                    child.wait()
-                    pending = []
-                    break
-        select.close()
-        child.stdout.close()
-        errors.close()
+                   ",".join(f"{m}:{r}" for m, r in series.pending), "--device", device, "--_seed", str(seed)]
+        ended_early = _run_child(command, series, cap)
         if ended_early and after_stop == "end":
             break
-    return results
+    return series.results
+
+
+def _run_child(command: list[str], series: _Series, cap: float) -> bool:
+    """One worker child over ``series.pending``; True when it ended early (a fit stopped at the cap, or a crash)."""
+    with tempfile.TemporaryFile(mode="w+") as errors:  # a file, not a pipe: a chatty child never blocks on it
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors,
+                                 env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        reader = _LineReader(child.stdout)
+        try:
+            return _follow(child, reader, errors, series, cap)
+        finally:
+            reader.close()
+
+
+def _follow(child, reader: _LineReader, errors, series: _Series, cap: float) -> bool:
+    """Record the child's fits as they end, stopping the one that passes its cap (see ``_run_child``)."""
+    current, started, deadline = None, 0.0, None
+    while True:
+        line = reader.next_line(deadline)
+        if line is _TIMED_OUT:  # the running fit passed its cap
+            child.kill()
+            child.wait()
+            series.record(Result(current[0], current[1], stopped_at=deadline - started), deadline - started)
+            series.pending = series.pending[series.pending.index(current) + 1:]
+            return True
+        if line is None:  # the child ended: all done, or it crashed (out of memory?)
+            child.wait()
+            return _child_ended(child, errors, series, current)
+        event = _event(line)
+        if event is None:
+            continue
+        job = (event["model"], event["rows"])
+        if event["event"] == "start":
+            current, started = job, time.monotonic()
+            deadline = started + series.cap_for_next(cap)
+            continue
+        deadline = None
+        series.record(Result(*job, seconds=event.get("seconds"), error=event.get("error"),
+                             config=event.get("config", "")), event.get("seconds") or 0.0)
+        series.pending = series.pending[1:]
+        if series.over_budget():
+            child.kill()
+            child.wait()
+            series.pending = []
+            return False
+
+
+def _child_ended(child, errors, series: _Series, current: tuple[str, int] | None) -> bool:
+    """After the child's output ended: a crash during ``current`` is its result (True: ended early)."""
+    errors.seek(0)
+    lines = [line for line in errors.read().strip().splitlines() if line.strip()]
+    last_error = lines[-1][:200] if lines else f"exit code {child.returncode}"
+    if current is not None and series.pending and series.pending[0] == current:
+        series.record(Result(current[0], current[1], error=f"child exited {child.returncode}: {last_error}"), 0.0)
+        series.pending = series.pending[1:]
+        return True
+    if series.pending:
+        raise RuntimeError(f"fit worker failed before its first fit: {last_error}")
+    return False
 
 
 def scaling_line(name: str, n: int, d: int, points: list[Result], sizes: list[int]) -> str:
@@ -268,7 +321,9 @@ def scaling_line(name: str, n: int, d: int, points: list[Result], sizes: list[in
             f"(last two); trend to {n} rows with ^{max(last, fitted):.2f}: ~{trend:,.0f} s (not measured)")
 
 
-def report_fit_size(n: int, d: int, models, *, cap: float, scaling_seconds: float, device: str, seed: int) -> list[Result]:
+def report_fit_size(
+    n: int, d: int, models, *, cap: float, scaling_seconds: float, device: str, seed: int
+) -> list[Result]:
     """Fit ``models`` on n x d (each capped), print each row; then the scaling series of stopped ones."""
     shape = f"{n} x {d}"
 
@@ -334,7 +389,9 @@ def load_row(n: int, d: int, repeats: int = 3) -> dict[str, float]:
             return run
 
         def by_pyarrow():
-            table = pa.concat_tables([pq.read_table(p, columns=["scan_id", "embedding"]) for p in table_parts(store, "emb")])
+            table = pa.concat_tables(
+                [pq.read_table(p, columns=["scan_id", "embedding"]) for p in table_parts(store, "emb")]
+            )
             matrix = column_to_matrix(table.column("embedding"))
             keys = table.column("scan_id").to_numpy(zero_copy_only=False)
             _check_loaded(matrix, keys, n, d)
@@ -388,17 +445,24 @@ def main(argv=None) -> int:
     print(f"cpu cores: {os.cpu_count()} ({usable_cores()} usable); load average: "
           + " ".join(f"{v:.1f}" for v in os.getloadavg()) + f"; cap per fit {cap:.0f} s", flush=True)
     if not args.skip_fit:
-        print(f"{'rows x dims':<14} {'model':<10} {'fit s':>9}  configuration (fit's defaults, {CLASSES} classes, float32 X)")
+        print(
+            f"{'rows x dims':<14} {'model':<10} {'fit s':>9}  "
+            f"configuration (fit's defaults, {CLASSES} classes, float32 X)"
+        )
         for n, d in sizes:
             report_fit_size(n, d, models, cap=cap, scaling_seconds=scaling, device=args.device, seed=0)
         print("load average after the fits: " + " ".join(f"{v:.1f}" for v in os.getloadavg()), flush=True)
     if not args.skip_load:
         n, d = sizes[-1]
         load = load_row(n, d)
-        print(f"load {n} x {d} FLOAT[{d}] ({load['megabytes']:.0f} MB, keys included), best of 3: "
-              f"duckdb {load['duckdb']:.2f} s (1 thread, zero-copy), duckdb {load['duckdb_threads']:.2f} s (all threads + "
-              f"join chunks), pyarrow {load['pyarrow']:.2f} s; ratio duckdb/pyarrow {load['duckdb'] / load['pyarrow']:.2f} "
-              "(target <= 1.5)")
+        print(
+            f"load {n} x {d} FLOAT[{d}] ({load['megabytes']:.0f} MB, keys included), best of 3: "
+            f"duckdb {load['duckdb']:.2f} s (1 thread, zero-copy), "
+            f"duckdb {load['duckdb_threads']:.2f} s (all threads + "
+            f"join chunks), pyarrow {load['pyarrow']:.2f} s; "
+            f"ratio duckdb/pyarrow {load['duckdb'] / load['pyarrow']:.2f} "
+            "(target <= 1.5)"
+        )
     return 0
 
 

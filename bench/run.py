@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
 import json
 import os
@@ -63,6 +64,7 @@ from bench._common import (  # noqa: E402
     rounds,
     timed,
 )
+from store.cores import usable_cores  # noqa: E402
 
 STAGES = ("ingest", "cnn", "bovw", "diffstats", "store_load", "fit", "cnn_gpu")
 DATASET = "bench"
@@ -129,10 +131,9 @@ def generate_longitudinal(folder: Path, *, patients: int, visits: int, size: int
     different ones reused with flips for more patients. Each weekly visit moves it by a few pixels,
     adds noise and, for every other patient, a growing bright lesion. Returns the number of files.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
     from scipy import ndimage
 
+    from bench._common import write_ct_slice
     from bench.bovw import test_images
 
     rng = np.random.default_rng(seed)
@@ -148,28 +149,9 @@ def generate_longitudinal(folder: Path, *, patients: int, visits: int, size: int
                 image = image + 80.0 * v * (((yy - size * 0.4) ** 2 + (xx - size * 0.55) ** 2) < (size * 0.03 * v) ** 2)
             image = image + rng.normal(0, 2.0, image.shape)
             pixels = np.clip(image * 8.0, 0, 4095).astype(np.uint16)  # stored values; HU = stored - 1024
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = CTImageStorage
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-            ds.PatientID = f"BENCH{p:04d}"
-            ds.PatientName = f"Bench^{p}"
-            ds.StudyDate = f"2024{1 + (v * 7) // 28:02d}{1 + (v * 7) % 28:02d}"
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-            ds.Modality = "CT"
-            ds.InstanceNumber = 1
-            ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-            ds.WindowCenter, ds.WindowWidth = 0, 2000
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.Rows = ds.Columns = size
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-            ds.PixelData = pixels.tobytes()
-            path = folder / f"p{p:04d}" / f"visit{v}.dcm"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            ds.save_as(path, enforce_file_format=True)
+            write_ct_slice(folder / f"p{p:04d}" / f"visit{v}.dcm", pixels, patient=f"BENCH{p:04d}",
+                           patient_name=f"Bench^{p}", study_date=f"2024{1 + (v * 7) // 28:02d}{1 + (v * 7) % 28:02d}",
+                           instance=1, window=(0, 2000))
             count += 1
     return count
 
@@ -270,7 +252,7 @@ def stage_ingest(ctx: Context) -> list[dict]:
         (warm / path.relative_to(folder)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, warm / path.relative_to(folder))
     ours(warm, 1, ctx.scratch)
-    workers = [1] + ([os.cpu_count()] if (os.cpu_count() or 1) > 1 else [])
+    workers = list(dict.fromkeys([1, usable_cores()]))
     times = {"bare": [], **{w: [] for w in workers}}
     peaks = {}
     for _ in range(ctx.sizes.repeats):  # alternated, so a busy moment hits every configuration alike
@@ -378,17 +360,15 @@ def stage_cnn(ctx: Context) -> list[dict]:
     """CNN embeddings from DICOM on disk (CPU, fp32, batch 32) vs the bare forward on in-memory tensors."""
     import torch
 
-    from store.cores import usable_cores
-
     store = ctx.store("cnn")
     n = min(ctx.sizes.cnn_images, ctx.sizes.images)
     rows = []
+    batch = 32
     for model in ctx.sizes.cnn_models:
-        batch = 32
         _cnn_end_to_end(store, model, device="cpu", batch_size=batch, limit=4)  # imports, first-call set-up
         peaks: list[PeakRSS] = []
 
-        def ours(model=model):
+        def ours(model=model, peaks=peaks):
             with PeakRSS() as peak:
                 out = _profiled(ctx, f"cnn {model}",
                                 lambda: _cnn_end_to_end(store, model, device="cpu", batch_size=batch, limit=n))
@@ -470,6 +450,22 @@ def stage_cnn_gpu(ctx: Context, *, device: str = "cuda", models: tuple[str, ...]
     return rows
 
 
+def _measured_extraction(ctx: Context, label: str, extract, expected: int, what: str):
+    """(a callable for ``rounds`` that times ``extract()`` — an extraction returning its summary — under
+    ``PeakRSS`` and checks it wrote ``expected`` rows, the list the peak of each call lands in)."""
+    peaks: list[PeakRSS] = []
+
+    def call() -> float:
+        with PeakRSS() as peak:
+            seconds, summary = _profiled(ctx, label, lambda: timed(extract))
+        peaks.append(peak)
+        if summary.written != expected:
+            raise RuntimeError(f"{what} wrote {summary.written} of {expected} rows")
+        return seconds
+
+    return call, peaks
+
+
 def stage_bovw(ctx: Context) -> list[dict]:
     """BoVW (SIFT, 50 words) end to end vs a bare OpenCV SIFT detectAndCompute loop on in-memory images."""
     import cv2
@@ -481,7 +477,7 @@ def stage_bovw(ctx: Context) -> list[dict]:
     store = ctx.store("bovw")
     units = scan_units(store, DATASET)
     n = units.num_rows
-    images = _load_pixels(store, zip(units.column("path").to_pylist(), units.column("frame").to_pylist()))
+    images = _load_pixels(store, zip(units.column("path").to_pylist(), units.column("frame").to_pylist(), strict=True))
     eight_bit = [cv2.normalize(im, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8) for im in images]
 
     def bare():
@@ -502,20 +498,8 @@ def stage_bovw(ctx: Context) -> list[dict]:
         finally:
             cv2.setNumThreads(before)
 
-    def run(workers):
-        peaks = []
-
-        def call():
-            with PeakRSS() as peak:
-                out = _profiled(ctx, f"bovw workers={workers}", lambda: timed(lambda: ours(workers)))
-            peaks.append(peak)
-            if out[1].written != n:
-                raise RuntimeError(f"BoVW wrote {out[1].written} of {n} rows")
-            return out[0]
-
-        return call, peaks
-
-    configs = {w: run(w) for w in dict.fromkeys([1, os.cpu_count() or 1])}
+    configs = {w: _measured_extraction(ctx, f"bovw workers={w}", functools.partial(ours, w), n, "BoVW")
+               for w in dict.fromkeys([1, usable_cores()])}
     got = rounds({"bare": lambda: timed(bare)[0], "bare1": lambda: timed(bare_one_thread)[0],
                   **{f"w{w}": call for w, (call, _) in configs.items()}}, ctx.sizes.repeats)
     bare_s, single_s = min(got["bare"]), min(got["bare1"])
@@ -559,40 +543,38 @@ def stage_diffstats(ctx: Context) -> list[dict]:
     store = ctx.store("diffstats")
     pairs = pair_units(store, DATASET, "absolute")
     n = pairs.num_rows
-    refs = _load_pixels(store, zip(pairs.column("ref_path").to_pylist(), pairs.column("ref_frame").to_pylist()))
-    cmps = _load_pixels(store, zip(pairs.column("cmp_path").to_pylist(), pairs.column("cmp_frame").to_pylist()))
-    firsts = [a == b for a, b in zip(pairs.column("reference_scan_id").to_pylist(), pairs.column("comparison_scan_id").to_pylist())]
+    refs = _load_pixels(store, zip(pairs.column("ref_path").to_pylist(), pairs.column("ref_frame").to_pylist(),
+                                   strict=True))
+    cmps = _load_pixels(store, zip(pairs.column("cmp_path").to_pylist(), pairs.column("cmp_frame").to_pylist(),
+                                   strict=True))
+    firsts = [a == b for a, b in zip(pairs.column("reference_scan_id").to_pylist(),
+                                     pairs.column("comparison_scan_id").to_pylist(), strict=True)]
 
     def bare():
-        for reference, comparison, first in zip(refs, cmps, firsts):
+        for reference, comparison, first in zip(refs, cmps, firsts, strict=True):
             _bare_pair_stats(reference, comparison, first)
 
     def ours(workers):
         fresh = ctx.store("diffstats")
         return run_extraction(DiffStats(reference="absolute", workers=workers), fresh, dataset=DATASET, progress=False)
 
-    def run(workers):
-        peaks = []
-
-        def call():
-            with PeakRSS() as peak:
-                out = _profiled(ctx, f"diffstats workers={workers}", lambda: timed(lambda: ours(workers)))
-            peaks.append(peak)
-            if out[1].written != n:
-                raise RuntimeError(f"DiffStats wrote {out[1].written} of {n} rows")
-            return out[0]
-
-        return call, peaks
-
-    configs = {w: run(w) for w in dict.fromkeys([1, os.cpu_count() or 1])}
+    configs = {w: _measured_extraction(ctx, f"diffstats workers={w}", functools.partial(ours, w), n, "DiffStats")
+               for w in dict.fromkeys([1, usable_cores()])}
     got = rounds({"bare": lambda: timed(bare)[0], **{f"w{w}": call for w, (call, _) in configs.items()}},
                  ctx.sizes.repeats)
     return [
         bench_row(
-            "diffstats", f"absolute, {w} worker(s)", items=n, unit="pairs", seconds=min(got[f"w{w}"]),
-            baseline="skimage phase_cross_correlation (upsample 20) + numpy stats loop", baseline_seconds=min(got["bare"]),
-            size=f"{n} pairs of {ctx.data}", peak=max(peaks, key=lambda p: p.tree_mb or 0),
-            notes=f"{sum(firsts)} first-time-point pairs; ours adds overlap masks, noise sigma, SSIM, histogram")
+            "diffstats",
+            f"absolute, {w} worker(s)",
+            items=n,
+            unit="pairs",
+            seconds=min(got[f"w{w}"]),
+            baseline="skimage phase_cross_correlation (upsample 20) + numpy stats loop",
+            baseline_seconds=min(got["bare"]),
+            size=f"{n} pairs of {ctx.data}",
+            peak=max(peaks, key=lambda p: p.tree_mb or 0),
+            notes=f"{sum(firsts)} first-time-point pairs; ours adds overlap masks, noise sigma, SSIM, histogram",
+        )
         for w, (_, peaks) in configs.items()
     ]
 
@@ -639,7 +621,7 @@ def stage_fit(ctx: Context) -> list[dict]:
 
         peaks = []
 
-        def measured(name=name, ours=ours):
+        def measured(name=name, ours=ours, peaks=peaks):
             with PeakRSS() as peak:
                 seconds = timed(lambda: _profiled(ctx, f"fit {name}", ours))[0]
             peaks.append(peak)
@@ -649,9 +631,19 @@ def stage_fit(ctx: Context) -> list[dict]:
         got = rounds({"bare": lambda bare=bare: timed(bare)[0], "ours": measured}, max(2, ctx.sizes.repeats))
         bare_s, seconds, peak = min(got["bare"]), min(got["ours"]), max(peaks, key=lambda p: p.process_mb or 0)
         label = f"{name}" + (f" ({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "")
-        rows.append(bench_row("fit", label, items=n, unit="rows", seconds=seconds,
-                              baseline="bare estimator" + (" + StandardScaler" if model.scale and model.uses_scaling else ""),
-                              baseline_seconds=bare_s, size=f"{n} x {d} float32, 3 classes", peak=peak))
+        rows.append(
+            bench_row(
+                "fit",
+                label,
+                items=n,
+                unit="rows",
+                seconds=seconds,
+                baseline="bare estimator" + (" + StandardScaler" if model.scale and model.uses_scaling else ""),
+                baseline_seconds=bare_s,
+                size=f"{n} x {d} float32, 3 classes",
+                peak=peak,
+            )
+        )
     return rows
 
 
@@ -678,9 +670,21 @@ def run_stage_here(stage: str, ctx: Context) -> list[dict]:
 def run_stage_process(stage: str, ctx: Context, *, timeout: float | None = None) -> list[dict]:
     """Run one stage in a child process (its own peak memory); rows come back as JSON."""
     out = ctx.scratch / f"rows-{stage}.json"
-    command = [sys.executable, str(Path(__file__).resolve()), "--_stage", stage, "--_scratch", str(ctx.scratch),
-               "--_out", str(out)] + (["--quick"] if ctx.quick else []) + (["--profile", stage] if ctx.profile else []) \
+    command = (
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--_stage",
+            stage,
+            "--_scratch",
+            str(ctx.scratch),
+            "--_out",
+            str(out),
+        ]
+        + (["--quick"] if ctx.quick else [])
+        + (["--profile", stage] if ctx.profile else [])
         + (["--compile"] if ctx.compile else [])
+    )
     env = {**os.environ, "CHRONOFEAT_NO_BOOTSTRAP": "1", "PYTHONWARNINGS": "ignore"}
     try:
         done = subprocess.run(command, env=env, timeout=timeout, stdout=None, stderr=subprocess.PIPE, text=True)
@@ -706,12 +710,7 @@ def print_report(rows: list[dict], machine: dict, *, quick: bool, out=print) -> 
     main = [r for r in rows if r["stage"] != "cnn_gpu"]
     if main:
         out(format_table(main, TABLE_COLUMNS))
-    gpu = [r for r in rows if r["stage"] == "cnn_gpu"]
-    if gpu and all(r["status"] == "ok" or r["variant"] != "-" for r in gpu):
-        out("\nGPU sweep: " + (gpu[0]["baseline"] or "") + "; data " + (gpu[0]["size"] or ""))
-        out(format_table(gpu, GPU_COLUMNS + [("status", "status", "")]))
-    elif gpu:
-        out("\nGPU sweep: no GPU (torch.cuda.is_available() is False): " + gpu[0]["status"])
+    _print_gpu_sweep([r for r in rows if r["stage"] == "cnn_gpu"], out)
     notes = [r for r in main if r.get("notes")]
     if notes:
         out("\nnotes:")
@@ -719,14 +718,32 @@ def print_report(rows: list[dict], machine: dict, *, quick: bool, out=print) -> 
             out(f"  {r['stage']} / {r['variant']}: {r['notes']}")
 
 
+def _print_gpu_sweep(gpu: list[dict], out) -> None:
+    """The GPU sweep's table, or the line saying why there is none (nothing when it was not asked for)."""
+    if gpu and all(r["status"] == "ok" or r["variant"] != "-" for r in gpu):
+        out("\nGPU sweep: " + (gpu[0]["baseline"] or "") + "; data " + (gpu[0]["size"] or ""))
+        out(format_table(gpu, GPU_COLUMNS + [("status", "status", "")]))
+    elif gpu:
+        out("\nGPU sweep: no GPU (torch.cuda.is_available() is False): " + gpu[0]["status"])
+
+
 def _parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="CI-sized data: a few minutes on 2 cores")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
-    parser.add_argument("--store", default=None, help="store to append the rows to (default $CHRONOFEAT_STORE, else ./featurestore)")
+    parser.add_argument(
+        "--store", default=None, help="store to append the rows to (default $CHRONOFEAT_STORE, else ./featurestore)"
+    )
     parser.add_argument("--no-record", action="store_true", help="print only; write nothing to a store")
     parser.add_argument("--compile", action="store_true", help="GPU sweep: also time torch.compile'd networks")
-    parser.add_argument("--profile", default=None, metavar="STAGE", help="print cProfile's top functions of STAGE (main process; its timings then include the profiler's overhead)")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="STAGE",
+        help="print cProfile's top functions of STAGE (main process; its timings then include the profiler's overhead)",
+    )
     parser.add_argument("--stage-timeout", type=float, default=None, help="seconds before a stage is stopped")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the rows and machine details as JSON")
     parser.add_argument("--_stage", default=None, help=argparse.SUPPRESS)

@@ -1,6 +1,7 @@
 """Training throughput of chronofeat's own networks (prints figures; not a test).
 
-Times one training epoch, after one warm-up epoch, of:
+Times one training epoch, after one warm-up epoch, through the shared loop
+(``extractors.training.fit_minibatches``), of:
 
 1. the Siamese network (``SiameseNet``, small backbone) on pairs with the paper's augmentation, the
    contrastive + class-balanced auxiliary loss, as ``train siamese`` trains it;
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +26,33 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _sync(device) -> None:
-    import torch
+@dataclass
+class Throughput:
+    """One timed epoch: images per second, its seconds, and the network's parameter count."""
 
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    images_per_second: float
+    seconds: float
+    parameters: int
 
 
-def bench_siamese(device, *, pairs: int, size: int, batch_size: int) -> tuple[float, float]:
-    """(images/s, seconds) of one epoch of ``pairs`` pairs."""
+def _second_epoch(model, optimizer, *, loss, inputs, samples, batch_size: int, images_per_sample: int) -> Throughput:
+    """Train two epochs through ``extractors.training.fit_minibatches``; time the second (the first warms up)."""
+    from extractors.training import fit_minibatches
+
+    result = fit_minibatches(model=model, optimizer=optimizer, loss=loss, inputs=inputs, samples=samples, epochs=2,
+                             seed=0, batch_size=batch_size, progress=False, name="bench")
+    seconds = result.history[1]["seconds"]  # ends with the epoch's loss read back: the device has finished
+    count = len(samples(np.random.default_rng(0))) if callable(samples) else len(samples)
+    return Throughput(images_per_sample * count / seconds, seconds, sum(p.numel() for p in model.parameters()))
+
+
+def bench_siamese(device, *, pairs: int, size: int, batch_size: int) -> Throughput:
+    """One epoch of ``pairs`` random pairs with the paper's augmentation and the contrastive + auxiliary loss."""
     import torch
 
     from extractors.nets import SiameseNet
     from extractors.siamese import contrastive_loss
-    from extractors.training import autocast, epoch_rng
+    from extractors.training import Losses
     from features.augment import augment_batch, sample_params
 
     torch.manual_seed(0)
@@ -48,40 +62,33 @@ def bench_siamese(device, *, pairs: int, size: int, batch_size: int) -> tuple[fl
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
     weights = torch.ones(7, device=device)
 
-    def epoch(e: int) -> float:
-        rng = epoch_rng(0, e)
-        a_all, b_all = rng.integers(0, 512, pairs), rng.integers(0, 512, pairs)
-        same = torch.from_numpy((rng.random(pairs) < 0.5).astype(np.float32)).to(device)
-        _sync(device)
-        start = time.perf_counter()
-        for s in range(0, pairs, batch_size):
-            a = torch.from_numpy(a_all[s : s + batch_size]).to(device)
-            b = torch.from_numpy(b_all[s : s + batch_size]).to(device)
-            pa, pb = sample_params(rng, len(a)), sample_params(rng, len(a))
-            pb["flip"] = pa["flip"]
-            xa, xb = augment_batch(images[a], pa), augment_batch(images[b], pb)
-            with autocast(device):
-                emb, logits = model(torch.cat([xa, xb]))
-            n = len(a)
-            loss = contrastive_loss(emb[:n], emb[n:], same[s : s + n], 1.0)
-            loss = loss + torch.nn.functional.cross_entropy(logits.float(), torch.cat([levels[a], levels[b]]), weight=weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        _sync(device)
-        return time.perf_counter() - start
+    def samples(rng):
+        return np.column_stack([rng.integers(0, 512, pairs), rng.integers(0, 512, pairs), rng.random(pairs) < 0.5])
 
-    epoch(0)
-    seconds = epoch(1)
-    return 2 * pairs / seconds, seconds
+    def inputs(batch):
+        rows = torch.from_numpy(batch.rows.astype(np.int64)).to(device)
+        pa, pb = sample_params(batch.rng, len(rows)), sample_params(batch.rng, len(rows))
+        pb["flip"] = pa["flip"]
+        return rows, augment_batch(images[rows[:, 0]], pa), augment_batch(images[rows[:, 1]], pb)
+
+    def loss(prepared):
+        rows, xa, xb = prepared
+        emb, logits = model(torch.cat([xa, xb]))
+        n = len(rows)
+        contrast = contrastive_loss(emb[:n], emb[n:], rows[:, 2].float(), 1.0)
+        aux = torch.nn.functional.cross_entropy(logits.float(), torch.cat([levels[rows[:, 0]], levels[rows[:, 1]]]),
+                                                weight=weights)
+        return Losses(contrast + aux, {"loss": contrast, "aux_loss": aux})
+
+    return _second_epoch(model, optimizer, loss=loss, inputs=inputs, samples=samples, batch_size=batch_size,
+                         images_per_sample=2)
 
 
-def bench_xcnn(device, *, arch: str, samples: int, size: int, batch_size: int) -> tuple[float, float, int]:
-    """(images/s, seconds, parameters) of one epoch of ``samples`` samples."""
+def bench_xcnn(device, *, arch: str, samples: int, size: int, batch_size: int) -> Throughput:
+    """One epoch of ``samples`` samples of the ChronoMID baseline CNN or X-CNN (with timestamps)."""
     import torch
 
     from classifiers._xcnn_nets import build_xcnn, count_parameters, l2_penalty
-    from extractors.training import autocast, epoch_rng
 
     torch.manual_seed(0)
     images = torch.rand(samples, 1, size, size, device=device)
@@ -91,26 +98,15 @@ def bench_xcnn(device, *, arch: str, samples: int, size: int, batch_size: int) -
     model = build_xcnn(arch, image_shape=(size, size), n_classes=2, timestamps=True).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-    def epoch(e: int) -> float:
-        order = torch.from_numpy(epoch_rng(0, e).permutation(samples)).to(device)
-        model.train()
-        _sync(device)
-        start = time.perf_counter()
-        for s in range(0, samples, batch_size):
-            idx = order[s : s + batch_size]
-            with autocast(device):
-                out = model(images[idx], diffs[idx] if arch == "xcnn" else None, times[idx])
-            loss = torch.nn.functional.cross_entropy(out.float(), y[idx]) + l2_penalty(model)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        _sync(device)
-        return time.perf_counter() - start
+    def loss(idx):
+        out = model(images[idx], diffs[idx] if arch == "xcnn" else None, times[idx])
+        return torch.nn.functional.cross_entropy(out.float(), y[idx]) + l2_penalty(model)
 
-    epoch(0)
-    seconds = epoch(1)
-    per_sample = 2 if arch == "xcnn" else 1
-    return per_sample * samples / seconds, seconds, count_parameters(model)
+    timed = _second_epoch(model, optimizer, loss=loss, inputs=lambda batch: torch.from_numpy(batch.rows).to(device),
+                          samples=np.arange(samples), batch_size=batch_size,
+                          images_per_sample=2 if arch == "xcnn" else 1)
+    timed.parameters = count_parameters(model)
+    return timed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=64, help="input side in pixels (default 64, as trained)")
     parser.add_argument("--pairs", type=int, default=640, help="Siamese pairs per epoch (default 640)")
-    parser.add_argument("--samples", type=int, default=800, help="X-CNN samples per epoch (default 800, ~ the chronomid demo)")
+    parser.add_argument(
+        "--samples", type=int, default=800, help="X-CNN samples per epoch (default 800, ~ the chronomid demo)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32, the papers')")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -132,14 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'network':<28} {'device':<6} {'precision':<9} {'images/s':>10} {'s/epoch':>8} {'parameters':>11}")
     for device in devices:
         precision = "bf16" if device.type == "cuda" else "fp32"
-        rate, seconds = bench_siamese(device, pairs=args.pairs, size=args.size, batch_size=args.batch_size)
-        from extractors.nets import SiameseNet
-
-        params = sum(p.numel() for p in SiameseNet(n_aux=7).parameters())
-        print(f"{'Siamese (small, augmented)':<28} {device.type:<6} {precision:<9} {rate:>10.1f} {seconds:>8.2f} {params:>11,d}")
+        rows = [("Siamese (small, augmented)",
+                 bench_siamese(device, pairs=args.pairs, size=args.size, batch_size=args.batch_size))]
         for arch, label in (("baseline", "CNN baseline + time"), ("xcnn", "X-CNN abs. diff. + time")):
-            rate, seconds, params = bench_xcnn(device, arch=arch, samples=args.samples, size=args.size, batch_size=args.batch_size)
-            print(f"{label:<28} {device.type:<6} {precision:<9} {rate:>10.1f} {seconds:>8.2f} {params:>11,d}")
+            rows.append((label, bench_xcnn(device, arch=arch, samples=args.samples, size=args.size,
+                                           batch_size=args.batch_size)))
+        for label, t in rows:
+            print(f"{label:<28} {device.type:<6} {precision:<9} {t.images_per_second:>10.1f} {t.seconds:>8.2f} "
+                  f"{t.parameters:>11,d}")
     return 0
 
 

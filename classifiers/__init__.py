@@ -1,8 +1,9 @@
 """chronofeat classifiers: a registry of models and ensembles, subject-grouped evaluation, reports.
 
-Entry points: ``classifiers.evaluate.fit_command`` (``cli.py fit``), ``classifiers.predict.predict``
-(``cli.py predict``), ``classifiers.report.write_report`` (``cli.py report``) and
-``store.runs.list_runs`` with ``classifiers.report.format_runs`` (``cli.py runs``).
+Entry points: ``classifiers.fitting.fit`` with a ``FitRequest`` (``cli.py fit``; feature models go
+through ``classifiers.planning.plan_fit`` and ``classifiers.evaluate.run_plan``),
+``classifiers.predict.predict_report`` (``cli.py predict``), ``classifiers.report.write_report``
+(``cli.py report``) and ``classifiers.report.runs_table`` (``cli.py runs``).
 Submodules are imported explicitly so that importing the registry does not pull in matplotlib.
 """
 

@@ -76,11 +76,13 @@ class BaselineCNN(nn.Module):
 
     l2 = 0.003
 
-    def __init__(self, *, image_shape: tuple[int, int], n_classes: int = 2, timestamps: bool = False, in_chans: int = 1):
+    def __init__(
+        self, *, image_shape: tuple[int, int], n_classes: int = 2, timestamps: bool = False, in_chans: int = 1
+    ):
         super().__init__()
         widths, drops = (16, 32, 32, 32, 32), (0.5, 0.5, 0.5, 0.5, 0.0)
         chains, previous = [], in_chans
-        for width, drop in zip(widths, drops):
+        for width, drop in zip(widths, drops, strict=True):
             chains.append(Chain(previous, width, drop))
             previous = width
         self.chains = nn.Sequential(*chains)
@@ -89,7 +91,9 @@ class BaselineCNN(nn.Module):
         self.head = _DenseHead(flat + int(timestamps), n_classes)
         self.chains.apply(_he)
 
-    def forward(self, image: torch.Tensor, difference: torch.Tensor | None = None, time: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, image: torch.Tensor, difference: torch.Tensor | None = None, time: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self.chains(image).flatten(1)
         if self.timestamps:
             x = torch.cat([x, time.view(-1, 1).to(x.dtype)], dim=1)
@@ -101,7 +105,9 @@ class XCNN(nn.Module):
 
     l2 = 0.0003
 
-    def __init__(self, *, image_shape: tuple[int, int], n_classes: int = 2, timestamps: bool = False, in_chans: int = 1):
+    def __init__(
+        self, *, image_shape: tuple[int, int], n_classes: int = 2, timestamps: bool = False, in_chans: int = 1
+    ):
         super().__init__()
         widths, dropout = (8, 8, 16, 16, 32), 0.25
         self.image_chains, self.diff_chains = nn.ModuleList(), nn.ModuleList()
@@ -126,7 +132,10 @@ class XCNN(nn.Module):
         for i in range(len(self.image_chains)):
             a, b = self.image_chains[i](a), self.diff_chains[i](b)
             if i < len(self.to_diff):
-                a, b = torch.cat([a, torch.relu(self.to_image[i](b))], 1), torch.cat([b, torch.relu(self.to_diff[i](a))], 1)
+                a, b = (
+                    torch.cat([a, torch.relu(self.to_image[i](b))], 1),
+                    torch.cat([b, torch.relu(self.to_diff[i](a))], 1),
+                )
         x = torch.cat([a.flatten(1), b.flatten(1)], dim=1)
         if self.timestamps:
             x = torch.cat([x, time.view(-1, 1).to(x.dtype)], dim=1)
@@ -153,7 +162,11 @@ def build_xcnn(arch: str, *, image_shape: tuple[int, int], n_classes: int, times
 def count_parameters(model: nn.Module) -> int:
     """Weights plus batch-norm running mean and variance: the count Keras reports as total parameters."""
     weights = sum(p.numel() for p in model.parameters())
-    stats = sum(m.running_mean.numel() + m.running_var.numel() for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    stats = sum(
+        m.running_mean.numel() + m.running_var.numel()
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    )
     return int(weights + stats)
 
 

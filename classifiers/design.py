@@ -33,7 +33,7 @@ def label_text(value, labels: list[str] | None = None) -> str | None:
     if value is None:
         return None
     if labels is not None:  # indicator row
-        return "|".join(l for l, v in zip(labels, value) if v)
+        return "|".join(label for label, v in zip(labels, value, strict=True) if v)
     return str(value)
 
 
@@ -73,12 +73,107 @@ class Design:
 
     def swapped_X(self) -> np.ndarray:
         """X of the same units with each pair's order reversed (only when ``can_swap``)."""
-        return np.hstack([assemble(s.blocks, s.time, rows=self.rows, swapped=True) for s in self.sets]) \
-            if len(self.sets) > 1 else assemble(self.sets[0].blocks, self.sets[0].time, rows=self.rows, swapped=True)
+        return _stack(self.sets, self.rows, swapped=True)
+
+
+def _stack(sets: list[LoadedFeatureSet], rows: np.ndarray, *, swapped: bool = False) -> np.ndarray:
+    """The feature sets' X of units ``rows``, side by side in order (one float32 array)."""
+    if len(sets) == 1:
+        return assemble(sets[0].blocks, sets[0].time, rows=rows, swapped=swapped)
+    return np.hstack([assemble(s.blocks, s.time, rows=rows, swapped=swapped) for s in sets])
 
 
 def _column(units: pa.Table, name: str) -> list:
     return units.column(name).to_pylist()
+
+
+def _present(loaded: list[LoadedFeatureSet], n_units: int, unit: str) -> tuple[np.ndarray, list[str]]:
+    """Units that have a current row in every feature set, and a note per set that misses some."""
+    present = np.ones(n_units, dtype=bool)
+    notes = []
+    for item in loaded:
+        missing = int((~item.present).sum())
+        if missing:
+            stale = sum(item.stale.values())
+            bad = sum(item.nonfinite.values())
+            detail = f" ({stale} computed from older pixels: re-run extract)" if stale else ""
+            detail += f" ({bad} stored rows hold NaN/inf features)" if bad else ""
+            notes.append(f"{missing} of {n_units} {unit} have no current row in {item.feature_set}{detail}; left out")
+        present &= item.present
+    return present, notes
+
+
+@dataclass
+class _TargetColumn:
+    """The target column of the units: raw values, which units it keeps, whether it is multi-label."""
+
+    raw: np.ndarray | None = None  # object array, one value per unit (None when there is no target column)
+    keep: np.ndarray | None = None  # units that pass the target's filters (and, fitting, have a value)
+    multilabel: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _target_column(units: pa.Table, target: TargetSpec | None, present: np.ndarray, *, unit: str, dataset: str,
+                   require_target: bool, multilabel: bool | None) -> _TargetColumn:
+    """Read ``target``'s column and filters from ``units`` (``present``: the units with every feature);
+    ``EvaluationError`` when fitting needs a column the units lack."""
+    if target is None or target.column not in units.column_names:
+        if target is not None and require_target:
+            raise EvaluationError(
+                f"Target column {target.column!r} is not a column of the {unit} of {dataset!r} (columns: "
+                f"{', '.join(c for c in units.column_names if c not in ('key', 'source_sha256'))}). "
+                "Choose --target among them."
+            )
+        return _TargetColumn(multilabel=bool(multilabel))
+    if multilabel is None:
+        column_type = units.schema.field(target.column).type
+        multilabel = pa.types.is_list(column_type) or pa.types.is_large_list(column_type)
+    raw = np.array(_column(units, target.column), dtype=object)
+    keep = present.copy()
+    for column, value in target.where:
+        if column not in units.column_names:
+            raise EvaluationError(
+                f"Target {target.name!r} filters on column {column!r}, which the {unit} of {dataset!r} lack."
+            )
+        keep &= np.array([v == value for v in _column(units, column)])
+    values = raw if multilabel else [target.map_value(v) for v in raw]
+    labelled = np.array([v is not None for v in values], dtype=bool)
+    notes = []
+    if require_target:
+        unlabelled = int((keep & ~labelled).sum())
+        if unlabelled:
+            notes.append(f"{unlabelled} {unit} have no value for target {target.describe()}; left out")
+        keep &= labelled
+    return _TargetColumn(raw=raw, keep=keep, multilabel=bool(multilabel), notes=notes)
+
+
+def _encode(raw: np.ndarray, target: TargetSpec, multilabel: bool, classes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """(y, label space) for the raw target values of the kept units; ``classes`` fixes the label space
+    when not empty. Multi-label y is an (n, L) 0/1 indicator, else an object array of label text."""
+    if multilabel:
+        space = classes or sorted({str(label) for v in raw if v is not None for label in v})
+        index = {label: j for j, label in enumerate(space)}
+        y = np.zeros((len(raw), len(space)), dtype=np.int64)
+        for i, value in enumerate(raw):
+            for label in value or ():
+                if str(label) in index:
+                    y[i, index[str(label)]] = 1
+        return y, space
+    y = np.array([None if (m := target.map_value(v)) is None else str(m) for v in raw], dtype=object)
+    return y, classes or sorted({v for v in y if v is not None})
+
+
+def _check_classes(
+    target: TargetSpec, space: list[str], multilabel: bool, n_rows: int, unit: str, dataset: str
+) -> None:
+    n_classes = len(space)
+    if (not multilabel and n_classes < 2) or (multilabel and n_classes < 1):
+        only = f" (only {space[0]!r})" if space else ""
+        raise EvaluationError(
+            f"Target {target.describe()} has {n_classes} class(es){only} among the {n_rows} {unit} of {dataset!r} "
+            "with features; a classifier needs at least two. Choose another --target (e.g. a COLUMN=VALUE binary "
+            "target), or ingest data with more than one class."
+        )
 
 
 def load_design(
@@ -102,47 +197,14 @@ def load_design(
     """
     units = load_units(store, dataset, unit, reference_mode=reference_mode)
     tables = feature_tables(store)
-    notes: list[str] = []
     distinct = list(dict.fromkeys(feature_sets))
     loaded = [load_feature_set(store, fs, units, unit, tables=tables) for fs in distinct]
-    present = np.ones(units.num_rows, dtype=bool)
-    for item in loaded:
-        missing = int((~item.present).sum())
-        if missing:
-            stale = sum(item.stale.values())
-            bad = sum(item.nonfinite.values())
-            detail = f" ({stale} computed from older pixels: re-run extract)" if stale else ""
-            detail += f" ({bad} stored rows hold NaN/inf features)" if bad else ""
-            notes.append(f"{missing} of {units.num_rows} {unit} have no current row in {item.feature_set}{detail}; left out")
-        present &= item.present
-
-    keep = present.copy()
-    raw = y = None
-    label_space: list[str] = list(classes or [])
-    is_multi = bool(multilabel)
-    if target is not None and target.column in units.column_names:
-        column_type = units.schema.field(target.column).type
-        is_multi = (pa.types.is_list(column_type) or pa.types.is_large_list(column_type)) if multilabel is None else multilabel
-        raw = np.array(_column(units, target.column), dtype=object)
-        for column, value in target.where:
-            if column not in units.column_names:
-                raise EvaluationError(f"Target {target.name!r} filters on column {column!r}, which the {unit} of {dataset!r} lack.")
-            keep &= np.array([v == value for v in _column(units, column)])
-        if is_multi:
-            labelled = np.array([v is not None for v in raw])
-        else:
-            mapped = np.array([target.map_value(v) for v in raw], dtype=object)
-            labelled = np.array([v is not None for v in mapped])
-        unlabelled = int((keep & ~labelled).sum())
-        if unlabelled and require_target:
-            notes.append(f"{unlabelled} {unit} have no value for target {target.describe()}; left out")
-        if require_target:
-            keep &= labelled
-    elif target is not None and require_target:
-        raise EvaluationError(
-            f"Target column {target.column!r} is not a column of the {unit} of {dataset!r} (columns: "
-            f"{', '.join(c for c in units.column_names if c not in ('key', 'source_sha256'))}). Choose --target among them."
-        )
+    keep, notes = _present(loaded, units.num_rows, unit)
+    column = _target_column(units, target, keep, unit=unit, dataset=dataset, require_target=require_target,
+                            multilabel=multilabel)
+    notes += column.notes
+    if column.keep is not None:
+        keep = column.keep
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
         raise EvaluationError(
@@ -150,33 +212,14 @@ def load_design(
             + (f" and a value for target {target.describe()}" if target is not None and require_target else "")
             + ". Run the extraction for this dataset (python cli.py extract ...) or choose other --features."
         )
-    if raw is not None:
-        raw = raw[rows]
-        if is_multi:
-            if not label_space:
-                label_space = sorted({str(l) for v in raw if v is not None for l in v})
-            index = {l: j for j, l in enumerate(label_space)}
-            y = np.zeros((len(rows), len(label_space)), dtype=np.int64)
-            for i, value in enumerate(raw):
-                for label in value or ():
-                    if str(label) in index:
-                        y[i, index[str(label)]] = 1
-        else:
-            y = np.array([None if (m := target.map_value(v)) is None else str(m) for v in raw], dtype=object)
-            if not label_space:
-                label_space = sorted({v for v in y if v is not None})
+    raw = y = None
+    space = list(classes or [])
+    if column.raw is not None:
+        raw = column.raw[rows]
+        y, space = _encode(raw, target, column.multilabel, space)
     if require_target and target is not None:
-        n_classes = len(label_space)
-        if (not is_multi and n_classes < 2) or (is_multi and n_classes < 1):
-            only = f" (only {label_space[0]!r})" if label_space else ""
-            raise EvaluationError(
-                f"Target {target.describe()} has {n_classes} class(es){only} among the {len(rows)} {unit} of {dataset!r} "
-                "with features; a classifier needs at least two. Choose another --target (e.g. a COLUMN=VALUE binary "
-                "target), or ingest data with more than one class."
-            )
+        _check_classes(target, space, column.multilabel, len(rows), unit, dataset)
     split_values = np.array(_column(units, "split"), dtype=object)[rows] if "split" in units.column_names else None
-    X = np.hstack([assemble(s.blocks, s.time, rows=rows) for s in loaded]) if len(loaded) > 1 \
-        else assemble(loaded[0].blocks, loaded[0].time, rows=rows)
     columns, start = {}, 0
     for item in loaded:
         columns[str(item.feature_set)] = (start, start + item.width)
@@ -185,8 +228,8 @@ def load_design(
         dataset=dataset, unit=unit, reference_mode=reference_mode, target=target,
         keys=np.array(_column(units, "key"), dtype=object)[rows],
         subjects=np.array(_column(units, "subject"), dtype=object)[rows],
-        raw=raw, y=y, classes=label_space, multilabel=is_multi, split_values=split_values,
-        X=X, columns=columns, sets=loaded, rows=rows, notes=notes,
+        raw=raw, y=y, classes=space, multilabel=column.multilabel, split_values=split_values,
+        X=_stack(loaded, rows), columns=columns, sets=loaded, rows=rows, notes=notes,
     )
 
 
@@ -215,7 +258,10 @@ def augmented_training(
         y = np.concatenate([y, y_swapped])
         groups = np.concatenate([groups, groups])
     else:
-        notes.append("pair-order swap not applied (needs per-image pair modes on pairs and a label map for swapped pairs); noise only")
+        notes.append(
+            "pair-order swap not applied (needs per-image pair modes on pairs "
+            "and a label map for swapped pairs); noise only"
+        )
     if noise > 0:
         rng = np.random.default_rng(seed)
         scale = X.std(axis=0, dtype=np.float64).astype(np.float32) * np.float32(noise)

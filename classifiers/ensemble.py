@@ -12,11 +12,10 @@ from typing import ClassVar
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.preprocessing import LabelEncoder
 
 from classifiers._registry import register_model
-from classifiers.models import ChronoClassifier, _is_int, _is_number
-from features.errors import EvaluationError, ParameterError, check_param
+from classifiers.models import POSITIVE, ChronoClassifier, Rule, _is_number, int_rule, keep_params
+from features.errors import EvaluationError, ParameterError, check_param, is_int
 from features.splits import inner_splits
 
 __all__ = ["VotingEnsemble", "StackingEnsemble", "align_proba"]
@@ -31,33 +30,38 @@ def align_proba(proba: np.ndarray, have: np.ndarray, want: np.ndarray) -> np.nda
     return out
 
 
+def _is_member(member) -> bool:
+    """True for ``(name, estimator, (start, stop))`` with a fit/predict_proba estimator and 0 <= start < stop."""
+    return (
+        isinstance(member, (list, tuple)) and len(member) == 3 and isinstance(member[0], str)
+        and hasattr(member[1], "fit") and hasattr(member[1], "predict_proba")
+        and isinstance(member[2], (list, tuple)) and len(member[2]) == 2
+        and all(is_int(v, 0) for v in member[2]) and member[2][0] < member[2][1]
+    )
+
+
 class _MemberEnsemble(ChronoClassifier):
     combines_members: ClassVar[bool] = True
+    param_rules: ClassVar[dict[str, Rule]] = {}
 
     def validate_params(self) -> None:
         owner = type(self).__name__
         members = self.members
         ok = isinstance(members, (list, tuple)) and len(members) > 0
         check_param(owner, "members", members, kind="a non-empty list of (name, estimator, (start, stop))", ok=ok)
-        names = []
         for member in members:
-            good = (
-                isinstance(member, (list, tuple)) and len(member) == 3 and isinstance(member[0], str)
-                and hasattr(member[1], "fit") and hasattr(member[1], "predict_proba")
-                and isinstance(member[2], (list, tuple)) and len(member[2]) == 2
-                and all(_is_int(v, 0) for v in member[2]) and member[2][0] < member[2][1]
-            )
-            if not good:
+            if not _is_member(member):
                 raise ParameterError(
                     f"The 'members' parameter of {owner} must be a non-empty list of (name, estimator, "
                     f"(start, stop)). Got member {member!r} instead."
                 )
-            names.append(member[0])
+        names = [m[0] for m in members]
         if len(set(names)) != len(names):
             raise ParameterError(f"The 'members' parameter of {owner} must have unique names. Got {names!r} instead.")
         for _, estimator, _ in members:
             if hasattr(estimator, "validate_params"):
                 estimator.validate_params()
+        super().validate_params()
 
     def check_available(self) -> None:
         for _, estimator, _ in self.members:
@@ -76,22 +80,11 @@ class _MemberEnsemble(ChronoClassifier):
         fitted = {}
         for name, estimator, columns in self.members:
             model = clone(estimator)
-            model.fit(self._columns(X, columns), y, groups) if _accepts_groups(model) else model.fit(self._columns(X, columns), y)
+            model.fit(self._columns(X, columns), y, groups) if _accepts_groups(model) else model.fit(
+                self._columns(X, columns), y
+            )
             fitted[name] = model
         return fitted
-
-    def _set_classes(self, y: np.ndarray) -> None:
-        if y.ndim == 2:
-            self.multilabel_ = True
-            self.classes_ = np.arange(y.shape[1])
-        else:
-            self.multilabel_ = False
-            self.classes_ = LabelEncoder().fit(y).classes_
-            if len(self.classes_) < 2:
-                raise EvaluationError(
-                    f"{self.name}: the training rows hold a single class ({self.classes_[0]!r}); choose another "
-                    "target or a split that keeps every class in training."
-                )
 
     def member_proba(self, name: str, X) -> np.ndarray:
         """Probabilities of fitted member ``name`` on ``X`` (the whole X), columns in ``classes_`` order."""
@@ -103,10 +96,7 @@ class _MemberEnsemble(ChronoClassifier):
 
     def member_predict(self, name: str, X) -> np.ndarray:
         """Labels predicted by fitted member ``name`` on ``X`` (indicator rows for multi-label)."""
-        proba = self.member_proba(name, X)
-        if self.multilabel_:
-            return (proba >= 0.5).astype(int)
-        return self.classes_[np.argmax(proba, axis=1)]
+        return self.labels_from(self.member_proba(name, X))
 
 
 def _accepts_groups(model) -> bool:
@@ -119,14 +109,13 @@ def _accepts_groups(model) -> bool:
 class VotingEnsemble(_MemberEnsemble):
     """Soft (mean probability) or hard (majority) voting over members, with optional ``weights``."""
 
+    param_rules = {"voting": ("'soft' or 'hard'", lambda v: v in ("soft", "hard"))}
+
     def __init__(self, *, members=(), voting="soft", weights=None):
-        self.members = members
-        self.voting = voting
-        self.weights = weights
+        keep_params(self, locals())
 
     def validate_params(self) -> None:
         super().validate_params()
-        check_param("VotingEnsemble", "voting", self.voting, kind="'soft' or 'hard'", ok=self.voting in ("soft", "hard"))
         w = self.weights
         ok = w is None or (isinstance(w, (list, tuple)) and len(w) == len(self.members)
                            and all(_is_number(v, low=0) for v in w) and sum(w) > 0)
@@ -134,12 +123,9 @@ class VotingEnsemble(_MemberEnsemble):
 
     def fit(self, X, y, groups=None):
         """Fit every member on its columns of ``X``; return ``self``."""
-        self.validate_params()
-        self.check_available()
-        X, y = np.asarray(X), np.asarray(y)
+        X, y, groups = self._fit_inputs(X, y, groups)
         self._set_classes(y)
-        self.n_features_in_ = X.shape[1]
-        self.members_ = self._fit_members(X, y, None if groups is None else np.asarray(groups))
+        self.members_ = self._fit_members(X, y, groups)
         return self
 
     def _weights(self) -> np.ndarray:
@@ -148,10 +134,10 @@ class VotingEnsemble(_MemberEnsemble):
 
     def predict_proba(self, X) -> np.ndarray:
         """Soft: weighted mean of member probabilities. Hard: weighted share of member votes per class."""
-        X = np.asarray(X)
+        X = self._predict_inputs(X)
         weights = self._weights()
         total = None
-        for weight, name in zip(weights, self.member_names):
+        for weight, name in zip(weights, self.member_names, strict=True):
             if self.voting == "soft":
                 part = self.member_proba(name, X)
             elif self.multilabel_:
@@ -162,12 +148,6 @@ class VotingEnsemble(_MemberEnsemble):
             total = weight * part if total is None else total + weight * part
         return total
 
-    def predict(self, X) -> np.ndarray:
-        proba = self.predict_proba(X)
-        if self.multilabel_:
-            return (proba >= 0.5).astype(int)
-        return self.classes_[np.argmax(proba, axis=1)]
-
 
 @register_model("stacking")
 class StackingEnsemble(_MemberEnsemble):
@@ -177,16 +157,10 @@ class StackingEnsemble(_MemberEnsemble):
     (``inner_splits``), then every member is refitted on all training rows.
     """
 
-    def __init__(self, *, members=(), final_C=1.0, folds=3):
-        self.members = members
-        self.final_C = final_C
-        self.folds = folds
+    param_rules = {"final_C": POSITIVE, "folds": int_rule(2)}
 
-    def validate_params(self) -> None:
-        super().validate_params()
-        check_param("StackingEnsemble", "final_C", self.final_C, kind="a float in (0, inf)",
-                    ok=_is_number(self.final_C, low=0, low_open=True))
-        check_param("StackingEnsemble", "folds", self.folds, kind="an int in [2, inf)", ok=_is_int(self.folds, 2))
+    def __init__(self, *, members=(), final_C=1.0, folds=3):
+        keep_params(self, locals())
 
     def _stack(self, X: np.ndarray) -> np.ndarray:
         return np.hstack([self.member_proba(name, X) for name in self.member_names])
@@ -195,14 +169,10 @@ class StackingEnsemble(_MemberEnsemble):
         """Fit the final logistic regression on out-of-fold member probabilities, then the members."""
         from sklearn.linear_model import LogisticRegression
 
-        self.validate_params()
-        self.check_available()
-        X, y = np.asarray(X), np.asarray(y)
-        groups = None if groups is None else np.asarray(groups)
+        X, y, groups = self._fit_inputs(X, y, groups)
         self._set_classes(y)
         if self.multilabel_:
             raise EvaluationError("stacking does not support multi-label targets; use 'ensemble' (voting) instead.")
-        self.n_features_in_ = X.shape[1]
         folds = inner_splits(y, groups, n_splits=self.folds, seed=0)
         if folds is None:
             raise EvaluationError(
@@ -219,8 +189,5 @@ class StackingEnsemble(_MemberEnsemble):
 
     def predict_proba(self, X) -> np.ndarray:
         """Probabilities of the final logistic regression over the members' probabilities."""
-        X = np.asarray(X)
+        X = self._predict_inputs(X)
         return align_proba(self.final_.predict_proba(self._stack(X)), self.final_.classes_, self.classes_)
-
-    def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

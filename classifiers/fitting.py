@@ -9,40 +9,13 @@ hierarchical head from specimen targets — says so by defining a classmethod
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from typing import Protocol
 
 from classifiers._registry import model_class
+from classifiers.request import FitRequest
 from store.layout import Store
 
 __all__ = ["FitRequest", "FitOutcome", "fit"]
-
-
-@dataclass(frozen=True)
-class FitRequest:
-    """Every option of ``cli.py fit``; None means "the model's or the dataset profile's default"."""
-
-    model: str
-    dataset: str | None = None
-    target: str | None = None
-    features: str | None = None
-    members: str | None = None
-    folds: int | None = None
-    test_subjects: str | None = None
-    seeds: int | None = None
-    split: str = "auto"
-    search: str = "none"
-    augment: bool = False
-    device: str | None = None
-    reference: str | None = None
-    timestamps: bool | None = None
-    epochs: int | None = None
-
-    @classmethod
-    def from_options(cls, options: dict) -> FitRequest:
-        """The request from a dict of parsed options (keys that are not fields are ignored)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in options.items() if k in names})
 
 
 class FitOutcome(Protocol):

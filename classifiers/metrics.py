@@ -58,7 +58,11 @@ def bootstrap_weights(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     _, index = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     n_subjects = int(index.max()) + 1 if len(index) else 0
     rng = np.random.default_rng(seed)
-    draws = rng.multinomial(n_subjects, np.full(n_subjects, 1.0 / n_subjects), size=n_boot) if n_subjects else np.zeros((n_boot, 0))
+    draws = (
+        rng.multinomial(n_subjects, np.full(n_subjects, 1.0 / n_subjects), size=n_boot)
+        if n_subjects
+        else np.zeros((n_boot, 0))
+    )
     return draws[:, index].astype(np.float64)
 
 
@@ -126,6 +130,59 @@ def _auc(y01: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(y01, score))
 
 
+class _Intervals(dict):
+    """Bootstrap 95% intervals by key (a metric name, or ``auc:<j>`` for class j's AUC)."""
+
+    def row(self, metric: str, value: float, cls: str | None = None, key: str | None = None) -> MetricValue:
+        """A ``MetricValue`` carrying the interval of ``key`` (default: the metric's own)."""
+        low, high = self.get(key or metric, (None, None))
+        return MetricValue(metric, cls, float(value), low, high)
+
+    def add_f1(self, f1_macro: np.ndarray) -> None:
+        """Intervals of macro F1 and of the error (1 - macro F1) from resampled macro F1 values."""
+        self["f1_macro"] = _interval(f1_macro)
+        low, high = self["f1_macro"]
+        self["error"] = (None if high is None else 1 - high, None if low is None else 1 - low)
+
+    def add_auc(self, boot_auc: dict[int, np.ndarray]) -> None:
+        """Intervals of the macro AUC and of each class's AUC from resampled per-class AUCs."""
+        if not boot_auc:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples
+            self["auc_macro"] = _interval(np.nanmean(np.vstack(list(boot_auc.values())), axis=0))
+        for j, values in boot_auc.items():
+            self[f"auc:{j}"] = _interval(values)
+
+
+def _single_label_intervals(t: np.ndarray, p: np.ndarray, proba: np.ndarray, k: int, aucs: dict,
+                            groups: np.ndarray, n_boot: int, seed: int) -> _Intervals:
+    weights = bootstrap_weights(groups, n_boot, seed)
+    boot = scores_from_confusion(weighted_confusion(t, p, k, weights))
+    ci = _Intervals()
+    ci["accuracy"] = _interval(boot["accuracy"])
+    ci["balanced_accuracy"] = ci["mean_class_accuracy"] = _interval(boot["balanced_accuracy"])
+    ci.add_f1(boot["f1_macro"])
+    ci.add_auc({j: weighted_auc(proba[:, j], (t == j).astype(int), weights) for j, v in aucs.items() if v is not None})
+    return ci
+
+
+def _per_class_rows(classes: np.ndarray, aucs: dict, per_class_f1: np.ndarray, conf: np.ndarray,
+                    recall: np.ndarray, ci: _Intervals) -> list[MetricValue]:
+    rows = []
+    for j, c in enumerate(classes):
+        name = str(c)
+        if aucs[j] is not None:
+            rows.append(ci.row("auc", aucs[j], name, key=f"auc:{j}"))
+        rows.append(MetricValue("f1", name, float(per_class_f1[j])))
+        if conf[j].sum() > 0:
+            rows.append(MetricValue("class_accuracy", name, float(recall[j])))
+        rows.append(MetricValue("support", name, float(conf[j].sum())))
+        for i, other in enumerate(classes):
+            rows.append(MetricValue("confusion", f"{name}->{other}", float(conf[j, i])))
+    return rows
+
+
 def classification_metrics(
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -149,60 +206,44 @@ def classification_metrics(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        point = {
-            "accuracy": float(accuracy_score(t, p)),
-            "balanced_accuracy": float(balanced_accuracy_score(t, p)),
-            "f1_macro": float(f1_score(t, p, average="macro")),
-        }
+        accuracy = float(accuracy_score(t, p))
+        balanced = float(balanced_accuracy_score(t, p))
+        f1_macro = float(f1_score(t, p, average="macro"))
         per_class_f1 = f1_score(t, p, labels=np.arange(k), average=None, zero_division=0.0)
     conf = confusion_matrix(t, p, labels=np.arange(k))
     recall = np.divide(np.diag(conf), conf.sum(axis=1), out=np.zeros(k), where=conf.sum(axis=1) > 0)
     aucs = {j: _auc((t == j).astype(int), proba[:, j]) for j in range(k)}
     defined = [v for v in aucs.values() if v is not None]
-    auc_macro = float(np.mean(defined)) if defined else None
 
-    ci: dict[str, tuple] = {}
+    ci = _Intervals()
     if n_boot and groups is not None and len(t):
-        weights = bootstrap_weights(groups, n_boot, seed)
-        boot = scores_from_confusion(weighted_confusion(t, p, k, weights))
-        boot_auc = {j: weighted_auc(proba[:, j], (t == j).astype(int), weights) for j, v in aucs.items() if v is not None}
-        ci["accuracy"] = _interval(boot["accuracy"])
-        ci["balanced_accuracy"] = ci["mean_class_accuracy"] = _interval(boot["balanced_accuracy"])
-        ci["f1_macro"] = _interval(boot["f1_macro"])
-        low, high = ci["f1_macro"]
-        ci["error"] = (None if high is None else 1 - high, None if low is None else 1 - low)
-        if boot_auc:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples
-                ci["auc_macro"] = _interval(np.nanmean(np.vstack(list(boot_auc.values())), axis=0))
-            for j, values in boot_auc.items():
-                ci[f"auc:{j}"] = _interval(values)
-
-    def row(metric, value, cls=None, key=None):
-        low, high = ci.get(key or metric, (None, None))
-        return MetricValue(metric, cls, float(value), low, high)
-
+        ci = _single_label_intervals(t, p, proba, k, aucs, groups, n_boot, seed)
     rows = [
-        row("accuracy", point["accuracy"]),
-        row("balanced_accuracy", point["balanced_accuracy"]),
-        row("mean_class_accuracy", point["balanced_accuracy"]),
-        row("f1_macro", point["f1_macro"]),
-        row("error", 1.0 - point["f1_macro"]),
+        ci.row("accuracy", accuracy),
+        ci.row("balanced_accuracy", balanced),
+        ci.row("mean_class_accuracy", balanced),
+        ci.row("f1_macro", f1_macro),
+        ci.row("error", 1.0 - f1_macro),
         MetricValue("n", None, float(len(t))),
     ]
-    if auc_macro is not None:
-        rows.append(row("auc_macro", auc_macro))
-    for j, c in enumerate(classes):
-        name = str(c)
-        if aucs[j] is not None:
-            rows.append(row("auc", aucs[j], name, key=f"auc:{j}"))
-        rows.append(MetricValue("f1", name, float(per_class_f1[j])))
-        if conf[j].sum() > 0:
-            rows.append(MetricValue("class_accuracy", name, float(recall[j])))
-        rows.append(MetricValue("support", name, float(conf[j].sum())))
-        for i, other in enumerate(classes):
-            rows.append(MetricValue("confusion", f"{name}->{other}", float(conf[j, i])))
-    return rows
+    if defined:
+        rows.append(ci.row("auc_macro", float(np.mean(defined))))
+    return rows + _per_class_rows(classes, aucs, per_class_f1, conf, recall, ci)
+
+
+def _multilabel_intervals(y_true: np.ndarray, pred: np.ndarray, proba: np.ndarray, aucs: dict,
+                          groups: np.ndarray, n_boot: int, seed: int) -> _Intervals:
+    weights = bootstrap_weights(groups, n_boot, seed)
+    boot_f1 = np.column_stack([
+        scores_from_confusion(weighted_confusion(y_true[:, j], pred[:, j], 2, weights))["f1"][:, 1]
+        for j in range(y_true.shape[1])
+    ])
+    ci = _Intervals()
+    ci.add_f1(boot_f1.mean(axis=1))
+    exact = (pred == y_true).all(axis=1).astype(float)
+    ci["accuracy"] = _interval((weights * exact).sum(axis=1) / weights.sum(axis=1))
+    ci.add_auc({j: weighted_auc(proba[:, j], y_true[:, j], weights) for j, v in aucs.items() if v is not None})
+    return ci
 
 
 def multilabel_metrics(
@@ -224,42 +265,21 @@ def multilabel_metrics(
     aucs = {j: _auc(y_true[:, j], proba[:, j]) for j in range(len(labels))}
     f1s = f1_score(y_true, pred, average=None, zero_division=0.0)
     defined = [v for v in aucs.values() if v is not None]
-    ci: dict[str, tuple] = {}
+    ci = _Intervals()
     if n_boot and groups is not None and len(y_true):
-        weights = bootstrap_weights(groups, n_boot, seed)
-        boot_auc = {j: weighted_auc(proba[:, j], y_true[:, j], weights) for j, v in aucs.items() if v is not None}
-        boot_f1 = np.column_stack([
-            scores_from_confusion(weighted_confusion(y_true[:, j], pred[:, j], 2, weights))["f1"][:, 1]
-            for j in range(len(labels))
-        ])
-        ci["f1_macro"] = _interval(boot_f1.mean(axis=1))
-        low, high = ci["f1_macro"]
-        ci["error"] = (None if high is None else 1 - high, None if low is None else 1 - low)
-        exact = (pred == y_true).all(axis=1).astype(float)
-        ci["accuracy"] = _interval((weights * exact).sum(axis=1) / weights.sum(axis=1))
-        if boot_auc:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                ci["auc_macro"] = _interval(np.nanmean(np.vstack(list(boot_auc.values())), axis=0))
-            for j, values in boot_auc.items():
-                ci[f"auc:{j}"] = _interval(values)
-
-    def row(metric, value, cls=None, key=None):
-        low, high = ci.get(key or metric, (None, None))
-        return MetricValue(metric, cls, float(value), low, high)
-
+        ci = _multilabel_intervals(y_true, pred, proba, aucs, groups, n_boot, seed)
     f1_macro = float(np.mean(f1s)) if len(f1s) else 0.0
     rows = [
-        row("accuracy", float((pred == y_true).all(axis=1).mean())),
-        row("f1_macro", f1_macro),
-        row("error", 1.0 - f1_macro),
+        ci.row("accuracy", float((pred == y_true).all(axis=1).mean())),
+        ci.row("f1_macro", f1_macro),
+        ci.row("error", 1.0 - f1_macro),
         MetricValue("n", None, float(len(y_true))),
     ]
     if defined:
-        rows.append(row("auc_macro", float(np.mean(defined))))
+        rows.append(ci.row("auc_macro", float(np.mean(defined))))
     for j, name in enumerate(labels):
         if aucs[j] is not None:
-            rows.append(row("auc", aucs[j], str(name), key=f"auc:{j}"))
+            rows.append(ci.row("auc", aucs[j], str(name), key=f"auc:{j}"))
         rows.append(MetricValue("f1", str(name), float(f1s[j])))
         rows.append(MetricValue("support", str(name), float(y_true[:, j].sum())))
     return rows

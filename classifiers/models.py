@@ -15,6 +15,7 @@ indicator, one binary model per label). ``groups`` (subjects) makes the folds us
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -22,10 +23,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.feature_selection import SelectorMixin
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelEncoder, StandardScaler
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classifiers._registry import register_model
-from features.errors import BackendUnavailableError, EvaluationError, check_param
+from features.errors import BackendUnavailableError, EvaluationError, check_param, is_int
 from features.splits import inner_splits
 from store.cores import usable_cores
 
@@ -38,6 +40,13 @@ __all__ = [
     "XGBoost",
     "KNN",
     "LowVarianceFilter",
+    "Rule",
+    "POSITIVE",
+    "NON_NEGATIVE",
+    "FRACTION",
+    "CLASS_WEIGHT",
+    "int_rule",
+    "keep_params",
     "cuda_available",
     "fresh",
 ]
@@ -50,8 +59,25 @@ def _is_number(value, *, low=None, high=None, low_open=False) -> bool:
     return high is None or value <= high
 
 
-def _is_int(value, low) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
+
+# A parameter rule: (what the value must be, in scikit-learn's wording; the test it must pass).
+Rule = tuple[str, Callable[[object], bool]]
+POSITIVE: Rule = ("a float in (0, inf)", lambda v: _is_number(v, low=0, low_open=True))
+NON_NEGATIVE: Rule = ("a float in [0, inf)", lambda v: _is_number(v, low=0))
+FRACTION: Rule = ("a float in (0, 1]", lambda v: _is_number(v, low=0, high=1, low_open=True))
+CLASS_WEIGHT: Rule = ("None or 'balanced'", lambda v: v in (None, "balanced"))
+
+
+def int_rule(low: int) -> Rule:
+    """The rule "an int in [low, inf)"."""
+    return (f"an int in [{low}, inf)", lambda v: is_int(v, low))
+
+
+def keep_params(estimator, values: dict) -> None:
+    """Store every ``__init__`` parameter of ``estimator`` from ``values`` (its ``locals()``) as an
+    attribute of the same name: scikit-learn's convention, written once."""
+    for name in type(estimator)._get_param_names():
+        setattr(estimator, name, values[name])
 
 
 class LowVarianceFilter(SelectorMixin, BaseEstimator):
@@ -143,29 +169,35 @@ class LowVarianceFilter(SelectorMixin, BaseEstimator):
 class ChronoClassifier(ClassifierMixin, BaseEstimator):
     """Base of the single models: preprocessing pipeline, label encoding, multi-label handling.
 
-    Subclasses define ``__init__`` (keyword-only, storing ``variance_threshold``, ``scale`` and their
-    own parameters), ``validate_params``, ``_estimator(y, groups)`` returning an unfitted scikit-learn
-    classifier for encoded labels, and ``search_space(level)``.
+    Subclasses define ``__init__`` (keyword-only, ``keep_params(self, locals())``, with
+    ``variance_threshold``, ``scale`` and their own parameters), ``param_rules`` (name -> ``Rule``, the
+    base's included), ``search_spaces`` (level -> parameter grid) and ``_estimator(y, groups)`` returning
+    an unfitted scikit-learn classifier for encoded labels.
     """
 
     name: ClassVar[str] = "model"
     combines_members: ClassVar[bool] = False
     uses_scaling: ClassVar[bool] = True
+    param_rules: ClassVar[dict[str, Rule]] = {
+        "variance_threshold": NON_NEGATIVE,
+        "scale": ("a bool", lambda v: isinstance(v, bool)),
+    }
+    search_spaces: ClassVar[dict[str, dict[str, list]]] = {}
 
     # --- contract -------------------------------------------------------------------------
     def validate_params(self) -> None:
         """Raise ``ParameterError`` (scikit-learn wording) for any parameter out of range."""
         owner = type(self).__name__
-        t = self.variance_threshold
-        check_param(owner, "variance_threshold", t, kind="a float in [0, inf)", ok=_is_number(t, low=0))
-        check_param(owner, "scale", self.scale, kind="a bool", ok=isinstance(self.scale, bool))
+        for name, (kind, ok) in self.param_rules.items():
+            value = getattr(self, name)
+            check_param(owner, name, value, kind=kind, ok=ok(value))
 
     def check_available(self) -> None:
         """Raise ``BackendUnavailableError`` when a device or library this model was asked for is absent."""
 
     def search_space(self, level: str) -> dict[str, list]:
         """Parameter grid (``{name: values}``) tried by ``--search level``; ``{}`` for ``none``."""
-        return {}
+        return {name: list(values) for name, values in self.search_spaces.get(level, {}).items()}
 
     def _estimator(self, y: np.ndarray, groups: np.ndarray | None):
         raise NotImplementedError
@@ -193,25 +225,25 @@ class ChronoClassifier(ClassifierMixin, BaseEstimator):
                 ) from None
             raise
 
-    def fit(self, X, y, groups=None):
-        """Learn from ``X`` (n, d) and ``y`` (n,) labels or (n, L) 0/1 multi-label; return ``self``."""
+    def _fit_inputs(self, X, y, groups) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(X, y, groups) as arrays, after the checks every fit makes: parameters, backend, X a dense
+        2-D numeric matrix (not copied; NaN is left to the model), 1-D y holding class labels."""
         self.validate_params()
         self.check_available()
-        X = np.asarray(X)
+        X = validate_data(self, X, dtype="numeric", ensure_all_finite=False, reset=True)
+        if y is None:
+            check_classification_targets(y)  # scikit-learn's error for a missing y
         y = np.asarray(y)
-        groups = None if groups is None else np.asarray(groups)
-        self.n_features_in_ = X.shape[1]
+        if y.ndim < 2:  # a 2-D y is a multi-label 0/1 indicator
+            check_classification_targets(y)
+        return X, y, None if groups is None else np.asarray(groups)
+
+    def _set_classes(self, y: np.ndarray) -> None:
+        """``multilabel_`` and ``classes_`` from ``y``; ``EvaluationError`` for a single class."""
         if y.ndim == 2:
             self.multilabel_ = True
             self.classes_ = np.arange(y.shape[1])
-            self.label_models_ = []
-            for j in range(y.shape[1]):
-                column = y[:, j].astype(int)
-                if len(np.unique(column)) < 2:  # a label never (or always) present in training
-                    self.label_models_.append(float(column.mean()))
-                else:
-                    self.label_models_.append(self._fit_one(X, column, groups))
-            return self
+            return
         self.multilabel_ = False
         self.encoder_ = LabelEncoder().fit(y)
         self.classes_ = self.encoder_.classes_
@@ -220,55 +252,78 @@ class ChronoClassifier(ClassifierMixin, BaseEstimator):
                 f"{self.name}: the training rows hold a single class ({self.classes_[0]!r}); a classifier "
                 "needs at least two. Choose another target, or a split that keeps every class in training."
             )
-        self.pipeline_ = self._fit_one(X, self.encoder_.transform(y), groups)
+
+    def fit(self, X, y, groups=None):
+        """Learn from ``X`` (n, d) and ``y`` (n,) labels or (n, L) 0/1 multi-label; return ``self``."""
+        X, y, groups = self._fit_inputs(X, y, groups)
+        self._set_classes(y)
+        if not self.multilabel_:
+            self.pipeline_ = self._fit_one(X, self.encoder_.transform(y), groups)
+            return self
+        self.label_models_ = []
+        for j in range(y.shape[1]):
+            column = y[:, j].astype(int)
+            if len(np.unique(column)) < 2:  # a label never (or always) present in training
+                self.label_models_.append(float(column.mean()))
+            else:
+                self.label_models_.append(self._fit_one(X, column, groups))
         return self
+
+    def _predict_inputs(self, X) -> np.ndarray:
+        """``X`` checked against the fitted model: ``NotFittedError`` before ``fit``, ``ValueError`` for a
+        matrix of another width or not 2-D."""
+        check_is_fitted(self)
+        return validate_data(self, X, dtype="numeric", ensure_all_finite=False, reset=False)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities (n, k) in ``classes_`` order; multi-label: P(label) per column (n, L)."""
-        X = np.asarray(X)
-        if self.multilabel_:
-            columns = []
-            for model in self.label_models_:
-                if isinstance(model, float):
-                    columns.append(np.full(len(X), model))
-                else:
-                    columns.append(model.predict_proba(X)[:, 1])
-            return np.column_stack(columns)
-        return self.pipeline_.predict_proba(X)
+        X = self._predict_inputs(X)
+        if not self.multilabel_:
+            return self.pipeline_.predict_proba(X)
+        columns = []
+        for model in self.label_models_:
+            if isinstance(model, float):
+                columns.append(np.full(len(X), model))
+            else:
+                columns.append(model.predict_proba(X)[:, 1])
+        return np.column_stack(columns)
 
-    def predict(self, X) -> np.ndarray:
-        """Predicted labels (n,), or a 0/1 indicator (n, L) for multi-label (P >= 0.5)."""
-        proba = self.predict_proba(X)
+    def labels_from(self, proba: np.ndarray) -> np.ndarray:
+        """Labels (n,) of the most probable class, or a 0/1 indicator (n, L) for multi-label (P >= 0.5)."""
         if self.multilabel_:
             return (proba >= 0.5).astype(int)
         return self.classes_[np.argmax(proba, axis=1)]
 
+    def predict(self, X) -> np.ndarray:
+        """Predicted labels (n,), or a 0/1 indicator (n, L) for multi-label (P >= 0.5)."""
+        return self.labels_from(self.predict_proba(X))
+
 
 @register_model("logistic")
 class Logistic(ChronoClassifier):
-    """L2-regularised logistic regression (multinomial softmax for more than two classes)."""
+    """L2-regularised logistic regression (multinomial softmax for more than two classes).
 
-    def __init__(self, *, C=1.0, max_iter=2000, class_weight=None, variance_threshold=0.0, scale=True, random_state=None):
-        self.C = C
-        self.max_iter = max_iter
-        self.class_weight = class_weight
-        self.variance_threshold = variance_threshold
-        self.scale = scale
-        self.random_state = random_state
+    After ``fit``, ``n_iter_`` is the most lbfgs iterations any of its fits needed.
+    """
 
-    def validate_params(self) -> None:
-        super().validate_params()
-        check_param("Logistic", "C", self.C, kind="a float in (0, inf)", ok=_is_number(self.C, low=0, low_open=True))
-        check_param("Logistic", "max_iter", self.max_iter, kind="an int in [1, inf)", ok=_is_int(self.max_iter, 1))
-        check_param("Logistic", "class_weight", self.class_weight, kind="None or 'balanced'",
-                    ok=self.class_weight in (None, "balanced"))
+    param_rules = {**ChronoClassifier.param_rules, "C": POSITIVE, "max_iter": int_rule(1), "class_weight": CLASS_WEIGHT}
+    search_spaces = {
+        "quick": {"C": [0.01, 0.1, 1.0, 10.0]},
+        "thorough": {"C": [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0], "class_weight": [None, "balanced"]},
+    }
 
-    def search_space(self, level: str) -> dict[str, list]:
-        if level == "quick":
-            return {"C": [0.01, 0.1, 1.0, 10.0]}
-        if level == "thorough":
-            return {"C": [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0], "class_weight": [None, "balanced"]}
-        return {}
+    def __init__(
+        self, *, C=1.0, max_iter=2000, class_weight=None, variance_threshold=0.0, scale=True, random_state=None
+    ):
+        keep_params(self, locals())
+
+    def fit(self, X, y, groups=None):
+        super().fit(X, y, groups)
+        fitted = (
+            [self.pipeline_] if not self.multilabel_ else [m for m in self.label_models_ if not isinstance(m, float)]
+        )
+        self.n_iter_ = max((int(np.max(m[-1].n_iter_)) for m in fitted), default=0)
+        return self
 
     def _estimator(self, y, groups):
         from sklearn.linear_model import LogisticRegression
@@ -283,32 +338,19 @@ class Logistic(ChronoClassifier):
 class SvmRbf(ChronoClassifier):
     """RBF-kernel SVM with probabilities by Platt scaling on subject-grouped inner folds."""
 
+    param_rules = {
+        **ChronoClassifier.param_rules, "C": POSITIVE,
+        "gamma": ("'scale', 'auto' or a float in (0, inf)", lambda v: v in ("scale", "auto") or POSITIVE[1](v)),
+        "class_weight": CLASS_WEIGHT, "calibration_folds": int_rule(2),
+    }
+    search_spaces = {
+        "quick": {"C": [0.1, 1.0, 10.0]},
+        "thorough": {"C": [0.1, 1.0, 10.0, 100.0], "gamma": ["scale", 1e-4, 1e-3, 1e-2]},
+    }
+
     def __init__(self, *, C=1.0, gamma="scale", class_weight=None, calibration_folds=3,
                  variance_threshold=0.0, scale=True, random_state=None):
-        self.C = C
-        self.gamma = gamma
-        self.class_weight = class_weight
-        self.calibration_folds = calibration_folds
-        self.variance_threshold = variance_threshold
-        self.scale = scale
-        self.random_state = random_state
-
-    def validate_params(self) -> None:
-        super().validate_params()
-        check_param("SvmRbf", "C", self.C, kind="a float in (0, inf)", ok=_is_number(self.C, low=0, low_open=True))
-        check_param("SvmRbf", "gamma", self.gamma, kind="'scale', 'auto' or a float in (0, inf)",
-                    ok=self.gamma in ("scale", "auto") or _is_number(self.gamma, low=0, low_open=True))
-        check_param("SvmRbf", "class_weight", self.class_weight, kind="None or 'balanced'",
-                    ok=self.class_weight in (None, "balanced"))
-        check_param("SvmRbf", "calibration_folds", self.calibration_folds, kind="an int in [2, inf)",
-                    ok=_is_int(self.calibration_folds, 2))
-
-    def search_space(self, level: str) -> dict[str, list]:
-        if level == "quick":
-            return {"C": [0.1, 1.0, 10.0]}
-        if level == "thorough":
-            return {"C": [0.1, 1.0, 10.0, 100.0], "gamma": ["scale", 1e-4, 1e-3, 1e-2]}
-        return {}
+        keep_params(self, locals())
 
     def _estimator(self, y, groups):
         from sklearn.calibration import CalibratedClassifierCV
@@ -336,30 +378,21 @@ class NaiveBayes(ChronoClassifier):
     ``kind='auto'`` picks multinomial when every training value is >= 0. The choice is ``kind_``.
     """
 
+    param_rules = {
+        **ChronoClassifier.param_rules,
+        "kind": ("one of 'auto', 'gaussian', 'multinomial'", lambda v: v in ("auto", "gaussian", "multinomial")),
+        "alpha": POSITIVE, "var_smoothing": POSITIVE,
+    }
+    search_spaces = {
+        "quick": {"alpha": [0.1, 1.0], "var_smoothing": [1e-9, 1e-4]},
+        "thorough": {"alpha": [0.01, 0.1, 0.5, 1.0, 2.0], "var_smoothing": [1e-9, 1e-6, 1e-3, 1e-1]},
+    }
+
     def __init__(self, *, kind="gaussian", alpha=1.0, var_smoothing=1e-9, variance_threshold=0.0, scale=True):
-        self.kind = kind
-        self.alpha = alpha
-        self.var_smoothing = var_smoothing
-        self.variance_threshold = variance_threshold
-        self.scale = scale
+        keep_params(self, locals())
 
-    def validate_params(self) -> None:
-        super().validate_params()
-        check_param("NaiveBayes", "kind", self.kind, kind="one of 'auto', 'gaussian', 'multinomial'",
-                    ok=self.kind in ("auto", "gaussian", "multinomial"))
-        check_param("NaiveBayes", "alpha", self.alpha, kind="a float in (0, inf)", ok=_is_number(self.alpha, low=0, low_open=True))
-        check_param("NaiveBayes", "var_smoothing", self.var_smoothing, kind="a float in (0, inf)",
-                    ok=_is_number(self.var_smoothing, low=0, low_open=True))
-
-    def search_space(self, level: str) -> dict[str, list]:
-        if level == "quick":
-            return {"alpha": [0.1, 1.0], "var_smoothing": [1e-9, 1e-4]}
-        if level == "thorough":
-            return {"alpha": [0.01, 0.1, 0.5, 1.0, 2.0], "var_smoothing": [1e-9, 1e-6, 1e-3, 1e-1]}
-        return {}
-
-    def fit(self, X, y, groups=None):
-        X = np.asarray(X)
+    def _fit_inputs(self, X, y, groups):
+        X, y, groups = super()._fit_inputs(X, y, groups)
         if self.kind == "auto":
             self.kind_ = "multinomial" if X.size and float(X.min()) >= 0.0 else "gaussian"
         else:
@@ -369,7 +402,7 @@ class NaiveBayes(ChronoClassifier):
                 "naive_bayes with kind='multinomial' needs non-negative features (histograms); this feature "
                 "set has negative values (a 'diff' mode?). Use kind='gaussian' or a histogram feature set."
             )
-        return super().fit(X, y, groups)
+        return X, y, groups
 
     def _pipeline(self, y, groups):
         pipeline = super()._pipeline(y, groups)
@@ -390,35 +423,25 @@ class RandomForest(ChronoClassifier):
     """Random forest of ``n_estimators`` trees (no scaling: trees do not need it)."""
 
     uses_scaling = False
+    param_rules = {
+        **ChronoClassifier.param_rules,
+        "n_estimators": int_rule(1),
+        "min_samples_leaf": int_rule(1),
+        "max_features": ("'sqrt', 'log2' or a float in (0, 1]", lambda v: v in ("sqrt", "log2") or FRACTION[1](v)),
+        "class_weight": (
+            "None, 'balanced' or 'balanced_subsample'",
+            lambda v: v in (None, "balanced", "balanced_subsample"),
+        ),
+    }
+    search_spaces = {
+        "quick": {"min_samples_leaf": [1, 3], "max_features": ["sqrt", 0.2]},
+        "thorough": {"n_estimators": [300, 600], "min_samples_leaf": [1, 2, 5], "max_features": ["sqrt", "log2", 0.2],
+                     "class_weight": [None, "balanced"]},
+    }
 
     def __init__(self, *, n_estimators=300, max_features="sqrt", min_samples_leaf=1, class_weight=None,
                  n_jobs=None, variance_threshold=0.0, scale=False, random_state=None):
-        self.n_estimators = n_estimators
-        self.max_features = max_features
-        self.min_samples_leaf = min_samples_leaf
-        self.class_weight = class_weight
-        self.n_jobs = n_jobs
-        self.variance_threshold = variance_threshold
-        self.scale = scale
-        self.random_state = random_state
-
-    def validate_params(self) -> None:
-        super().validate_params()
-        check_param("RandomForest", "n_estimators", self.n_estimators, kind="an int in [1, inf)", ok=_is_int(self.n_estimators, 1))
-        check_param("RandomForest", "min_samples_leaf", self.min_samples_leaf, kind="an int in [1, inf)",
-                    ok=_is_int(self.min_samples_leaf, 1))
-        check_param("RandomForest", "max_features", self.max_features, kind="'sqrt', 'log2' or a float in (0, 1]",
-                    ok=self.max_features in ("sqrt", "log2") or _is_number(self.max_features, low=0, high=1, low_open=True))
-        check_param("RandomForest", "class_weight", self.class_weight, kind="None, 'balanced' or 'balanced_subsample'",
-                    ok=self.class_weight in (None, "balanced", "balanced_subsample"))
-
-    def search_space(self, level: str) -> dict[str, list]:
-        if level == "quick":
-            return {"min_samples_leaf": [1, 3], "max_features": ["sqrt", 0.2]}
-        if level == "thorough":
-            return {"n_estimators": [300, 600], "min_samples_leaf": [1, 2, 5], "max_features": ["sqrt", "log2", 0.2],
-                    "class_weight": [None, "balanced"]}
-        return {}
+        keep_params(self, locals())
 
     def _estimator(self, y, groups):
         from sklearn.ensemble import RandomForestClassifier
@@ -449,6 +472,8 @@ def cuda_available() -> bool:
     return count.value > 0
 
 
+
+
 @register_model("xgboost")
 class XGBoost(ChronoClassifier):
     """Gradient-boosted trees (XGBoost, ``tree_method='hist'``); ``device='cuda'`` runs on the GPU.
@@ -461,30 +486,20 @@ class XGBoost(ChronoClassifier):
     """
 
     uses_scaling = False
+    param_rules = {
+        **ChronoClassifier.param_rules, "n_estimators": int_rule(1), "max_depth": int_rule(1),
+        "learning_rate": FRACTION, "subsample": FRACTION, "colsample_bytree": FRACTION,
+        "device": ("'cpu' or 'cuda'", lambda v: v in ("cpu", "cuda")),
+    }
+    search_spaces = {
+        "quick": {"max_depth": [3, 6], "learning_rate": [0.05, 0.2]},
+        "thorough": {"max_depth": [2, 4, 6, 8], "learning_rate": [0.03, 0.1, 0.3], "subsample": [0.7, 1.0],
+                     "colsample_bytree": [0.5, 1.0]},
+    }
 
     def __init__(self, *, n_estimators=200, max_depth=4, learning_rate=0.1, subsample=1.0, colsample_bytree=1.0,
                  device="cpu", n_jobs=None, variance_threshold=0.0, scale=False, random_state=None):
-        self.n_estimators = n_estimators
-        self.max_depth = max_depth
-        self.learning_rate = learning_rate
-        self.subsample = subsample
-        self.colsample_bytree = colsample_bytree
-        self.device = device
-        self.n_jobs = n_jobs
-        self.variance_threshold = variance_threshold
-        self.scale = scale
-        self.random_state = random_state
-
-    def validate_params(self) -> None:
-        super().validate_params()
-        check_param("XGBoost", "n_estimators", self.n_estimators, kind="an int in [1, inf)", ok=_is_int(self.n_estimators, 1))
-        check_param("XGBoost", "max_depth", self.max_depth, kind="an int in [1, inf)", ok=_is_int(self.max_depth, 1))
-        check_param("XGBoost", "learning_rate", self.learning_rate, kind="a float in (0, 1]",
-                    ok=_is_number(self.learning_rate, low=0, high=1, low_open=True))
-        for name in ("subsample", "colsample_bytree"):
-            value = getattr(self, name)
-            check_param("XGBoost", name, value, kind="a float in (0, 1]", ok=_is_number(value, low=0, high=1, low_open=True))
-        check_param("XGBoost", "device", self.device, kind="'cpu' or 'cuda'", ok=self.device in ("cpu", "cuda"))
+        keep_params(self, locals())
 
     def check_available(self) -> None:
         if self.device == "cuda" and not cuda_available():
@@ -492,14 +507,6 @@ class XGBoost(ChronoClassifier):
                 "xgboost was asked to run on device='cuda' but no CUDA device is usable here (XGBoost needs a "
                 "CUDA build and a visible GPU). Run on a machine with a GPU, or use device='cpu'."
             )
-
-    def search_space(self, level: str) -> dict[str, list]:
-        if level == "quick":
-            return {"max_depth": [3, 6], "learning_rate": [0.05, 0.2]}
-        if level == "thorough":
-            return {"max_depth": [2, 4, 6, 8], "learning_rate": [0.03, 0.1, 0.3], "subsample": [0.7, 1.0],
-                    "colsample_bytree": [0.5, 1.0]}
-        return {}
 
     def _estimator(self, y, groups):
         from xgboost import XGBClassifier
@@ -514,23 +521,17 @@ class XGBoost(ChronoClassifier):
 class KNN(ChronoClassifier):
     """k-nearest neighbours on scaled features (k capped at the number of training rows)."""
 
+    param_rules = {
+        **ChronoClassifier.param_rules, "n_neighbors": int_rule(1),
+        "weights": ("'uniform' or 'distance'", lambda v: v in ("uniform", "distance")),
+    }
+    search_spaces = {
+        "quick": {"n_neighbors": [3, 5, 9]},
+        "thorough": {"n_neighbors": [1, 3, 5, 9, 15], "weights": ["uniform", "distance"]},
+    }
+
     def __init__(self, *, n_neighbors=5, weights="uniform", variance_threshold=0.0, scale=True):
-        self.n_neighbors = n_neighbors
-        self.weights = weights
-        self.variance_threshold = variance_threshold
-        self.scale = scale
-
-    def validate_params(self) -> None:
-        super().validate_params()
-        check_param("KNN", "n_neighbors", self.n_neighbors, kind="an int in [1, inf)", ok=_is_int(self.n_neighbors, 1))
-        check_param("KNN", "weights", self.weights, kind="'uniform' or 'distance'", ok=self.weights in ("uniform", "distance"))
-
-    def search_space(self, level: str) -> dict[str, list]:
-        if level == "quick":
-            return {"n_neighbors": [3, 5, 9]}
-        if level == "thorough":
-            return {"n_neighbors": [1, 3, 5, 9, 15], "weights": ["uniform", "distance"]}
-        return {}
+        keep_params(self, locals())
 
     def _estimator(self, y, groups):
         from sklearn.neighbors import KNeighborsClassifier

@@ -114,7 +114,9 @@ class Profile:
 
 
 _CRMO_BINARY = TargetSpec(
-    "binary", "label", {"improved": "improved", "persisted": "persisted_or_regressed", "regressed": "persisted_or_regressed"}
+    "binary",
+    "label",
+    {"improved": "improved", "persisted": "persisted_or_regressed", "regressed": "persisted_or_regressed"},
 )
 
 PROFILES: dict[str, Profile] = {

@@ -8,54 +8,19 @@ confusion matrix of every member, per-fold scores, and the member-vs-ensemble ta
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from classifiers.metrics import SUMMARY_METRICS
+from classifiers.summary import METRIC_LABELS, aligned_lines, format_summary, summarise, summary_html
 from store.layout import Store
 from store.runs import run_metrics, run_predictions, run_row
 
 __all__ = ["format_summary", "format_runs", "runs_table", "write_report", "REPORTS_DIR"]
 
 REPORTS_DIR = "reports"
-_LABELS = {"accuracy": "acc", "balanced_accuracy": "bal.acc", "f1_macro": "F1", "error": "error", "auc_macro": "AUC"}
-
-
-def _pm(value) -> str:
-    if value is None:
-        return "-"
-    mean, std, n = value[:3]
-    return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
-
-
-def _ci(value) -> str:
-    if value is None:
-        return "-"
-    mean, std, n, low, high = value
-    text = f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
-    if n == 1 and low is not None:
-        text += f" [{low:.2f}, {high:.2f}]"
-    return text
-
-
-def format_summary(summary: list[dict], *, title: str = "", metrics: tuple[str, ...] = ("accuracy", "f1_macro", "error", "auc_macro")) -> str:
-    """Aligned text: one row per member (then the ensemble), CV mean ± std over folds (and seeds), test
-    value (mean ± std over seeds; with one seed its subject-bootstrap 95% interval in brackets)."""
-    header = ["member"] + [f"cv {_LABELS[m]}" for m in metrics] + [f"test {_LABELS[m]}" for m in metrics]
-    rows = []
-    for entry in summary:
-        rows.append([entry["member"]] + [_pm(entry["cv"].get(m)) for m in metrics] + [_ci(entry["test"].get(m)) for m in metrics])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = [title] if title else []
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    if not any(entry["test"] for entry in summary):
-        lines.append("(no held-out test set: cross-validation only)")
-    lines.append("error = 1 - macro F1 (CRMO poster); cv: mean ± std over folds x seeds; test: held-out subjects")
-    return "\n".join(lines)
 
 
 def format_runs(runs: pa.Table) -> str:
@@ -65,12 +30,21 @@ def format_runs(runs: pa.Table) -> str:
     header = ["run_id", "created", "dataset", "target", "unit", "model", "members", "units", "subjects", "seeds"]
     rows = []
     for r in runs.to_pylist():
-        rows.append([r["run_id"], f"{r['created']:%Y-%m-%d %H:%M}", r["dataset"], r["target"], r["unit"], r["model"],
-                     ",".join(r["members"] or []) or "-", str(r["n_units"]), str(r["n_subjects"]), str(len(r["seeds"] or []))])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
+        rows.append(
+            [
+                r["run_id"],
+                f"{r['created']:%Y-%m-%d %H:%M}",
+                r["dataset"],
+                r["target"],
+                r["unit"],
+                r["model"],
+                ",".join(r["members"] or []) or "-",
+                str(r["n_units"]),
+                str(r["n_subjects"]),
+                str(len(r["seeds"] or [])),
+            ]
+        )
+    return "\n".join(aligned_lines(header, rows))
 
 
 def runs_table(store: Store) -> pa.Table:
@@ -85,10 +59,16 @@ def runs_table(store: Store) -> pa.Table:
     if table_exists(store, "metrics"):
         scores = """
         LEFT JOIN (SELECT run_id, member,
-                          avg(CASE WHEN split = 'cv' AND fold = -1 AND metric = 'f1_macro' AND "class" IS NULL THEN value END) AS cv_f1,
-                          avg(CASE WHEN split = 'test' AND metric = 'error' AND "class" IS NULL THEN value END) AS test_error
+                          avg(CASE WHEN split = 'cv' AND fold = -1 AND metric = 'f1_macro' AND "class" IS NULL
+                                   THEN value END) AS cv_f1,
+                          avg(CASE WHEN split = 'test' AND metric = 'error' AND "class" IS NULL
+                                   THEN value END) AS test_error
                    FROM metrics GROUP BY run_id, member) m ON m.run_id = r.run_id AND m.member = r.model"""
-    columns = "round(m.cv_f1, 3) AS cv_f1, round(m.test_error, 3) AS test_error" if scores else "NULL AS cv_f1, NULL AS test_error"
+    columns = (
+        "round(m.cv_f1, 3) AS cv_f1, round(m.test_error, 3) AS test_error"
+        if scores
+        else "NULL AS cv_f1, NULL AS test_error"
+    )
     return query(store, f"""
         SELECT r.run_id, strftime(r.created, '%Y-%m-%d %H:%M') AS created, r.dataset, r.target, r.unit, r.model,
                array_to_string(r.members, ',') AS members, array_to_string(r.feature_tables, ',') AS feature_tables,
@@ -106,7 +86,9 @@ def _evaluation_rows(predictions: list[dict], member: str) -> tuple[str, list[di
     test = [p for p in mine if p["split"] == "test" and p["seed"] == seed]
     if test:
         return f"held-out test, seed {seed}", test
-    return f"cross-validation (pooled folds), seed {seed}", [p for p in mine if p["split"] == "cv" and p["seed"] == seed]
+    return f"cross-validation (pooled folds), seed {seed}", [
+        p for p in mine if p["split"] == "cv" and p["seed"] == seed
+    ]
 
 
 def _plot_roc(path: Path, member: str, where: str, rows: list[dict], classes: list[str], multilabel: bool) -> bool:
@@ -176,7 +158,7 @@ def _plot_folds(path: Path, metrics: list[dict], members: list[str], metric: str
         if tests:
             ax.scatter([i] * len(tests), tests, marker="D", color="tab:red", label="test" if i == 0 else None)
     ax.set_xticks(range(len(members)), members, rotation=20, ha="right")
-    ax.set(ylabel=_LABELS.get(metric, metric), title=f"per-fold {metric} (line: CV mean)", ylim=(-0.02, 1.02))
+    ax.set(ylabel=METRIC_LABELS.get(metric, metric), title=f"per-fold {metric} (line: CV mean)", ylim=(-0.02, 1.02))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -184,58 +166,57 @@ def _plot_folds(path: Path, metrics: list[dict], members: list[str], metric: str
     return True
 
 
-def _summary_html(summary: list[dict]) -> str:
-    head = "".join(f"<th>cv {_LABELS[m]}</th>" for m in SUMMARY_METRICS) + "".join(f"<th>test {_LABELS[m]}</th>" for m in SUMMARY_METRICS)
-    body = []
-    for entry in summary:
-        cells = "".join(f"<td>{html.escape(_pm(entry['cv'].get(m)))}</td>" for m in SUMMARY_METRICS)
-        cells += "".join(f"<td>{html.escape(_ci(entry['test'].get(m)))}</td>" for m in SUMMARY_METRICS)
-        body.append(f"<tr><th>{html.escape(entry['member'])}</th>{cells}</tr>")
-    return f"<table><tr><th>member</th>{head}</tr>{''.join(body)}</table>"
+@dataclass
+class _RunView:
+    """One stored run read back for its report: the runs row, its metrics and predictions as dicts."""
+
+    row: dict
+    metrics_table: pa.Table
+    metrics: list[dict]
+    predictions: list[dict]
+    members: list[str]  # member names, then the run's model
+    classes: list[str]
+    multilabel: bool
+
+    @classmethod
+    def read(cls, store: Store, run_id: str) -> _RunView:
+        row = run_row(store, run_id)
+        metrics_table = run_metrics(store, row["run_id"])
+        return cls(row=row, metrics_table=metrics_table, metrics=metrics_table.to_pylist(),
+                   predictions=run_predictions(store, row["run_id"]).to_pylist(),
+                   members=list(dict.fromkeys(list(row["members"] or []) + [row["model"]])),
+                   classes=list(row["classes"] or []), multilabel=bool(row["config"].get("multilabel")))
 
 
-def write_report(store: Store, run_id: str, out_dir: str | Path | None = None) -> Path:
-    """Write the HTML report of run ``run_id`` (prefix allowed) with its PNG plots; return the HTML path.
-
-    ``out_dir`` defaults to ``<store>/reports/<run_id>/``. Files: ``index.html``, ``roc_<member>.png``,
-    ``confusion_<member>.png`` (single-label), ``folds_<metric>.png``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    from classifiers.evaluate import summarise
-
-    row = run_row(store, run_id)
-    run_id = row["run_id"]
-    config = row["config"]
-    directory = Path(out_dir) if out_dir is not None else store.root / REPORTS_DIR / run_id
-    directory.mkdir(parents=True, exist_ok=True)
-    metrics_table = run_metrics(store, run_id)
-    metrics = metrics_table.to_pylist()
-    predictions = run_predictions(store, run_id).to_pylist()
-    members = list(dict.fromkeys(list(row["members"] or []) + [row["model"]]))
-    classes = list(row["classes"] or [])
-    multilabel = bool(config.get("multilabel"))
-
+def _draw_plots(directory: Path, run: _RunView) -> list[tuple[str, str]]:
+    """Write the PNG plots of ``run`` into ``directory``; return (file name, caption) of each."""
     images = []
     for metric in ("f1_macro", "auc_macro"):
         name = f"folds_{metric}.png"
-        if any(m["metric"] == metric for m in metrics) and _plot_folds(directory / name, metrics, members, metric):
+        if any(m["metric"] == metric for m in run.metrics) and _plot_folds(
+            directory / name, run.metrics, run.members, metric
+        ):
             images.append((name, f"per-fold {metric}"))
-    for member in members:
-        where, rows = _evaluation_rows(predictions, member)
+    for member in run.members:
+        where, rows = _evaluation_rows(run.predictions, member)
         if not rows:
             continue
         name = f"roc_{member}.png"
-        _plot_roc(directory / name, member, where, rows, classes, multilabel)
+        _plot_roc(directory / name, member, where, rows, run.classes, run.multilabel)
         images.append((name, f"{member}: ROC ({where})"))
-        if not multilabel:
+        if not run.multilabel:
             name = f"confusion_{member}.png"
-            _plot_confusion(directory / name, member, where, rows, classes)
+            _plot_confusion(directory / name, member, where, rows, run.classes)
             images.append((name, f"{member}: confusion ({where})"))
+    return images
 
-    summary = summarise(metrics_table, members)
-    per_class = [m for m in metrics if m["metric"] == "auc" and m["fold"] == -1]
+
+def _page(run: _RunView, images: list[tuple[str, str]]) -> str:
+    """The report's HTML text."""
+    row, config = run.row, run.row["config"]
+    run_id = row["run_id"]
+    summary = summarise(run.metrics_table, run.members)
+    per_class = [m for m in run.metrics if m["metric"] == "auc" and m["fold"] == -1]
     auc_rows = "".join(
         f"<tr><td>{html.escape(m['member'])}</td><td>{m['split']}</td><td>{m['seed']}</td>"
         f"<td>{html.escape(str(m['class']))}</td><td>{m['value']:.3f}</td><td>{_interval_text(m)}</td></tr>"
@@ -248,31 +229,50 @@ def write_report(store: Store, run_id: str, out_dir: str | Path | None = None) -
     )
     hashes = ", ".join(f"{html.escape(k)} ({html.escape(v or '?')})" for k, v in (row["feature_hashes"] or {}).items())
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in config.get("notes", []))
-    figures = "".join(f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
-                      for name, caption in images)
-    page = f"""<!doctype html>
+    figures = "".join(
+        f'<figure><img src="{name}" alt="{html.escape(caption)}">'
+        f'<figcaption>{html.escape(caption)}</figcaption></figure>'
+        for name, caption in images
+    )
+    return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>chronofeat run {html.escape(run_id)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}figure{{display:inline-block;margin:0.5em}}
 img{{max-width:520px}}code{{background:#f4f4f4}}</style></head><body>
 <h1>Run {html.escape(run_id)}</h1>
-<p>{html.escape(row['model'])} on <b>{html.escape(row['dataset'])}</b>, target <b>{html.escape(row['target'])}</b>
-({html.escape(', '.join(classes))}), {row['n_units']} {html.escape(row['unit'])} of {row['n_subjects']} subjects;
-{row['folds']}-fold subject-grouped CV, seeds {html.escape(', '.join(map(str, row['seeds'] or [])))};
-split {html.escape(str(config.get('split')))} / test rule {html.escape(str(config.get('test_rule')))};
-search {html.escape(str(config.get('search')))}; created {row['created']:%Y-%m-%d %H:%M} UTC.</p>
+<p>{html.escape(row["model"])} on <b>{html.escape(row["dataset"])}</b>, target <b>{html.escape(row["target"])}</b>
+({html.escape(", ".join(run.classes))}), {row["n_units"]} {html.escape(row["unit"])} of {row["n_subjects"]} subjects;
+{row["folds"]}-fold subject-grouped CV, seeds {html.escape(", ".join(map(str, row["seeds"] or [])))};
+split {html.escape(str(config.get("split")))} / test rule {html.escape(str(config.get("test_rule")))};
+search {html.escape(str(config.get("search")))}; created {row["created"]:%Y-%m-%d %H:%M} UTC.</p>
 <h2>Members</h2><table><tr><th>member</th><th>model</th><th>feature set</th><th>from</th></tr>{member_rows}</table>
 <p>Feature tables (config hash): {hashes}</p>
-<h2>Member vs ensemble</h2>{_summary_html(summary)}
+<h2>Member vs ensemble</h2>{summary_html(summary)}
 <p>error = 1 - macro F1. CV: mean ± std over folds and seeds. Test: held-out subjects; with one seed the
 bracket is a subject-level bootstrap 95% interval.</p>
 <h2>Plots</h2>{figures}
-<h2>Per-class AUC</h2><table><tr><th>member</th><th>split</th><th>seed</th><th>class</th><th>AUC</th><th>95% CI</th></tr>{auc_rows}</table>
+<h2>Per-class AUC</h2><table><tr><th>member</th><th>split</th><th>seed</th><th>class</th>\
+<th>AUC</th><th>95% CI</th></tr>{auc_rows}</table>
 <h2>Notes</h2><ul>{notes}</ul>
 </body></html>
 """
+
+
+def write_report(store: Store, run_id: str, out_dir: str | Path | None = None) -> Path:
+    """Write the HTML report of run ``run_id`` (prefix allowed) with its PNG plots; return the HTML path.
+
+    ``out_dir`` defaults to ``<store>/reports/<run_id>/``. Files: ``index.html``, ``roc_<member>.png``,
+    ``confusion_<member>.png`` (single-label), ``folds_<metric>.png``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    run = _RunView.read(store, run_id)
+    directory = Path(out_dir) if out_dir is not None else store.root / REPORTS_DIR / run.row["run_id"]
+    directory.mkdir(parents=True, exist_ok=True)
+    images = _draw_plots(directory, run)
     path = directory / "index.html"
-    path.write_text(page, encoding="utf-8")
+    path.write_text(_page(run, images), encoding="utf-8")
     return path
 
 

@@ -29,7 +29,7 @@ def grid(space: dict[str, list]) -> list[dict]:
     if not space:
         return [{}]
     names = list(space)
-    return [dict(zip(names, values)) for values in itertools.product(*(space[n] for n in names))]
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(space[n] for n in names))]
 
 
 def _score(model, X, y) -> float:
@@ -75,7 +75,9 @@ def tune(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, 
     picked, ``notes`` lists searches that could not run. ``level`` is none | quick | thorough.
     """
     if level not in SEARCH_LEVELS:
-        raise ParameterError(f"The 'search' parameter of fit must be one of {', '.join(SEARCH_LEVELS)}. Got {level!r} instead.")
+        raise ParameterError(
+            f"The 'search' parameter of fit must be one of {', '.join(SEARCH_LEVELS)}. Got {level!r} instead."
+        )
     if level == "none":
         return clone(estimator), {}, []
     if getattr(estimator, "combines_members", False):

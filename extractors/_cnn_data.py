@@ -31,7 +31,10 @@ from features.canvas import pad_to_canvas
 from features.errors import ChronofeatError, InputError
 from features.intensity import to_three_channels, to_unit_range
 
-__all__ = ["Preprocess", "fit_to_input", "preprocess_image", "UnitImages", "collate_units", "make_loader", "INPUT_COLUMNS"]
+__all__ = [
+    "Preprocess", "fit_to_input", "preprocess_image", "UnitImages", "collate_units", "make_loader", "INPUT_COLUMNS",
+    "unit_path",
+]
 
 INPUT_COLUMNS = {
     "image": ["scan_id", "source_sha256", "dataset", "path", "frame", "window_center", "window_width"],
@@ -43,6 +46,15 @@ INPUT_COLUMNS = {
 }
 DV_VIEWS = {"DV", "DORSOVENTRAL", "VD", "AP", "PA"}
 LAT_VIEWS = {"LAT", "LATERAL", "LV", "LL", "RL"}
+
+
+def unit_path(unit: dict) -> str:
+    """The file(s) of one unit, for its failure record: a scan's path, 'ref -> cmp', or the views joined."""
+    if "path" in unit:
+        return unit["path"] or ""
+    if "cmp_path" in unit:
+        return f"{unit.get('ref_path')} -> {unit.get('cmp_path')}"
+    return ";".join(unit.get("paths") or [])
 
 
 @dataclass(frozen=True)
@@ -94,7 +106,9 @@ def fit_to_input(image: np.ndarray, size: tuple[int, int], *, interpolation: str
         resample = _pil_filter(interpolation)
         channels = [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[2])]
         resized = [
-            np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F").resize(target[::-1], resample))
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F").resize(target[::-1], resample)
+            )
             for c in channels
         ]
         image = resized[0] if image.ndim == 2 else np.stack(resized, axis=-1)
@@ -176,7 +190,7 @@ class UnitImages:
             from features.multiview import multiview_composite
 
             dv, lat = [], []
-            for view, path, frame in zip(unit["views"], unit["paths"], unit["frames"]):
+            for view, path, frame in zip(unit["views"], unit["paths"], unit["frames"], strict=True):
                 name = (view or "").strip().upper()
                 if name in DV_VIEWS:
                     dv.append(self._read(ds, path, frame))

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 from dataclasses import dataclass
@@ -48,7 +49,13 @@ __all__ = [
 _KERAS_BLOCK = re.compile(r"^block(\d+)([a-z])(?:_(dwconv|expand_conv|project_conv|activation|se))?$")
 _KERAS_PARTS = {
     # timm block class -> Keras suffix -> timm child module
-    "InvertedResidual": {"dwconv": "conv_dw", "expand_conv": "conv_pw", "project_conv": "conv_pwl", "activation": "bn2", "se": "se"},
+    "InvertedResidual": {
+        "dwconv": "conv_dw",
+        "expand_conv": "conv_pw",
+        "project_conv": "conv_pwl",
+        "activation": "bn2",
+        "se": "se",
+    },
     "DepthwiseSeparableConv": {"dwconv": "conv_dw", "project_conv": "conv_pw", "activation": "bn1", "se": "se"},
 }
 
@@ -113,7 +120,9 @@ def resolve_layer(model: str, layer: str) -> str:
     EfficientNets, the Keras block names.
     """
     if not isinstance(layer, str) or not layer:
-        raise ParameterError(f"The 'layer' parameter of CNNEmbedding must be 'pooled' or a module name. Got {layer!r} instead.")
+        raise ParameterError(
+            f"The 'layer' parameter of CNNEmbedding must be 'pooled' or a module name. Got {layer!r} instead."
+        )
     if layer == "pooled":
         return layer
     info = arch_info(model)
@@ -126,10 +135,17 @@ def resolve_layer(model: str, layer: str) -> str:
     extra = ""
     if info.class_name == "EfficientNet":
         blocks = sorted(
-            {f"block{int(n.split('.')[1]) + 1}{chr(ord('a') + int(n.split('.')[2]))}" for n in info.module_types if re.fullmatch(r"blocks\.\d+\.\d+", n)},
+            {
+                f"block{int(n.split('.')[1]) + 1}{chr(ord('a') + int(n.split('.')[2]))}"
+                for n in info.module_types
+                if re.fullmatch(r"blocks\.\d+\.\d+", n)
+            },
             key=lambda s: (int(re.match(r"block(\d+)", s).group(1)), s),
         )
-        extra = f" Keras names (optionally with _dwconv, _expand_conv, _project_conv, _activation, _se): {', '.join(blocks)}."
+        extra = (
+            " Keras names (optionally with _dwconv, _expand_conv, _project_conv, _activation, _se): "
+            f"{', '.join(blocks)}."
+        )
     raise ParameterError(
         f"{model!r} has no layer {layer!r}. Use 'pooled' (the embedding before the classifier), one of its "
         f"feature stages: {', '.join(info.feature_stages) or 'none'}, or any module path of "
@@ -256,10 +272,8 @@ class Embedder:
         if self.layer == "pooled":
             return self._pooled(x).float()
         self._captured = None
-        try:
+        with contextlib.suppress(_StopForward):
             self.net(x)
-        except _StopForward:
-            pass
         if self._captured is None:
             raise ParameterError(
                 f"Layer {self.layer!r} did not run in the forward pass of {type(self.net).__name__} (e.g. an "

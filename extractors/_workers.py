@@ -44,7 +44,9 @@ def keep_freed_memory() -> bool:
             mallopt = getattr(libc, "mallopt", None)
             if mallopt is not None:
                 mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-                ok = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+                ok = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+                    mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+                )
         except OSError:
             ok = False
         _state["allocator"] = ok

@@ -25,14 +25,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from extractors._registry import register_cli_alias, register_extractor
-from extractors.base import ExtractedBatch, Extractor
+from extractors.base import BOOL, ExtractedBatch, Extractor, ParamRule, int_in, one_of
 from extractors.keypoints import (
     BINARY_DESCRIPTORS,
     DESCRIPTORS,
@@ -46,7 +46,6 @@ from features.errors import (
     DatasetError,
     ParameterError,
     StoreError,
-    check_param,
 )
 from store.failures import Failure
 from store.layout import Store
@@ -55,6 +54,7 @@ from store.units import scan_units
 
 __all__ = [
     "BoVW",
+    "TrainingSubjects",
     "fit_centers",
     "nearest_words",
     "word_counts",
@@ -174,8 +174,21 @@ def sample_training_descriptors(
 
 
 # --- the extractor ------------------------------------------------------------------------------
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+class TrainingSubjects(NamedTuple):
+    """The subjects a vocabulary is fitted on (sorted keys) and the rule that chose them, in words."""
+
+    keys: tuple[str, ...]
+    rule: str
+
+
+def _subject_keys_or_none(value) -> bool:
+    return value is None or (
+        isinstance(value, (tuple, list)) and len(value) > 0 and all(isinstance(s, str) and s for s in value)
+    )
+
+
+def _open_unit_fraction(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
 
 
 @register_extractor("bovw")
@@ -224,52 +237,42 @@ class BoVW(Extractor):
 
     # --- configuration ---------------------------------------------------------------------------
     def validate_params(self) -> None:
-        owner = type(self).__name__
-        check_param(owner, "descriptor", self.descriptor, kind=f"a str among {list(DESCRIPTORS)}", ok=self.descriptor in DESCRIPTORS)
-        check_param(owner, "vocab_size", self.vocab_size, kind="an int in [2, inf)", ok=_is_int(self.vocab_size) and self.vocab_size >= 2)
-        check_param(owner, "max_keypoints", self.max_keypoints, kind="an int in [1, inf)",
-                    ok=_is_int(self.max_keypoints) and self.max_keypoints >= 1)
-        check_param(owner, "tfidf", self.tfidf, kind="a bool", ok=isinstance(self.tfidf, bool))
-        check_param(owner, "vocab_split", self.vocab_split, kind="'train' or None", ok=self.vocab_split in ("train", None))
-        subjects_ok = self.vocab_subjects is None or (
-            isinstance(self.vocab_subjects, (tuple, list)) and len(self.vocab_subjects) > 0
-            and all(isinstance(s, str) and s for s in self.vocab_subjects)
-        )
-        check_param(owner, "vocab_subjects", self.vocab_subjects, kind="a non-empty tuple of subject keys or None", ok=subjects_ok)
+        self.check_param_rules({
+            "descriptor": one_of(DESCRIPTORS),
+            "vocab_size": int_in(2),
+            "max_keypoints": int_in(1),
+            "tfidf": BOOL,
+            "vocab_split": ParamRule("'train' or None", lambda v: v in ("train", None)),
+            "vocab_subjects": ParamRule("a non-empty tuple of subject keys or None", _subject_keys_or_none),
+        })
         if (self.vocab_subjects is None) == (self.vocab_split is None):
             raise ParameterError(
-                f"{owner} needs exactly one source of training subjects for its vocabulary: vocab_subjects "
-                f"(a list of subject keys) or vocab_split='train'. Got vocab_subjects={self.vocab_subjects!r} and "
-                f"vocab_split={self.vocab_split!r}. A vocabulary fitted on every subject would leak the test set."
+                f"{type(self).__name__} needs exactly one source of training subjects for its vocabulary: "
+                f"vocab_subjects (a list of subject keys) or vocab_split='train'. Got vocab_subjects="
+                f"{self.vocab_subjects!r} and vocab_split={self.vocab_split!r}. A vocabulary fitted on every subject "
+                "would leak the test set."
             )
-        check_param(owner, "test_fraction", self.test_fraction, kind="a float in (0, 1)",
-                    ok=isinstance(self.test_fraction, (int, float)) and not isinstance(self.test_fraction, bool)
-                    and 0 < self.test_fraction < 1)
-        check_param(owner, "split_seed", self.split_seed, kind="an int", ok=_is_int(self.split_seed))
-        check_param(owner, "sample_per_image", self.sample_per_image, kind="an int in [1, inf)",
-                    ok=_is_int(self.sample_per_image) and self.sample_per_image >= 1)
-        check_param(owner, "seed", self.seed, kind="an int", ok=_is_int(self.seed))
-        check_param(owner, "workers", self.workers, kind="an int in [1, inf) or None",
-                    ok=self.workers is None or (_is_int(self.workers) and self.workers >= 1))
-        check_param(owner, "progress", self.progress, kind="a bool", ok=isinstance(self.progress, bool))
+        self.check_param_rules({
+            "test_fraction": ParamRule("a float in (0, 1)", _open_unit_fraction),
+            "split_seed": int_in(),
+            "sample_per_image": int_in(1),
+            "seed": int_in(),
+            "workers": int_in(1, optional=True),
+            "progress": BOOL,
+        })
 
-    def _feature_params(self) -> dict:
-        params = self.get_params(deep=False)
-        for name in self._RUNTIME_PARAMS:
-            params.pop(name, None)
+    def feature_params(self) -> dict:
+        params = super().feature_params()
         if params.get("vocab_subjects") is not None:
             params["vocab_subjects"] = sorted(params["vocab_subjects"])
         return params
-
-    def config(self) -> dict:
-        return {"extractor": self.name, "params": self._feature_params()}
 
     def table_name(self) -> str:
         """``<descriptor>_bovw<vocab_size>``, plus a configuration hash when other parameters differ
         from their defaults (e.g. ``sift_bovw50_1a2b3c4d`` with tf-idf)."""
         base = f"{self.descriptor}_bovw{self.vocab_size}"
-        defaults = type(self)(descriptor=self.descriptor, vocab_size=self.vocab_size)._feature_params()
-        if self._feature_params() == defaults:
+        defaults = type(self)(descriptor=self.descriptor, vocab_size=self.vocab_size).feature_params()
+        if self.feature_params() == defaults:
             return base
         return f"{base}_{self.config_hash()[:8]}"
 
@@ -286,7 +289,9 @@ class BoVW(Extractor):
     def provenance(self) -> dict:
         vocabulary = getattr(self, "vocabulary_", None)
         if vocabulary is None:
-            raise ChronofeatError(f"{type(self).__name__} has no vocabulary yet; prepare(store, pending) fits or loads it.")
+            raise ChronofeatError(
+                f"{type(self).__name__} has no vocabulary yet; prepare(store, pending) fits or loads it."
+            )
         return {
             "vocabulary": vocabulary.sha256,
             "vocabulary_descriptor": vocabulary.descriptor,
@@ -307,7 +312,7 @@ class BoVW(Extractor):
     def units(self, store: Store, dataset: str) -> pa.Table:
         return scan_units(store, dataset)
 
-    def _training_subjects(self, store: Store, dataset: str, scans: pa.Table) -> tuple[tuple[str, ...], str]:
+    def _training_subjects(self, store: Store, dataset: str, scans: pa.Table) -> TrainingSubjects:
         from store.subjects import dataset_subject_split
 
         present = set(scans.column("subject").to_pylist())
@@ -320,17 +325,20 @@ class BoVW(Extractor):
                     f"(e.g. {missing[0]!r}). Subject keys are the pseudonyms in scans.subject: list them with "
                     f"'python cli.py sql \"SELECT DISTINCT subject FROM scans WHERE dataset = '{dataset}'\"'."
                 )
-            return wanted, "explicit subject list"
-        split = dataset_subject_split(store, dataset, test_fraction=float(self.test_fraction), seed=int(self.split_seed))
-        rule = f"vocab_split=train: not in the held-out test set ({split.rule}; test_fraction={split.test_fraction}, seed={split.seed})"
-        return split.train, rule
+            return TrainingSubjects(wanted, "explicit subject list")
+        split = dataset_subject_split(
+            store, dataset, test_fraction=float(self.test_fraction), seed=int(self.split_seed)
+        )
+        rule = (
+            f"vocab_split=train: not in the held-out test set ({split.rule}; "
+            f"test_fraction={split.test_fraction}, seed={split.seed})"
+        )
+        return TrainingSubjects(split.train, rule)
 
     def prepare(self, store: Store, pending: pa.Table) -> None:
         """Refuse an unavailable descriptor, describe every scan once (descriptor table), then load or
         fit the vocabulary on the training subjects' descriptors."""
         from extractors.runner import run_extraction
-        from store.tables import table_kv_metadata
-        from store.vocabulary import find_vocabulary, load_vocabulary, save_vocabulary
 
         self.validate_params()
         check_descriptor_available(self.descriptor)  # SURF without nonfree stops here, before any pixel
@@ -340,30 +348,42 @@ class BoVW(Extractor):
         dataset = datasets.pop()
         self.descriptors_ = self._descriptors()
         run_extraction(self.descriptors_, store, dataset=dataset, progress=bool(self.progress))
+        started = self._started_vocabulary(store)
+        self.vocabulary_ = started if started is not None else self._vocabulary(store, dataset)
 
-        # A table already started keeps the vocabulary its rows were computed with.
+    def _started_vocabulary(self, store: Store):
+        """The vocabulary the rows of a table already started were computed with (None for a new table)."""
+        from store.tables import table_kv_metadata
+        from store.vocabulary import load_vocabulary
+
         started = table_kv_metadata(store, self.table_name()).get("chronofeat.vocabulary")
-        if started:
-            try:
-                self.vocabulary_ = load_vocabulary(store, started)
-            except StoreError:
-                raise StoreError(
-                    f"Table {self.table_name()!r} was computed with vocabulary {started[:12]}, which is no longer in "
-                    f"{store.artifacts_dir / 'vocabularies'}. Restore it, or drop the table to recompute every row."
-                ) from None
-            return
+        if not started:
+            return None
+        try:
+            return load_vocabulary(store, started)
+        except StoreError:
+            raise StoreError(
+                f"Table {self.table_name()!r} was computed with vocabulary {started[:12]}, which is no longer in "
+                f"{store.artifacts_dir / 'vocabularies'}. Restore it, or drop the table to recompute every row."
+            ) from None
+
+    def _vocabulary(self, store: Store, dataset: str):
+        """The vocabulary fitted before on the same inputs, else one fitted now and saved as an artifact."""
+        from store.vocabulary import find_vocabulary
 
         scans = scan_units(store, dataset)
-        subjects, rule = self._training_subjects(store, dataset, scans)
-        chosen = set(subjects)
+        subjects = self._training_subjects(store, dataset, scans)
+        chosen = set(subjects.keys)
         training = {
             scan_id: sha
             for scan_id, subject, sha in zip(scans.column("scan_id").to_pylist(), scans.column("subject").to_pylist(),
-                                             scans.column("source_sha256").to_pylist())
+                                             scans.column("source_sha256").to_pylist(), strict=True)
             if subject in chosen
         }
         if not training:
-            raise DatasetError(f"The vocabulary's training subjects have no scans in dataset {dataset!r}; nothing to fit on.")
+            raise DatasetError(
+                f"The vocabulary's training subjects have no scans in dataset {dataset!r}; nothing to fit on."
+            )
         fit_key = params_hash(
             {
                 "dataset": dataset,
@@ -372,15 +392,20 @@ class BoVW(Extractor):
                 "max_keypoints": int(self.max_keypoints),
                 "sample_per_image": int(self.sample_per_image),
                 "seed": int(self.seed),
-                "subjects": list(subjects),
+                "subjects": list(subjects.keys),
                 "pixels": sorted(training.values()),
             },
             length=64,
         )
         found = find_vocabulary(store, fit_key)
         if found is not None:
-            self.vocabulary_ = found
-            return
+            return found
+        return self._fit_vocabulary(store, dataset, subjects, training, fit_key)
+
+    def _fit_vocabulary(self, store: Store, dataset: str, subjects: TrainingSubjects, training: dict[str, str],
+                        fit_key: str):
+        """Fit k-means centres (and idf weights) on a sample of the ``training`` scans' descriptors; save them."""
+        from store.vocabulary import save_vocabulary
 
         started_at = time.perf_counter()
         sampled, scan_ids = sample_training_descriptors(
@@ -396,17 +421,17 @@ class BoVW(Extractor):
             "descriptor": self.descriptor,
             "binary": self.descriptor in BINARY_DESCRIPTORS,
             "dataset": dataset,
-            "subjects": list(subjects),
-            "subject_rule": rule,
+            "subjects": list(subjects.keys),
+            "subject_rule": subjects.rule,
             "n_images": len(scan_ids),
             "n_descriptors": int(stacked.shape[0]),
             "descriptor_table": self.descriptors_.table_name(),
             "fit_key": fit_key,
-            "params": {k: v for k, v in self._feature_params().items() if k != "tfidf"},
+            "params": {k: v for k, v in self.feature_params().items() if k != "tfidf"},
             "fit_seconds": round(time.perf_counter() - started_at, 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        self.vocabulary_ = save_vocabulary(store, centers, idf, meta=meta)
+        return save_vocabulary(store, centers, idf, meta=meta)
 
     def transform(self, store: Store, pending: pa.Table) -> Iterator[ExtractedBatch]:
         vocabulary = getattr(self, "vocabulary_", None)
@@ -417,9 +442,10 @@ class BoVW(Extractor):
         source = self.descriptors_.table_name()
         scan_ids = pending.column("scan_id").to_pylist()
         shas = pending.column("source_sha256").to_pylist()
-        info = dict(zip(scan_ids, zip(pending.column("dataset").to_pylist(), pending.column("path").to_pylist(), shas)))
+        info = dict(zip(scan_ids, zip(pending.column("dataset").to_pylist(), pending.column("path").to_pylist(), shas,
+                                      strict=True), strict=True))
         for start in range(0, len(scan_ids), _BATCH):
-            wanted = dict(zip(scan_ids[start : start + _BATCH], shas[start : start + _BATCH]))
+            wanted = dict(zip(scan_ids[start : start + _BATCH], shas[start : start + _BATCH], strict=True))
             rows: dict[str, list[Any]] = {"scan_id": [], "source_sha256": [], "histogram": [], "n_keypoints": []}
             with threadpool_limits(limits=1):  # small matrix products: threads only add contention
                 for scan_id, raw in read_descriptors(store, source, self.descriptor, wanted):
@@ -459,7 +485,9 @@ def _bovw_builder(descriptor: str):
         from store.subjects import read_subject_list
 
         alias = f"{descriptor}_bovw"
-        foreign = sorted(k for k, v in options.items() if v not in (None, False) and k not in _BOVW_OPTIONS | _GENERIC_OPTIONS)
+        foreign = sorted(
+            k for k, v in options.items() if v not in (None, False) and k not in _BOVW_OPTIONS | _GENERIC_OPTIONS
+        )
         if foreign:
             raise ParameterError(
                 f"Option(s) {', '.join('--' + k.replace('_', '-') for k in foreign)} do not apply to --extractor "
@@ -469,7 +497,8 @@ def _bovw_builder(descriptor: str):
         split = options.get("vocab_split")
         if subjects_file is not None and split is not None:
             raise ParameterError(
-                f"--vocab-subjects and --vocab-split both choose the vocabulary's training subjects for {alias}; give one."
+                f"--vocab-subjects and --vocab-split both choose the vocabulary's training subjects for {alias}; "
+                "give one."
             )
         vocab_size = options.get("vocab_size")
         params: dict[str, Any] = {"descriptor": descriptor, "vocab_size": 50 if vocab_size is None else vocab_size}

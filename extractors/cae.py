@@ -11,23 +11,23 @@ writes the encoder's latent map, flattened, as ``embedding`` FLOAT[d] per scan â
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from extractors._registry import register_cli_alias, register_extractor
 from extractors.siamese import (
-    NETWORK_KIND,
     SiameseEmbedding,
+    TrainingScans,
+    TrainingSettings,
     TrainResult,
-    _check_training_params,
-    _column,
-    _scans,
     build_from_cli,
-    data_identity,
-    split_subjects,
+    store_network,
+    training_key,
+    training_scans,
 )
-from features.errors import check_param
+from features.errors import check_param, is_int
 
 __all__ = ["train_cae", "reconstruction_scores", "CAEFeatures"]
 
@@ -38,137 +38,133 @@ def reconstruction_scores(originals: np.ndarray, reconstructions: np.ndarray) ->
 
     mse = ((originals - reconstructions) ** 2).reshape(len(originals), -1).mean(axis=1)
     ssim = np.array([
-        structural_similarity(o[0], r[0], data_range=1.0) for o, r in zip(originals, reconstructions)
+        structural_similarity(o[0], r[0], data_range=1.0) for o, r in zip(originals, reconstructions, strict=True)
     ])
-    return {"mse": float(mse.mean()), "mse_std": float(mse.std()), "ssim": float(ssim.mean()), "ssim_std": float(ssim.std()),
-            "images": float(len(originals))}
+    return {
+        "mse": float(mse.mean()),
+        "mse_std": float(mse.std()),
+        "ssim": float(ssim.mean()),
+        "ssim_std": float(ssim.std()),
+        "images": float(len(originals)),
+    }
+
+
+@dataclass
+class _CaeSettings(TrainingSettings):
+    """Every parameter of ``train_cae`` that shapes the network (stored in its configuration)."""
+
+    epochs: int
+    batch_size: int
+    seed: int
+    image_size: int
+    base: int
+    depth: int
+    latent_channels: int
+    lr: float
+    patience: int
+    test_fraction: float
+    val_fraction: float
+
+    owner: ClassVar[str] = "train_cae"
+
+    def check_own(self, owner: str) -> None:
+        check_param(owner, "depth", self.depth, kind="an int in [1, 4]", ok=is_int(self.depth, 1) and self.depth <= 4)
+        check_param(owner, "latent_channels", self.latent_channels, kind="an int in [1, 256]",
+                    ok=is_int(self.latent_channels, 1) and self.latent_channels <= 256)
+        check_param(owner, "base", self.base, kind="an int in [4, 128]", ok=is_int(self.base, 4) and self.base <= 128)
+
+    @property
+    def arch(self) -> dict:
+        return {"in_chans": 1, "base": self.base, "depth": self.depth, "latent_channels": self.latent_channels}
+
+
+class _CaeTraining:
+    """The autoencoder, its optimizer and the images: the loss, reconstruction and validation."""
+
+    def __init__(self, settings: _CaeSettings, data: TrainingScans, images, device):
+        import torch
+
+        from extractors.nets import ConvAutoencoder
+
+        self.data, self.images, self.device = data, images, device
+        self.model = ConvAutoencoder(**settings.arch).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+
+    def inputs(self, batch):
+        import torch
+
+        return self.images[torch.from_numpy(batch.rows).to(self.device)]
+
+    def loss(self, batch):
+        import torch
+
+        return torch.nn.functional.mse_loss(self.model(batch).float(), batch)
+
+    def originals(self, rows: np.ndarray) -> np.ndarray:
+        import torch
+
+        return self.images[torch.from_numpy(rows).to(self.device)].cpu().numpy()
+
+    def reconstruct(self, rows: np.ndarray) -> np.ndarray:
+        import torch
+
+        from extractors.training import batched_outputs
+
+        out = batched_outputs(lambda chunk: self.model(self.images[torch.from_numpy(chunk).to(self.device)]), rows,
+                              device=self.device)
+        return out if len(out) else np.zeros((0,) + tuple(self.images.shape[1:]), np.float32)
+
+    def validate(self, epoch: int) -> dict:
+        rows = self.data.rows("val")
+        return {"val_loss": float(((self.reconstruct(rows) - self.originals(rows)) ** 2).mean())}
 
 
 def train_cae(
-    store,
-    dataset: str,
-    *,
-    epochs: int = 30,
-    batch_size: int = 32,
-    seed: int = 0,
-    device: str = "auto",
-    progress: bool = True,
-    out: Callable[[str], None] = print,
-    image_size: int = 64,
-    base: int = 16,
-    depth: int = 3,
-    latent_channels: int = 16,
-    lr: float = 1e-3,
-    patience: int = 5,
-    test_fraction: float = 0.2,
-    val_fraction: float = 0.15,
+    store, dataset: str, *, epochs: int = 30, batch_size: int = 32, seed: int = 0, device: str = "auto",
+    progress: bool = True, image_size: int = 64, base: int = 16, depth: int = 3, latent_channels: int = 16,
+    lr: float = 1e-3, patience: int = 5, test_fraction: float = 0.2, val_fraction: float = 0.15,
 ) -> TrainResult:
     """Train the autoencoder on ``dataset``; store it; return held-out MSE/SSIM in ``result.metrics``.
 
     Subjects are divided as in ``train_siamese`` (whole subjects, stratified by label). Resumable
     from the store's checkpoint like every chronofeat training.
     """
-    import torch
+    from extractors.training import deterministic, fit_minibatches, select_device
 
-    from extractors.images import ImageLoader, ImageRecipe, dataset_canvas
-    from extractors.nets import ConvAutoencoder, network_to_bytes
-    from extractors.training import (
-        autocast,
-        deterministic,
-        epoch_rng,
-        select_device,
-        train_epochs,
-    )
-    from store.artifacts import save_artifact
-    from store.provenance import params_hash
-
-    owner = "train_cae"
-    _check_training_params(owner, epochs=epochs, batch_size=batch_size, seed=seed, image_size=image_size, patience=patience)
-    check_param(owner, "depth", depth, kind="an int in [1, 4]", ok=isinstance(depth, int) and 1 <= depth <= 4)
-    check_param(owner, "latent_channels", latent_channels, kind="an int in [1, 256]",
-                ok=isinstance(latent_channels, int) and 1 <= latent_channels <= 256)
-    check_param(owner, "base", base, kind="an int in [4, 128]", ok=isinstance(base, int) and 4 <= base <= 128)
+    settings = _CaeSettings(epochs, batch_size, seed, image_size, base, depth, latent_channels, lr, patience,
+                            test_fraction, val_fraction)
+    settings.check()
     dev = select_device(device)
     started = time.perf_counter()
-
-    scans = _scans(store, dataset)
-    subjects = _column(scans, "subject").astype(str)
-    labels = _column(scans, "label").astype(str)
-    test_s, val_s = split_subjects(subjects, labels, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction)
-    side = np.where(np.isin(subjects, list(test_s)), "test", np.where(np.isin(subjects, list(val_s)), "val", "train"))
-    train_rows, val_rows, test_rows = (np.flatnonzero(side == s) for s in ("train", "val", "test"))
-
-    recipe = ImageRecipe(image_size, dataset_canvas(scans.column("rows").to_pylist(), scans.column("cols").to_pylist()))
-    params = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "image_size": image_size, "base": base,
-              "depth": depth, "latent_channels": latent_channels, "lr": lr, "patience": patience,
-              "test_fraction": test_fraction, "val_fraction": val_fraction}
-    key = params_hash({"trainer": "cae", "format": 1, "dataset": dataset, "data": data_identity(scans),
-                       "recipe": recipe.to_dict(), "params": params}, length=20)
-    rows = scans.select([c for c in ("path", "frame", "window_center", "window_width") if c in scans.column_names]).to_pylist()
-    images = torch.from_numpy(ImageLoader(store, dataset, recipe).stack(rows, progress=progress, desc=f"{dataset} images")).to(dev)
-
-    arch = {"in_chans": 1, "base": base, "depth": depth, "latent_channels": latent_channels}
+    data = training_scans(store, dataset, image_size=image_size, seed=seed, test_fraction=test_fraction,
+                          val_fraction=val_fraction)
+    params = settings.params()
+    key = training_key("cae", data, params, format=1)
+    images = data.images(store, dev, progress=progress)
     with deterministic(seed):
-        model = ConvAutoencoder(**arch).to(dev)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-
-        def run_epoch(epoch: int) -> dict:
-            rng = epoch_rng(seed, epoch, stream=3)
-            order = train_rows[rng.permutation(len(train_rows))]
-            total = 0.0
-            for start in range(0, len(order), batch_size):
-                batch = images[torch.from_numpy(order[start : start + batch_size]).to(dev)]
-                if len(batch) < 2:
-                    continue
-                with autocast(dev):
-                    recon = model(batch)
-                loss = torch.nn.functional.mse_loss(recon.float(), batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(batch)
-            return {"loss": total / max(len(order), 1)}
-
-        def reconstruct(rows_idx: np.ndarray) -> np.ndarray:
-            outs = []
-            for start in range(0, len(rows_idx), 256):
-                batch = images[torch.from_numpy(rows_idx[start : start + 256]).to(dev)]
-                with autocast(dev):
-                    outs.append(model(batch).float().cpu().numpy())
-            return np.concatenate(outs) if outs else np.zeros((0,) + tuple(images.shape[1:]), np.float32)
-
-        def validate(epoch: int) -> dict:
-            recon = reconstruct(val_rows)
-            return {"val_loss": float(((recon - images[torch.from_numpy(val_rows).to(dev)].cpu().numpy()) ** 2).mean())}
-
-        loop = train_epochs(
-            model=model, optimizer=optimizer, run_epoch=run_epoch, validate=validate if len(val_rows) else None,
-            epochs=epochs, seed=seed, monitor="val_loss", mode="min", patience=patience, store=store, name="cae",
-            key=key, progress=progress, desc=f"cae {dataset}",
+        run = _CaeTraining(settings, data, images, dev)
+        loop = fit_minibatches(
+            model=run.model, optimizer=run.optimizer, loss=run.loss, inputs=run.inputs, samples=data.rows("train"),
+            epochs=epochs, seed=seed, stream=3, batch_size=batch_size,
+            validate=run.validate if len(data.rows("val")) else None, patience=patience, store=store, name="cae",
+            key=key, progress=progress, desc=f"cae {dataset}", unit="img",
         )
-        model.eval()
-        with torch.no_grad():
-            scores = reconstruction_scores(images[torch.from_numpy(test_rows).to(dev)].cpu().numpy(), reconstruct(test_rows))
-
+        run.model.eval()
+        test_rows = data.rows("test")
+        scores = reconstruction_scores(run.originals(test_rows), run.reconstruct(test_rows))
     latent_side = image_size // 2**depth
     config = {
-        "family": "cae", "arch": arch, "recipe": recipe.to_dict(), "dataset": dataset, "params": params,
-        "embed_dim": latent_channels * latent_side * latent_side,
-        "subjects": {"train": sorted(set(subjects[train_rows])), "val": sorted(val_s), "test": sorted(test_s)},
+        "family": "cae", "arch": settings.arch, "recipe": data.recipe.to_dict(), "dataset": dataset, "params": params,
+        "embed_dim": latent_channels * latent_side * latent_side, "subjects": data.subject_lists(),
         "epochs_run": loop.epochs_run, "best_epoch": loop.best_epoch, "held_out": scores,
     }
-    artifact = save_artifact(
-        store, NETWORK_KIND, network_to_bytes(config, model.cpu()), suffix=".pt",
-        meta={"family": "cae", "dataset": dataset, "embed_dim": config["embed_dim"], "params": params,
-              "training_key": key, "epochs_run": loop.epochs_run, "held_out": scores},
-    )
-    return TrainResult(
-        artifact=artifact, auc=None, aux_accuracy=None, epochs_run=loop.epochs_run, best_epoch=loop.best_epoch,
-        resumed_from=loop.start_epoch, seconds=time.perf_counter() - started, seconds_per_epoch=loop.seconds_per_epoch,
-        subjects={"train": len(set(subjects[train_rows])), "val": len(val_s), "test": len(test_s)},
+    artifact = store_network(store, config, run.model, meta={
+        "family": "cae", "dataset": dataset, "embed_dim": config["embed_dim"], "params": params,
+        "training_key": key, "epochs_run": loop.epochs_run, "held_out": scores})
+    return TrainResult.of_loop(
+        artifact, loop, data, started=started, auc=None, aux_accuracy=None,
         metrics={"reconstruction MSE": scores["mse"], "reconstruction MSE std": scores["mse_std"],
                  "SSIM": scores["ssim"], "SSIM std": scores["ssim_std"], "images": int(scores["images"])},
-        history=loop.history,
     )
 
 

@@ -39,6 +39,7 @@ from extractors._cnn_data import (
     UnitImages,
     make_loader,
     preprocess_image,
+    unit_path,
 )
 from extractors._cnn_model import (
     Embedder,
@@ -50,13 +51,12 @@ from extractors._cnn_model import (
     resolve_layer,
 )
 from extractors._registry import register_cli_alias, register_extractor
-from extractors.base import ExtractedBatch, Extractor
+from extractors.base import ExtractedBatch, Extractor, ParamRule, int_in, one_of
 from features.errors import (
     BackendUnavailableError,
     ConfigMismatchError,
     DatasetError,
     ParameterError,
-    check_param,
 )
 from store.cores import usable_cores
 from store.failures import Failure
@@ -80,6 +80,16 @@ REFERENCES = ("absolute", "relative", "given")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INTENSITIES = ("auto", "percentile")
 PREPROCESS_VERSION = "fit-pad-nocrop/1"
+
+
+def _non_empty_str(value) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _is_device(value) -> bool:
+    return isinstance(value, str) and (
+        value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
+    )
 
 
 def _sanitise(text: str) -> str:
@@ -128,32 +138,23 @@ class CNNEmbedding(Extractor):
 
     # --- configuration -------------------------------------------------------------------
     def validate_params(self) -> None:
-        owner = type(self).__name__
-        check_param(owner, "model", self.model, kind="a timm model name (str)", ok=isinstance(self.model, str) and bool(self.model))
+        self.check_param_rules({"model": ParamRule("a timm model name (str)", _non_empty_str)})
         check_model_name(self.model)
-        check_param(owner, "input", self.input, kind=f"a str among {set(INPUTS)}", ok=self.input in INPUTS)
-        check_param(owner, "reference", self.reference, kind=f"a str among {set(REFERENCES)}", ok=self.reference in REFERENCES)
-        check_param(owner, "layer", self.layer, kind="'pooled' or a module name (str)", ok=isinstance(self.layer, str) and bool(self.layer))
+        self.check_param_rules({
+            "input": one_of(INPUTS, kind=f"a str among {set(INPUTS)}"),
+            "reference": one_of(REFERENCES, kind=f"a str among {set(REFERENCES)}"),
+            "layer": ParamRule("'pooled' or a module name (str)", _non_empty_str),
+        })
         resolve_layer(self.model, self.layer)
-        check_param(
-            owner, "weights", self.weights, kind="'hub', 'random', a checkpoint file path or an imported weights hash",
-            ok=isinstance(self.weights, str) and bool(self.weights),
-        )
-        ok_device = isinstance(self.device, str) and (
-            self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
-        )
-        check_param(owner, "device", self.device, kind="a str among {'auto', 'cpu', 'cuda', 'cuda:N'}", ok=ok_device)
-        check_param(
-            owner, "batch_size", self.batch_size, kind="an int in [1, 4096]",
-            ok=isinstance(self.batch_size, (int, np.integer)) and not isinstance(self.batch_size, bool) and 1 <= self.batch_size <= 4096,
-        )
-        check_param(
-            owner, "workers", self.workers, kind="None or an int in [0, 64]",
-            ok=self.workers is None or (isinstance(self.workers, (int, np.integer)) and not isinstance(self.workers, bool) and 0 <= self.workers <= 64),
-        )
-        check_param(owner, "precision", self.precision, kind=f"a str among {set(PRECISIONS)}", ok=self.precision in PRECISIONS)
-        check_param(owner, "compile", self.compile, kind="a bool", ok=isinstance(self.compile, (bool, np.bool_)))
-        check_param(owner, "intensity", self.intensity, kind=f"a str among {set(INTENSITIES)}", ok=self.intensity in INTENSITIES)
+        self.check_param_rules({
+            "weights": ParamRule("'hub', 'random', a checkpoint file path or an imported weights hash", _non_empty_str),
+            "device": ParamRule("a str among {'auto', 'cpu', 'cuda', 'cuda:N'}", _is_device),
+            "batch_size": int_in(1, 4096),
+            "workers": int_in(0, 64, optional=True, kind="None or an int in [0, 64]"),
+            "precision": one_of(PRECISIONS, kind=f"a str among {set(PRECISIONS)}"),
+            "compile": ParamRule("a bool", lambda v: isinstance(v, (bool, np.bool_))),
+            "intensity": one_of(INTENSITIES, kind=f"a str among {set(INTENSITIES)}"),
+        })
         if self.input == "multiview" and self.intensity != "auto":
             raise ParameterError(
                 "intensity='percentile' has no effect with input='multiview': the composite scales every view "
@@ -172,7 +173,9 @@ class CNNEmbedding(Extractor):
         import torch
 
         # resolved without raising: an unavailable explicit device is reported by prepare()
-        device = "cuda" if self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available()) else "cpu"
+        device = (
+            "cuda" if self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available()) else "cpu"
+        )
         return choose_precision("auto", device)
 
     def _weights_identity(self) -> str:
@@ -258,8 +261,11 @@ class CNNEmbedding(Extractor):
         info = arch_info(self.model)
         return Preprocess(size=tuple(info.input_size[1:]), interpolation=info.interpolation, intensity=self.intensity)
 
-    def preprocess(self, image: np.ndarray, *, window_center: float | None = None, window_width: float | None = None) -> np.ndarray:
-        """One image (any units, greyscale or RGB) -> the ``(3, H, W)`` [0, 1] input this extractor feeds its network."""
+    def preprocess(
+        self, image: np.ndarray, *, window_center: float | None = None, window_width: float | None = None
+    ) -> np.ndarray:
+        """One image (any units, greyscale or RGB) -> the ``(3, H, W)`` [0, 1] input this extractor feeds its
+        network."""
         return preprocess_image(image, self._preprocess(), window_center=window_center, window_width=window_width)
 
     # --- work ------------------------------------------------------------------------------
@@ -281,7 +287,11 @@ class CNNEmbedding(Extractor):
             from store.sql import query
 
             try:
-                modes = query(store, f"SELECT DISTINCT reference_mode FROM pairs WHERE dataset = '{dataset.replace(chr(39), '')}' ORDER BY 1")
+                modes = query(
+                    store,
+                    f"SELECT DISTINCT reference_mode FROM pairs WHERE dataset = '{dataset.replace(chr(39), '')}' "
+                    "ORDER BY 1",
+                )
                 modes = modes.column(0).to_pylist()
             except Exception:  # the pairs table itself is missing: the original message says so
                 raise exc from None
@@ -336,7 +346,9 @@ class CNNEmbedding(Extractor):
             except ParameterError:
                 raise
             except Exception as exc:
-                raise BackendUnavailableError(f"torch.compile is not usable here ({exc}); run without --compile.") from exc
+                raise BackendUnavailableError(
+                    f"torch.compile is not usable here ({exc}); run without --compile."
+                ) from exc
         self.network_ = net
         self.embedder_ = embedder
         self.device_ = device
@@ -425,6 +437,22 @@ class CNNEmbedding(Extractor):
                 raise
         return out.float().cpu().numpy()
 
+    def embedding_rows(self, keys: list[str], shas: list[str], vectors: np.ndarray) -> pa.Table:
+        """Rows of ``output_schema()`` from unit ``keys``, their ``source_sha256`` and embeddings ``vectors`` (n, d).
+
+        ``ParameterError`` when the layer gave another width than the schema's.
+        """
+        schema = self.output_schema()
+        width = schema.field("embedding").type.list_size
+        if vectors.shape[1] != width:
+            raise ParameterError(f"{self.model} layer {self.layer!r} gave {vectors.shape[1]} values, expected {width}.")
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
+        return pa.Table.from_arrays(
+            [pa.array(keys, type=pa.string()), pa.array(shas, type=pa.string()),
+             pa.FixedSizeListArray.from_arrays(flat, width)],
+            schema=schema,
+        )
+
     def transform(self, store: Store, pending: pa.Table) -> Iterator[ExtractedBatch]:
         if not hasattr(self, "embedder_"):
             self.prepare(store, pending)
@@ -436,44 +464,36 @@ class CNNEmbedding(Extractor):
             dataset, batch_size=int(self.batch_size), workers=self.workers_, pin_memory=self.device_.startswith("cuda")
         )
         schema = self.output_schema()
-        width = schema.field("embedding").type.list_size
         stage = f"extract:{self.name}"
         for indices, batch, failed in loader:
             failures = [
                 Failure(
                     key=units[i][key], dataset=units[i].get("dataset") or "",
-                    path=_unit_path(units[i]), stage=stage, error_class=cls, message=message,
+                    path=unit_path(units[i]), stage=stage, error_class=cls, message=message,
                 )
                 for i, cls, message in failed
             ]
             if batch is not None:
-                vectors = self.embed(batch)
-                if vectors.shape[1] != width:
-                    raise ParameterError(f"{self.model} layer {self.layer!r} gave {vectors.shape[1]} values, expected {width}.")
-                flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
-                rows = pa.record_batch(
-                    [
-                        pa.array([units[i][key] for i in indices], type=pa.string()),
-                        pa.array([units[i]["source_sha256"] for i in indices], type=pa.string()),
-                        pa.FixedSizeListArray.from_arrays(flat, width),
-                    ],
-                    schema=schema,
-                )
+                keys = [units[i][key] for i in indices]
+                rows = self.embedding_rows(keys, [units[i]["source_sha256"] for i in indices], self.embed(batch))
             else:
                 rows = schema.empty_table()
             yield ExtractedBatch(rows=rows, failures=failures)
 
 
-def _unit_path(unit: dict) -> str:
-    if "path" in unit:
-        return unit["path"] or ""
-    if "cmp_path" in unit:
-        return f"{unit.get('ref_path')} -> {unit.get('cmp_path')}"
-    return ";".join(unit.get("paths") or [])
-
-
 # --- command line -----------------------------------------------------------------------------
-_OPTION_KEYS = ("input", "reference", "layer", "weights", "device", "batch_size", "workers", "precision", "compile", "intensity")
+_OPTION_KEYS = (
+    "input",
+    "reference",
+    "layer",
+    "weights",
+    "device",
+    "batch_size",
+    "workers",
+    "precision",
+    "compile",
+    "intensity",
+)
 
 
 def build_cnn_from_options(alias: str, options: dict) -> CNNEmbedding:
@@ -490,7 +510,9 @@ def build_cnn_from_options(alias: str, options: dict) -> CNNEmbedding:
     )
     if foreign:
         flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
-        raise ParameterError(f"extract --extractor {alias} does not use {flags}; remove them (they belong to other extractors).")
+        raise ParameterError(
+            f"extract --extractor {alias} does not use {flags}; remove them (they belong to other extractors)."
+        )
     model = options.get("model") or SHORT_NAMES.get(alias)
     if model is None:
         raise ParameterError("extract --extractor cnn needs --model TIMM_NAME (e.g. --model resnet50).")

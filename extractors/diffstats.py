@@ -23,9 +23,10 @@ import pyarrow as pa
 
 from extractors._registry import register_cli_alias, register_extractor
 from extractors._workers import ordered_map
-from extractors.base import ExtractedBatch, Extractor
+from extractors.base import BOOL, ExtractedBatch, Extractor, ParamRule, int_in, one_of
 from features.difference import align_pair, first_time_point_difference
-from features.errors import ChronofeatError, ParameterError, check_param
+from features.errors import ChronofeatError, ParameterError
+from features.intensity import to_grey
 from features.registration import agreement
 from features.stats import difference_statistics, statistic_names
 from store.cores import usable_cores
@@ -37,11 +38,6 @@ __all__ = ["DiffStats", "pair_statistics", "REFERENCE_MODES"]
 
 REFERENCE_MODES = ("absolute", "relative")
 _BATCH = 64
-
-
-def _grey(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image, dtype=np.float32)
-    return image.mean(axis=2) if image.ndim == 3 else image
 
 
 def pair_statistics(
@@ -59,20 +55,22 @@ def pair_statistics(
 
     Names: ``shift_dy``, ``shift_dx``, ``shift_confidence``, then ``features.stats.statistic_names``.
     """
-    comparison = _grey(comparison)
+    comparison = to_grey(comparison)
     if is_first:
         diff = first_time_point_difference(comparison)
         stats = difference_statistics(diff, comparison, comparison, n_bins=n_bins, k_sigmas=k_sigmas)
         head = {"shift_dy": 0.0, "shift_dx": 0.0, "shift_confidence": 1.0}
         return {**head, **stats.values}, stats.histogram
-    aligned = align_pair(_grey(reference), comparison, register=register, rigid=rigid, upsample=upsample)
+    aligned = align_pair(to_grey(reference), comparison, register=register, rigid=rigid, upsample=upsample)
     diff = aligned.comparison - aligned.reference
     stats = difference_statistics(
         diff, aligned.reference, aligned.comparison, mask=aligned.mask, n_bins=n_bins, k_sigmas=k_sigmas
     )
     registration = aligned.registration
     if registration is None:  # not registered: how well the images agree as they lie
-        confidence, _ = agreement(aligned.comparison.astype(np.float64), aligned.reference.astype(np.float64), aligned.mask)
+        confidence, _ = agreement(
+            aligned.comparison.astype(np.float64), aligned.reference.astype(np.float64), aligned.mask
+        )
         shift = (0.0, 0.0)
     else:
         confidence, shift = registration.confidence, registration.shift
@@ -106,8 +104,12 @@ def _pair_task(task: tuple) -> tuple:
     return ("ok", pair_id, values, histogram)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+def _distinct_positive_numbers(value) -> bool:
+    return (
+        isinstance(value, (tuple, list)) and len(value) > 0
+        and all(isinstance(k, (int, float)) and not isinstance(k, bool) and k > 0 for k in value)
+        and len({float(k) for k in value}) == len(value)
+    )
 
 
 @register_extractor("diffstats")
@@ -143,42 +145,30 @@ class DiffStats(Extractor):
         self.workers = workers
 
     def validate_params(self) -> None:
-        owner = type(self).__name__
-        check_param(owner, "reference", self.reference, kind=f"a str among {list(REFERENCE_MODES)}",
-                    ok=self.reference in REFERENCE_MODES)
-        check_param(owner, "register", self.register, kind="a bool", ok=isinstance(self.register, bool))
-        check_param(owner, "rigid", self.rigid, kind="a bool", ok=isinstance(self.rigid, bool))
+        self.check_param_rules({"reference": one_of(REFERENCE_MODES), "register": BOOL, "rigid": BOOL})
         if self.rigid and not self.register:
-            raise ParameterError(f"The 'rigid' parameter of {owner} needs register=True. Got register=False instead.")
-        check_param(owner, "upsample", self.upsample, kind="an int in [1, 100]",
-                    ok=_is_int(self.upsample) and 1 <= self.upsample <= 100)
-        check_param(owner, "n_bins", self.n_bins, kind="an int in [2, 4096]", ok=_is_int(self.n_bins) and 2 <= self.n_bins <= 4096)
-        ks_ok = (
-            isinstance(self.k_sigmas, (tuple, list)) and len(self.k_sigmas) > 0
-            and all(isinstance(k, (int, float)) and not isinstance(k, bool) and k > 0 for k in self.k_sigmas)
-            and len({float(k) for k in self.k_sigmas}) == len(self.k_sigmas)
-        )
-        check_param(owner, "k_sigmas", self.k_sigmas, kind="a non-empty tuple of distinct positive numbers", ok=ks_ok)
-        check_param(owner, "workers", self.workers, kind="an int in [1, inf) or None",
-                    ok=self.workers is None or (_is_int(self.workers) and self.workers >= 1))
+            raise ParameterError(
+                f"The 'rigid' parameter of {type(self).__name__} needs register=True. Got register=False instead."
+            )
+        self.check_param_rules({
+            "upsample": int_in(1, 100),
+            "n_bins": int_in(2, 4096),
+            "k_sigmas": ParamRule("a non-empty tuple of distinct positive numbers", _distinct_positive_numbers),
+            "workers": int_in(1, optional=True),
+        })
 
     def key_column(self) -> str:
         return "pair_id"
 
-    def _feature_params(self) -> dict:
-        params = self.get_params(deep=False)
-        for name in self._RUNTIME_PARAMS:
-            params.pop(name, None)
+    def feature_params(self) -> dict:
+        params = super().feature_params()
         params["k_sigmas"] = [float(k) for k in params["k_sigmas"]]
         return params
-
-    def config(self) -> dict:
-        return {"extractor": self.name, "params": self._feature_params()}
 
     def table_name(self) -> str:
         """``diffstats_<reference>``, plus a configuration hash when other parameters are not the defaults."""
         base = f"{self.name}_{self.reference}"
-        if self._feature_params() == type(self)(reference=self.reference)._feature_params():
+        if self.feature_params() == type(self)(reference=self.reference).feature_params():
             return base
         return f"{base}_{self.config_hash()[:8]}"
 
@@ -256,10 +246,13 @@ _DIFFSTATS_OPTIONS = frozenset({"reference", "workers"})
 
 
 def _diffstats_builder(options: dict) -> DiffStats:
-    foreign = sorted(k for k, v in options.items() if v not in (None, False) and k not in _DIFFSTATS_OPTIONS | _GENERIC_OPTIONS)
+    foreign = sorted(
+        k for k, v in options.items() if v not in (None, False) and k not in _DIFFSTATS_OPTIONS | _GENERIC_OPTIONS
+    )
     if foreign:
         raise ParameterError(
-            f"Option(s) {', '.join('--' + k.replace('_', '-') for k in foreign)} do not apply to --extractor diffstats; "
+            f"Option(s) {', '.join('--' + k.replace('_', '-') for k in foreign)} "
+            "do not apply to --extractor diffstats; "
             "it reads --reference (absolute|relative) and --workers."
         )
     params: dict[str, Any] = {"reference": options.get("reference") or "absolute"}

@@ -26,9 +26,19 @@ import numpy as np
 
 from features.canvas import common_canvas, pad_to_canvas, resize
 from features.difference import difference_image
-from features.intensity import PERCENTILES, to_unit_range
+from features.intensity import PERCENTILES, to_grey, to_unit_range
 
-__all__ = ["ImageRecipe", "dataset_canvas", "ImageLoader", "one_blas_thread"]
+__all__ = [
+    "ImageRecipe",
+    "dataset_canvas",
+    "recipe_for_scans",
+    "ImageLoader",
+    "scan_images",
+    "column_values",
+    "one_blas_thread",
+]
+
+_PIXEL_COLUMNS = ("path", "frame", "window_center", "window_width")
 
 
 def one_blas_thread():
@@ -58,12 +68,19 @@ class ImageRecipe:
 
 def dataset_canvas(rows, cols) -> tuple[int, int]:
     """The common canvas (largest height, largest width) of scans with ``rows`` and ``cols``."""
-    return common_canvas(zip(rows, cols))
+    return common_canvas(zip(rows, cols, strict=True))
 
 
-def _grey(pixels: np.ndarray) -> np.ndarray:
-    pixels = np.asarray(pixels, dtype=np.float32)
-    return pixels.mean(axis=2) if pixels.ndim == 3 else pixels
+def recipe_for_scans(scans, size: int) -> ImageRecipe:
+    """The recipe of side ``size`` on the common canvas of ``scans`` (an Arrow table with rows, cols)."""
+    return ImageRecipe(size, dataset_canvas(scans.column("rows").to_pylist(), scans.column("cols").to_pylist()))
+
+
+def column_values(table, name: str, default="") -> np.ndarray:
+    """Column ``name`` of an Arrow ``table`` as an object array, ``default`` for nulls or a missing column."""
+    if name not in table.column_names:
+        return np.array([default] * table.num_rows, dtype=object)
+    return np.array([default if v is None else v for v in table.column(name).to_pylist()], dtype=object)
 
 
 def _linear_range(pixels: np.ndarray, center, width) -> tuple[float, float]:
@@ -99,7 +116,7 @@ class ImageLoader:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        pixels = _grey(self.reader.read(row["path"], key[1]))
+        pixels = to_grey(self.reader.read(row["path"], key[1]))
         if self._cache_size:
             self._cache[key] = pixels
             if len(self._cache) > self._cache_size:
@@ -108,7 +125,9 @@ class ImageLoader:
 
     def unit_canvas(self, row: dict) -> np.ndarray:
         """The scan in [0, 1], centred on the canvas."""
-        unit = to_unit_range(self._raw(row), window_center=row.get("window_center"), window_width=row.get("window_width"))
+        unit = to_unit_range(
+            self._raw(row), window_center=row.get("window_center"), window_width=row.get("window_width")
+        )
         return pad_to_canvas(unit, self.recipe.canvas)
 
     def image(self, row: dict) -> np.ndarray:
@@ -133,10 +152,34 @@ class ImageLoader:
 
     def stack(self, rows: list[dict], *, progress: bool = True, desc: str = "images") -> np.ndarray:
         """``(N, 1, size, size)`` float32 inputs for ``rows`` (a tqdm bar on stderr when ``progress``)."""
+        return self._stacked(rows, self.image, progress=progress, desc=desc, unit="img")
+
+    def pair_differences(self, pairs, *, progress: bool = True, desc: str = "differences") -> np.ndarray:
+        """``(N, 1, size, size)`` difference images of ``pairs`` (the table ``store.units.pair_units`` gives).
+
+        A pair whose reference is its comparison (a first time point) gives the uniform image.
+        """
+        columns = pairs.to_pydict()
+        items = []
+        for i, (ref, cmp) in enumerate(zip(columns["reference_scan_id"], columns["comparison_scan_id"], strict=True)):
+            sides = [{name: columns[f"{side}_{name}"][i] for name in _PIXEL_COLUMNS} for side in ("ref", "cmp")]
+            items.append((sides[0], sides[1], ref == cmp))
+        return self._stacked(items, lambda item: self.difference(item[0], item[1], is_first=item[2]),
+                             progress=progress, desc=desc, unit="pair")
+
+    def _stacked(self, items: list, make, *, progress: bool, desc: str, unit: str) -> np.ndarray:
         from tqdm.auto import tqdm
 
-        out = np.empty((len(rows), 1, self.recipe.size, self.recipe.size), np.float32)
+        out = np.empty((len(items), 1, self.recipe.size, self.recipe.size), np.float32)
         with one_blas_thread():
-            for i, row in enumerate(tqdm(rows, desc=desc, unit="img", disable=not progress, file=sys.stderr, leave=False)):
-                out[i, 0] = self.image(row)
+            bar = tqdm(items, desc=desc, unit=unit, disable=not progress, file=sys.stderr, leave=False)
+            for i, item in enumerate(bar):
+                out[i, 0] = make(item)
         return out
+
+
+def scan_images(store, dataset: str, scans, recipe: ImageRecipe, *, progress: bool = True) -> np.ndarray:
+    """``(N, 1, size, size)`` float32 inputs of every scan in ``scans`` (the table ``store.units.scan_units``
+    gives), in its row order."""
+    rows = scans.select([c for c in _PIXEL_COLUMNS if c in scans.column_names]).to_pylist()
+    return ImageLoader(store, dataset, recipe).stack(rows, progress=progress, desc=f"{dataset} images")

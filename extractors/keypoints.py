@@ -24,13 +24,12 @@ import pyarrow as pa
 
 from extractors._registry import register_extractor
 from extractors._workers import ordered_map
-from extractors.base import ExtractedBatch, Extractor
+from extractors.base import BOOL, ExtractedBatch, Extractor, int_in, one_of
 from features.errors import (
     BackendUnavailableError,
     ChronofeatError,
     InputError,
     ParameterError,
-    check_param,
 )
 from store.cores import usable_cores
 from store.failures import Failure
@@ -219,7 +218,9 @@ def _describe_task(task: tuple) -> tuple:
     key, source, descriptor, max_keypoints = task
     try:
         image = source if isinstance(source, np.ndarray) else _read_pixels(*source)
-        raw = describe(image, descriptor, max_keypoints=max_keypoints, detector=_cached_detector(descriptor, max_keypoints))
+        raw = describe(
+            image, descriptor, max_keypoints=max_keypoints, detector=_cached_detector(descriptor, max_keypoints)
+        )
     except (ChronofeatError, cv2.error) as exc:
         return ("fail", key, type(exc).__name__, str(exc))
     return ("ok", key, raw)
@@ -252,10 +253,6 @@ def describe_images(
 
 
 # --- the descriptor table ----------------------------------------------------------------------
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _descriptor_list_type(descriptor: str) -> pa.DataType:
     width, dtype = descriptor_layout(descriptor)
     return pa.list_(pa.list_(pa.uint8() if dtype == np.uint8 else pa.float32(), width))
@@ -280,19 +277,12 @@ class KeypointDescriptors(Extractor):
         self.progress = progress
 
     def validate_params(self) -> None:
-        owner = type(self).__name__
-        check_param(owner, "descriptor", self.descriptor, kind=f"a str among {list(DESCRIPTORS)}", ok=self.descriptor in DESCRIPTORS)
-        check_param(owner, "max_keypoints", self.max_keypoints, kind="an int in [1, inf)",
-                    ok=_is_int(self.max_keypoints) and self.max_keypoints >= 1)
-        check_param(owner, "workers", self.workers, kind="an int in [1, inf) or None",
-                    ok=self.workers is None or (_is_int(self.workers) and self.workers >= 1))
-        check_param(owner, "progress", self.progress, kind="a bool", ok=isinstance(self.progress, bool))
-
-    def config(self) -> dict:
-        params = self.get_params(deep=False)
-        for name in self._RUNTIME_PARAMS:
-            params.pop(name, None)
-        return {"extractor": self.name, "params": params}
+        self.check_param_rules({
+            "descriptor": one_of(DESCRIPTORS),
+            "max_keypoints": int_in(1),
+            "workers": int_in(1, optional=True),
+            "progress": BOOL,
+        })
 
     def table_name(self) -> str:
         """``<descriptor>_descriptors``, plus a configuration hash when ``max_keypoints`` is not 1000."""
@@ -324,10 +314,15 @@ class KeypointDescriptors(Extractor):
         scan_ids = pending.column("scan_id").to_pylist()
         datasets = pending.column("dataset").to_pylist()
         paths = pending.column("path").to_pylist()
-        info = {k: (d, p, s) for k, d, p, s in zip(scan_ids, datasets, paths, pending.column("source_sha256").to_pylist())}
+        info = {
+            k: (d, p, s)
+            for k, d, p, s in zip(scan_ids, datasets, paths, pending.column("source_sha256").to_pylist(), strict=True)
+        }
         tasks = (
             (scan_id, (root, dataset, path, int(frame or 0)), self.descriptor, int(self.max_keypoints))
-            for scan_id, dataset, path, frame in zip(scan_ids, datasets, paths, pending.column("frame").to_pylist())
+            for scan_id, dataset, path, frame in zip(
+                scan_ids, datasets, paths, pending.column("frame").to_pylist(), strict=True
+            )
         )
         keys: list[str] = []
         arrays: list[np.ndarray] = []
@@ -367,7 +362,9 @@ class KeypointDescriptors(Extractor):
             yield batch()
 
 
-def read_descriptors(store: Store, table: str, descriptor: str, wanted: dict[str, str], *, chunk: int = 256) -> Iterator[tuple[str, np.ndarray]]:
+def read_descriptors(
+    store: Store, table: str, descriptor: str, wanted: dict[str, str], *, chunk: int = 256
+) -> Iterator[tuple[str, np.ndarray]]:
     """``(scan_id, descriptors (n, width))`` from ``table`` for each scan of ``wanted`` = {scan_id:
     source_sha256} whose row has that pixel hash; scans without such a row are not yielded.
 
@@ -391,9 +388,11 @@ def read_descriptors(store: Store, table: str, descriptor: str, wanted: dict[str
             offsets = lists.offsets.to_numpy()
             values = lists.values.flatten().to_numpy(zero_copy_only=False)
             found = {}
-            for i, (scan_id, sha) in enumerate(zip(scan_col, sha_col)):
+            for i, (scan_id, sha) in enumerate(zip(scan_col, sha_col, strict=True)):
                 if wanted.get(scan_id) == sha:
-                    found[scan_id] = values[offsets[i] * width : offsets[i + 1] * width].reshape(-1, width).astype(dtype, copy=False)
+                    found[scan_id] = (
+                        values[offsets[i] * width : offsets[i + 1] * width].reshape(-1, width).astype(dtype, copy=False)
+                    )
             for scan_id in part:
                 if scan_id in found:
                     yield scan_id, found[scan_id]

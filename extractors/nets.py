@@ -48,7 +48,11 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = []
         previous = in_chans
         for i, width in enumerate(widths):
-            layers += [nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(previous, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
             previous = width
@@ -97,7 +101,9 @@ def build_backbone(name: str, in_chans: int = 1) -> nn.Module:
 class SiameseNet(nn.Module):
     """Backbone -> FC6 (ReLU) -> FC7 embedding; FC8 auxiliary classifier on the embedding."""
 
-    def __init__(self, *, backbone: str = "small", in_chans: int = 1, embed_dim: int = 128, hidden: int = 256, n_aux: int = 7):
+    def __init__(
+        self, *, backbone: str = "small", in_chans: int = 1, embed_dim: int = 128, hidden: int = 256, n_aux: int = 7
+    ):
         super().__init__()
         self.backbone = build_backbone(backbone, in_chans)
         self.fc6 = nn.Sequential(nn.Linear(self.backbone.out_features, hidden), nn.ReLU(inplace=True))
@@ -154,11 +160,16 @@ class ConvAutoencoder(nn.Module):
 class ClassifierNet(nn.Module):
     """A backbone and a fully connected head (hidden layer with ReLU and dropout, then ``n_classes``)."""
 
-    def __init__(self, *, backbone: str = "small", in_chans: int = 1, n_classes: int = 2, hidden: int = 256, dropout: float = 0.5):
+    def __init__(
+        self, *, backbone: str = "small", in_chans: int = 1, n_classes: int = 2, hidden: int = 256, dropout: float = 0.5
+    ):
         super().__init__()
         self.backbone = build_backbone(backbone, in_chans)
         self.head = nn.Sequential(
-            nn.Linear(self.backbone.out_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, n_classes)
+            nn.Linear(self.backbone.out_features, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,5 +213,7 @@ def network_from_bytes(data: bytes, *, what: str = "network") -> tuple[dict, nn.
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise WeightsError(f"The weights in the {what} do not fit its architecture {config.get('arch')}: {exc}") from exc
+        raise WeightsError(
+            f"The weights in the {what} do not fit its architecture {config.get('arch')}: {exc}"
+        ) from exc
     return config, model.eval()

@@ -48,19 +48,21 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from extractors.base import ExtractedBatch, Extractor
 from extractors.runner import (
     ExtractionSummary,
     PartWriter,
     extraction_metadata,
+    find_pending,
     flush_interval,
-    pending_units,
+    write_batches,
     writer_lock,
 )
 from features.errors import BackendUnavailableError, ChronofeatError, ParameterError
@@ -117,7 +119,8 @@ def _ray_session(address: str | None, num_cpus: int | None):
             ray.init(address=address or None, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise BackendUnavailableError(
-                f"Could not connect to Ray at {address or 'a new local instance'}: {str(exc).rstrip('.')}. Start the cluster with "
+                f"Could not connect to Ray at {address or 'a new local instance'}: {str(exc).rstrip('.')}. "
+                "Start the cluster with "
                 "'ray start --head' and pass --address auto on its head node (or ray://HEAD:10001), or leave "
                 "--address out to start a local instance."
             ) from exc
@@ -173,20 +176,29 @@ def _pack(batches: list[ExtractedBatch], units: int) -> pa.Table:
 
 def _pack_error(exc: ChronofeatError) -> pa.Table:
     """A task's ``ChronofeatError`` as a packed row, so the driver raises it as itself (Ray would wrap it)."""
-    return pa.Table.from_pylist([{"rows": b"", "failures": "[]", "units": 0, "error": pickle.dumps(exc)}], schema=_PACKED)
+    return pa.Table.from_pylist(
+        [{"rows": b"", "failures": "[]", "units": 0, "error": pickle.dumps(exc)}], schema=_PACKED
+    )
 
 
-def _unpack(packed: pa.Table) -> Iterator[tuple[pa.Table | None, list[Failure], int]]:
-    """The inverse of ``_pack`` for every row of a packed block; a packed error is raised."""
+def _unpack(packed: pa.Table) -> Iterator[ExtractedBatch]:
+    """The inverse of ``_pack`` for every row of a packed block (``units``: the units it accounts for);
+    a packed error is raised."""
     for rows, failures, units, error in zip(
         packed.column("rows").to_pylist(), packed.column("failures").to_pylist(), packed.column("units").to_pylist(),
-        packed.column("error").to_pylist(),
+        packed.column("error").to_pylist(), strict=True,
     ):
         if error:
             raise pickle.loads(error)
         table = pa.ipc.open_stream(rows).read_all() if rows else None
         records = [Failure(**{**f, "time": datetime.fromisoformat(f["time"])}) for f in json.loads(failures)]
-        yield table, records, int(units)
+        yield ExtractedBatch(table, records, units=int(units))
+
+
+def _unpacked(results) -> Iterator[ExtractedBatch]:
+    """Every batch of a Ray dataset of packed rows, as it streams back to the driver."""
+    for packed in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield from _unpack(packed)
 
 
 def _open_store(root: str) -> Store:
@@ -220,18 +232,9 @@ def _transform_block(block: pa.Table, *, extractor: Extractor, root: str) -> pa.
 _CNN_BLOCK_ROWS = 64  # decoded images travel through the object store: ~70 MB per block at 299 px
 
 
-def _unit_path(unit: dict) -> str:
-    """The file(s) of one unit, for its failure record: a scan's path, 'ref -> cmp', or the views joined."""
-    if "path" in unit:
-        return unit["path"] or ""
-    if "cmp_path" in unit:
-        return f"{unit.get('ref_path')} -> {unit.get('cmp_path')}"
-    return ";".join(unit.get("paths") or [])
-
-
 def _cnn_decode(block: pa.Table, *, root: str, kind: str, pre, key: str) -> dict:
     """Ray task: units -> network inputs (B, 3, H, W) float32, with the failure of each unit that has none."""
-    from extractors._cnn_data import UnitImages
+    from extractors._cnn_data import UnitImages, unit_path
 
     store = _open_store(root)
     units = block.to_pylist()
@@ -251,7 +254,7 @@ def _cnn_decode(block: pa.Table, *, root: str, kind: str, pre, key: str) -> dict
         "key": np.array([u[key] for u in units], dtype=object),
         "source_sha256": np.array([u["source_sha256"] for u in units], dtype=object),
         "dataset": np.array([u.get("dataset") or "" for u in units], dtype=object),
-        "path": np.array([_unit_path(u) for u in units], dtype=object),
+        "path": np.array([unit_path(u) for u in units], dtype=object),
         "error_class": np.array(error_class, dtype=object),
         "message": np.array(message, dtype=object),
         "image": out,
@@ -272,7 +275,6 @@ class _CNNActor:
 
             torch.set_num_threads(max(1, int(threads)))
         self.schema = self.extractor.output_schema()
-        self.width = self.schema.field("embedding").type.list_size
         self.stage = f"extract:{self.extractor.name}"
 
     def __call__(self, batch: dict) -> pa.Table:
@@ -282,28 +284,20 @@ class _CNNActor:
         good = np.array([not e for e in errors], dtype=bool)
         failures = [
             Failure(key=str(k), dataset=str(d), path=str(p), stage=self.stage, error_class=e, message=str(m))
-            for k, d, p, e, m in zip(batch["key"], batch["dataset"], batch["path"], errors, batch["message"]) if e
+            for k, d, p, e, m in zip(
+                batch["key"], batch["dataset"], batch["path"], errors, batch["message"], strict=True
+            )
+            if e
         ]
         rows = self.schema.empty_table()
         if good.any():
             try:
                 vectors = self.extractor.embed(torch.from_numpy(np.ascontiguousarray(batch["image"][good])))
+                rows = self.extractor.embedding_rows(
+                    [str(k) for k in batch["key"][good]], [str(s) for s in batch["source_sha256"][good]], vectors
+                )
             except ChronofeatError as exc:
                 return _pack_error(exc)
-            if vectors.shape[1] != self.width:
-                return _pack_error(ParameterError(
-                    f"{self.extractor.model} layer {self.extractor.layer!r} gave {vectors.shape[1]} values, "
-                    f"expected {self.width}."
-                ))
-            flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
-            rows = pa.Table.from_arrays(
-                [
-                    pa.array([str(k) for k in batch["key"][good]], type=pa.string()),
-                    pa.array([str(s) for s in batch["source_sha256"][good]], type=pa.string()),
-                    pa.FixedSizeListArray.from_arrays(flat, self.width),
-                ],
-                schema=self.schema,
-            )
         return _pack([ExtractedBatch(rows, failures)], len(errors))
 
 
@@ -319,7 +313,9 @@ class RayPlan:
         """JSON-able summary for the parts' metadata and the progress line."""
         out = {"cluster_cpus": self.cpus, "cluster_gpus": self.gpus, "block_rows": self.block_rows}
         if self.inference:
-            out.update(inference=self.inference, actors=self.actors, actor_cpus=self.actor_cpus, actor_gpus=self.actor_gpus)
+            out.update(
+                inference=self.inference, actors=self.actors, actor_cpus=self.actor_cpus, actor_gpus=self.actor_gpus
+            )
         return out
 
 
@@ -334,18 +330,7 @@ def _is_cnn(extractor: Extractor) -> bool:
 def _upstream(extractor: Extractor) -> list[Extractor]:
     """Extractors whose tables ``extractor.prepare`` needs complete (BoVW: its keypoint descriptors)."""
     hook = getattr(extractor, "upstream_extractors", None)
-    if callable(hook):
-        return list(hook())
-    try:
-        from extractors.bovw import BoVW
-        from extractors.keypoints import KeypointDescriptors
-    except ImportError:  # pragma: no cover
-        return []
-    if isinstance(extractor, BoVW):
-        # the same descriptor table BoVW.prepare brings up to date (it then finds nothing left to do)
-        return [KeypointDescriptors(descriptor=extractor.descriptor, max_keypoints=extractor.max_keypoints,
-                                    workers=extractor.workers, progress=extractor.progress)]
-    return []
+    return list(hook()) if callable(hook) else []
 
 
 def _on_cpu(extractor: Extractor) -> Extractor:
@@ -369,7 +354,10 @@ def _on_cpu(extractor: Extractor) -> Extractor:
 def _block_rows(n: int, cpus: int, block_rows: int | None) -> int:
     if block_rows is not None:
         if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
-            raise ParameterError(f"The 'block_rows' parameter of run_extraction_ray must be an int in [1, inf). Got {block_rows!r} instead.")
+            raise ParameterError(
+                "The 'block_rows' parameter of run_extraction_ray must be an int in [1, inf). "
+                f"Got {block_rows!r} instead."
+            )
         return int(block_rows)
     # about four blocks per CPU keeps every worker busy to the end; 256 caps the rows lost to a failed task
     return int(max(1, min(256, math.ceil(n / max(1, 4 * cpus)))))
@@ -379,8 +367,58 @@ def _blocks(pending: pa.Table, rows: int) -> list[pa.Table]:
     return [pending.slice(start, rows) for start in range(0, pending.num_rows, rows)]
 
 
-def _cnn_plan(extractor, ray, cpus: int, gpus: int):
-    """(driver-side copy to prepare, actor parameters, RayPlan): precision resolved for where the network runs.
+class _Cluster(NamedTuple):
+    """The Ray session a run uses: the ``ray`` module, the address asked for, and the cluster's resources."""
+
+    ray: Any
+    address: str | None
+    cpus: int
+    gpus: int
+
+    def engine(self, plan: RayPlan) -> dict:
+        """The ``chronofeat.engine`` metadata of the parts this run writes."""
+        return {"engine": "ray", "ray": self.ray.__version__, "address": self.address or "local", **plan.describe()}
+
+
+class _CNNPlan(NamedTuple):
+    """How a CNN runs on Ray: the driver-side copy to prepare, the actors' parameters, the layout."""
+
+    driver: Extractor
+    params: dict
+    plan: RayPlan
+
+
+@dataclass(frozen=True)
+class _RunSettings:
+    """The options of one ``run_extraction_ray`` call that the work on the cluster follows."""
+
+    dataset: str
+    limit: int | None
+    rows_per_part: int
+    flush_seconds: float
+    progress: bool
+    block_rows: int | None
+
+
+class _Blocks(NamedTuple):
+    """The pending units of a run and how they are cut into Ray blocks of ``rows`` units."""
+
+    pending: pa.Table
+    blocks: list[pa.Table]
+    rows: int
+
+
+class _RayJob(NamedTuple):
+    """A laid-out extraction: the parts' metadata and schema, and the Ray dataset of packed results."""
+
+    metadata: dict[str, str]
+    schema: pa.Schema
+    results: Any
+    plan: RayPlan
+
+
+def _cnn_plan(extractor, cluster: _Cluster) -> _CNNPlan:
+    """Where the network runs and with which precision (the driver-side copy is prepared later).
 
     ``auto`` precision resolves as a local run on the actors' device does (fp32 on CPU, bf16 on a GPU
     with bf16), so the table is the one a local run on that hardware fills.
@@ -389,6 +427,7 @@ def _cnn_plan(extractor, ray, cpus: int, gpus: int):
 
     from extractors._cnn_model import choose_precision
 
+    cpus, gpus, ray = cluster.cpus, cluster.gpus, cluster.ray
     wants_cuda = extractor.device == "auto" or extractor.device.startswith("cuda")
     if extractor.device.startswith("cuda") and gpus == 0:
         raise BackendUnavailableError(
@@ -412,7 +451,7 @@ def _cnn_plan(extractor, ray, cpus: int, gpus: int):
         actors, actor_gpus = max(1, cpus // (2 * actor_cpus)), 0
     plan = RayPlan(cpus=cpus, gpus=gpus, block_rows=0, inference=f"{device} actors [{precision}]",
                    actors=actors, actor_cpus=actor_cpus, actor_gpus=actor_gpus)
-    return driver, params, plan
+    return _CNNPlan(driver, params, plan)
 
 
 def _remote_precision() -> str:
@@ -421,10 +460,11 @@ def _remote_precision() -> str:
     return choose_precision("auto", "cuda")
 
 
-def _cnn_dataset(ray, blocks, extractor, driver, params, plan: RayPlan, root: str):
+def _cnn_dataset(ray, blocks, extractor, cnn: _CNNPlan, root: str):
     """decode (CPU tasks) -> embed (actor pool), as one streaming Ray dataset of packed rows."""
     from extractors._cnn_data import INPUT_COLUMNS
 
+    driver, plan = cnn.driver, cnn.plan
     key = driver.key_column()
     columns = [c for c in INPUT_COLUMNS[driver.input] if c in blocks[0].column_names]
     height, width = driver._preprocess().size
@@ -439,8 +479,39 @@ def _cnn_dataset(ray, blocks, extractor, driver, params, plan: RayPlan, root: st
     return decoded.map_batches(
         _CNNActor, batch_size=int(extractor.batch_size), batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=plan.actors), num_cpus=plan.actor_cpus,
-        fn_constructor_kwargs={"params": params, "root": root, "threads": plan.actor_cpus}, **options,
+        fn_constructor_kwargs={"params": cnn.params, "root": root, "threads": plan.actor_cpus}, **options,
     )
+
+
+def _cnn_job(extractor: Extractor, cnn: _CNNPlan, store: Store, work: _Blocks, cluster: _Cluster,
+             dataset: str) -> _RayJob:
+    """Prepare the driver-side CNN once (weights resolved and checked before any task), then lay out the
+    decode tasks and the embedding actors."""
+    driver, params, plan = cnn
+    plan.block_rows = work.rows
+    driver.prepare(store, work.pending)
+    provenance = driver.provenance()
+    provenance["settings"] = extractor.get_params(deep=False)
+    provenance["run"] = {**provenance.get("run", {}), "device": params["device"], "workers": 0,
+                         "torch_threads": plan.actor_cpus}
+    for attr in ("network_", "embedder_"):  # the actors hold their own copies
+        driver.__dict__.pop(attr, None)
+    metadata = extraction_metadata(driver, dataset, provenance={**provenance, "engine": cluster.engine(plan)})
+    results = _cnn_dataset(cluster.ray, work.blocks, extractor, cnn, str(store.root.resolve()))
+    return _RayJob(metadata, driver.output_schema(), results, plan)
+
+
+def _generic_job(target: Extractor, store: Store, work: _Blocks, cluster: _Cluster, dataset: str) -> _RayJob:
+    """Prepare ``target`` on the driver (a vocabulary fitted once...), then one CPU task per block runs its
+    ``transform``."""
+    target.prepare(store, work.pending)
+    plan = RayPlan(cpus=cluster.cpus, gpus=cluster.gpus, block_rows=work.rows)
+    metadata = extraction_metadata(target, dataset, provenance={**target.provenance(), "engine": cluster.engine(plan)})
+    results = cluster.ray.data.from_arrow(work.blocks).map_batches(
+        _transform_block, batch_size=None, batch_format="pyarrow", num_cpus=1,
+        fn_kwargs={"extractor": target, "root": str(store.root.resolve())},
+    )
+    return _RayJob(metadata, target.output_schema(), results, plan)
 
 
 def _identity_needs_cluster(extractor: Extractor) -> bool:
@@ -474,93 +545,54 @@ def run_extraction_ray(
     ``$CHRONOFEAT_FLUSH_SECONDS``, else 30), as by the local engine.
     """
     started = time.perf_counter()
-    flush_every = flush_interval(flush_seconds)
-
-    def todo(target: Extractor):
-        units = target.units(store, dataset)
-        pending = pending_units(target, store, units)
-        skipped = units.num_rows - pending.num_rows
-        if limit is not None:
-            pending = pending.slice(0, limit)
-        return units.num_rows, skipped, pending
-
-    def nothing(target: Extractor, n_units: int, skipped: int) -> ExtractionSummary:
-        return ExtractionSummary(target.table_name(), target.key_column(), n_units, skipped, 0, 0,
-                                 time.perf_counter() - started)
-
+    settings = _RunSettings(dataset, limit, rows_per_part, flush_interval(flush_seconds), progress, block_rows)
     if not _identity_needs_cluster(extractor):  # nothing to do: answer without starting Ray
-        n_units, skipped, pending = todo(extractor)
-        if pending.num_rows == 0:
-            return nothing(extractor, n_units, skipped)
-
-    root = str(store.root.resolve())
+        work = find_pending(extractor, store, dataset, limit=limit)
+        if work.pending.num_rows == 0:
+            return work.summary(extractor.table_name(), extractor.key_column(), started)
     with _ray_session(address, num_cpus) as ray, _quiet_ray_data(ray):
         resources = ray.cluster_resources()
-        cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
-        cnn = None
-        target = extractor
-        if _is_cnn(extractor):
-            extractor.validate_params()
-            cnn = _cnn_plan(extractor, ray, cpus, gpus)
-            target = cnn[0]
+        cluster = _Cluster(ray, address, int(resources.get("CPU", 1)), int(resources.get("GPU", 0)))
+        return _run_on_cluster(extractor, store, cluster, settings, started)
+
+
+def _run_on_cluster(extractor: Extractor, store: Store, cluster: _Cluster, settings: _RunSettings,
+                    started: float) -> ExtractionSummary:
+    """``run_extraction_ray`` once Ray is up: lock the table, find the pending units, lay out and write."""
+    cnn = None
+    if _is_cnn(extractor):
+        extractor.validate_params()
+        cnn = _cnn_plan(extractor, cluster)
+        target = cnn.driver
+    else:
+        target = _on_cpu(extractor)
+    table, key = target.table_name(), target.key_column()
+    with writer_lock(store, table):
+        work = find_pending(target, store, settings.dataset, limit=settings.limit)
+        if work.pending.num_rows == 0:
+            return work.summary(table, key, started)
+        rows = _block_rows(work.pending.num_rows, cluster.cpus, settings.block_rows)
+        if cnn is not None and settings.block_rows is None:
+            rows = min(rows, _CNN_BLOCK_ROWS)
+        for upstream in _upstream(extractor):
+            run_extraction_ray(upstream, store, dataset=settings.dataset, rows_per_part=settings.rows_per_part,
+                               flush_seconds=settings.flush_seconds, progress=settings.progress,
+                               block_rows=settings.block_rows)
+        blocks = _Blocks(work.pending, _blocks(work.pending, rows), rows)
+        if cnn is not None:
+            job = _cnn_job(extractor, cnn, store, blocks, cluster, settings.dataset)
         else:
-            target = _on_cpu(extractor)
-        table, key = target.table_name(), target.key_column()
-        with writer_lock(store, table):
-            n_units, skipped, pending = todo(target)
-            if pending.num_rows == 0:
-                return nothing(target, n_units, skipped)
-            rows = _block_rows(pending.num_rows, cpus, block_rows)
-            if cnn is not None and block_rows is None:
-                rows = min(rows, _CNN_BLOCK_ROWS)
-            for upstream in _upstream(extractor):
-                run_extraction_ray(upstream, store, dataset=dataset, rows_per_part=rows_per_part,
-                                   flush_seconds=flush_every, progress=progress, block_rows=block_rows)
-            blocks = _blocks(pending, rows)
-            if cnn is not None:
-                driver, params, plan = cnn
-                plan.block_rows = rows
-                driver.prepare(store, pending)  # resolves and checks the weights once, before any task
-                provenance = driver.provenance()
-                provenance["settings"] = extractor.get_params(deep=False)
-                provenance["run"] = {**provenance.get("run", {}), "device": params["device"], "workers": 0,
-                                     "torch_threads": plan.actor_cpus}
-                for attr in ("network_", "embedder_"):  # the actors hold their own copies
-                    driver.__dict__.pop(attr, None)
-                metadata = extraction_metadata(driver, dataset,
-                                               provenance={**provenance, "engine": _engine(ray, address, plan)})
-                schema = driver.output_schema()
-                results = _cnn_dataset(ray, blocks, extractor, driver, params, plan, root)
-            else:
-                target.prepare(store, pending)
-                plan = RayPlan(cpus=cpus, gpus=gpus, block_rows=rows)
-                metadata = extraction_metadata(target, dataset,
-                                               provenance={**target.provenance(), "engine": _engine(ray, address, plan)})
-                schema = target.output_schema()
-                results = ray.data.from_arrow(blocks).map_batches(
-                    _transform_block, batch_size=None, batch_format="pyarrow", num_cpus=1,
-                    fn_kwargs={"extractor": target, "root": root},
-                )
-            if progress:
-                print(f"chronofeat: ray engine -> table {table}: {pending.num_rows} units in {len(blocks)} block(s) on "
-                      f"{cpus} CPU(s), {gpus} GPU(s){'; ' + plan.inference if plan.inference else ''}", file=sys.stderr)
-            writer = PartWriter(store, table, key=key, schema=schema, metadata=metadata, dataset=dataset,
-                                producer=f"extractor:{extractor.name}", rows_per_part=rows_per_part,
-                                flush_seconds=flush_every)
-            _write_results(writer, results, pending.num_rows, progress=progress)
-    return ExtractionSummary(table, key, n_units, skipped, writer.written, writer.failed, time.perf_counter() - started)
-
-
-def _engine(ray, address: str | None, plan: RayPlan) -> dict:
-    return {"engine": "ray", "ray": ray.__version__, "address": address or "local", **plan.describe()}
-
-
-def _write_results(writer: PartWriter, results, total: int, *, progress: bool) -> None:
-    """Stream packed results from Ray into ``writer`` (parts of its table, failures) and flush it at the end."""
-    bar = tqdm(total=total, unit="item", desc=writer.table, disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, mininterval=0.5)
-    with bar, writer:
-        for packed in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for rows, failures, units in _unpack(packed):
-                writer.add(rows, failures)
-                bar.update(units)
+            job = _generic_job(target, store, blocks, cluster, settings.dataset)
+        if settings.progress:
+            inference = f"; {job.plan.inference}" if job.plan.inference else ""
+            print(
+                f"chronofeat: ray engine -> table {table}: {work.pending.num_rows} "
+                f"units in {len(blocks.blocks)} block(s) on "
+                f"{cluster.cpus} CPU(s), {cluster.gpus} GPU(s){inference}",
+                file=sys.stderr,
+            )
+        writer = PartWriter(store, table, key=key, schema=job.schema, metadata=job.metadata, dataset=settings.dataset,
+                            producer=f"extractor:{extractor.name}", rows_per_part=settings.rows_per_part,
+                            flush_seconds=settings.flush_seconds)
+        write_batches(writer, _unpacked(job.results), total=work.pending.num_rows, progress=settings.progress)
+    return work.summary(table, key, started, written=writer.written, failed=writer.failed)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from extractors.base import Extractor
+from extractors.base import ExtractedBatch, Extractor
 from features.errors import ParameterError, StoreError
 from store.failures import Failure, open_failures, record_failures, resolve_failures
 from store.layout import Store
@@ -35,9 +35,12 @@ from store.tables import read_table, table_lock, table_parts, write_part
 
 __all__ = [
     "ExtractionSummary",
+    "PendingWork",
     "PartWriter",
     "run_extraction",
     "pending_units",
+    "find_pending",
+    "write_batches",
     "extraction_metadata",
     "writer_lock",
     "flush_interval",
@@ -64,6 +67,28 @@ class ExtractionSummary:
     @property
     def rate(self) -> float:
         return (self.written + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def summary_lines(self) -> list[str]:
+        """What ``extract`` prints about this run."""
+        if self.written == 0 and self.failed == 0:
+            return [f"{self.table}: nothing to do — all {self.units} {self.key}s already extracted"]
+        return [
+            f"{self.table}: wrote {self.written} rows, skipped {self.skipped} already present, "
+            f"{self.failed} failed, in {self.seconds:.1f} s ({self.rate:.1f} items/s)"
+        ]
+
+
+@dataclass(frozen=True)
+class PendingWork:
+    """The work units of a dataset that an extraction still has to compute."""
+
+    units: int  # work units of the dataset
+    skipped: int  # already in the table with the same source pixels
+    pending: pa.Table  # the units to compute in this run (cut to its limit)
+
+    def summary(self, table: str, key: str, started: float, *, written: int = 0, failed: int = 0) -> ExtractionSummary:
+        """The ``ExtractionSummary`` of a run that began at ``started`` (``time.perf_counter()``)."""
+        return ExtractionSummary(table, key, self.units, self.skipped, written, failed, time.perf_counter() - started)
 
 
 def flush_interval(flush_seconds: float | None) -> float:
@@ -109,7 +134,7 @@ def _present(store: Store, table: str, key: str) -> set[tuple[str, str]]:
     if not table_parts(store, table):
         return set()
     cols = read_table(store, table, columns=[key, "source_sha256"])
-    return set(zip(cols.column(0).to_pylist(), cols.column(1).to_pylist()))
+    return set(zip(cols.column(0).to_pylist(), cols.column(1).to_pylist(), strict=True))
 
 
 def pending_units(extractor: Extractor, store: Store, units: pa.Table) -> pa.Table:
@@ -123,9 +148,22 @@ def pending_units(extractor: Extractor, store: Store, units: pa.Table) -> pa.Tab
         return units
     keep = [
         (k, s) not in present
-        for k, s in zip(units.column(key).to_pylist(), units.column("source_sha256").to_pylist())
+        for k, s in zip(units.column(key).to_pylist(), units.column("source_sha256").to_pylist(), strict=True)
     ]
     return units.filter(pa.array(keep, type=pa.bool_()))
+
+
+def find_pending(extractor: Extractor, store: Store, dataset: str, *, limit: int | None = None) -> PendingWork:
+    """``extractor``'s work units of ``dataset`` minus those already stored (``pending_units``), cut to ``limit``.
+
+    Call it while holding ``writer_lock`` of the extractor's table.
+    """
+    units = extractor.units(store, dataset)
+    pending = pending_units(extractor, store, units)
+    skipped = units.num_rows - pending.num_rows
+    if limit is not None:
+        pending = pending.slice(0, limit)
+    return PendingWork(units.num_rows, skipped, pending)
 
 
 def extraction_metadata(extractor: Extractor, dataset: str, *, provenance: dict | None = None) -> dict[str, str]:
@@ -247,25 +285,25 @@ def run_extraction(
     key = extractor.key_column()
     flush_every = flush_interval(flush_seconds)
     with writer_lock(store, table):
-        units = extractor.units(store, dataset)
-        pending = pending_units(extractor, store, units)
-        skipped = units.num_rows - pending.num_rows
-        if limit is not None:
-            pending = pending.slice(0, limit)
-        if pending.num_rows == 0:
-            return ExtractionSummary(table, key, units.num_rows, skipped, 0, 0, time.perf_counter() - started)
-
-        extractor.prepare(store, pending)
+        work = find_pending(extractor, store, dataset, limit=limit)
+        if work.pending.num_rows == 0:
+            return work.summary(table, key, started)
+        extractor.prepare(store, work.pending)
         writer = PartWriter(
             store, table, key=key, schema=extractor.output_schema(), metadata=extraction_metadata(extractor, dataset),
             dataset=dataset, producer=f"extractor:{extractor.name}", rows_per_part=rows_per_part,
             flush_seconds=flush_every,
         )
-        bar = tqdm(total=pending.num_rows, unit="item", desc=table, disable=not progress, file=sys.stderr,
-                   dynamic_ncols=True, mininterval=0.5)
-        with bar, writer:
-            for batch in extractor.transform(store, pending):
-                writer.add(batch.rows, batch.failures)
-                bar.update(batch.rows.num_rows + len(batch.failures))
-    return ExtractionSummary(table, key, units.num_rows, skipped, writer.written, writer.failed,
-                             time.perf_counter() - started)
+        write_batches(writer, extractor.transform(store, work.pending), total=work.pending.num_rows, progress=progress)
+    return work.summary(table, key, started, written=writer.written, failed=writer.failed)
+
+
+def write_batches(writer: PartWriter, batches: Iterable[ExtractedBatch], *, total: int, progress: bool) -> None:
+    """Write every one of ``batches`` through ``writer`` (flushed at the end, also on an error), with a
+    progress bar of ``total`` work units on stderr when ``progress``."""
+    bar = tqdm(total=total, unit="item", desc=writer.table, disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, mininterval=0.5)
+    with bar, writer:
+        for batch in batches:
+            writer.add(batch.rows, batch.failures)
+            bar.update(batch.done)

@@ -16,19 +16,25 @@ measured on the held-out subjects only. The trained network is stored as an arti
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from extractors._registry import register_cli_alias, register_extractor
 from extractors.base import ExtractedBatch, Extractor
-from features.errors import DatasetError, ParameterError, check_param
+from features.errors import DatasetError, ParameterError, check_param, is_int
 from store.failures import Failure
 
 __all__ = [
     "TrainResult",
+    "TrainingScans",
+    "training_scans",
+    "training_key",
+    "store_network",
+    "TrainingSettings",
     "train_siamese",
     "group_column",
     "positive_pairs",
@@ -56,7 +62,7 @@ def positive_pairs(subjects: np.ndarray, times: np.ndarray, groups: np.ndarray) 
     order = np.lexsort((times, groups.astype(str), subjects.astype(str)))
     pairs = []
     start = 0
-    keys = list(zip(subjects[order].astype(str), groups[order].astype(str)))
+    keys = list(zip(subjects[order].astype(str), groups[order].astype(str), strict=True))
     for stop in range(1, len(order) + 1):
         if stop == len(order) or keys[stop] != keys[start]:
             members = order[start:stop]
@@ -69,7 +75,9 @@ def positive_pairs(subjects: np.ndarray, times: np.ndarray, groups: np.ndarray) 
     return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
 
 
-def sample_negatives(anchors: np.ndarray, subjects: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def sample_negatives(
+    anchors: np.ndarray, subjects: np.ndarray, groups: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """For each anchor row, a row of a different subject in the same group: ``(len(anchors), 2)``.
 
     Anchors whose group holds no other subject are dropped.
@@ -89,7 +97,9 @@ def evaluation_pairs(subjects, times, groups, *, seed: int) -> tuple[np.ndarray,
     """Fixed pairs for judging: all positives plus as many negatives; returns (pairs, same_subject)."""
     positives = positive_pairs(subjects, times, groups)
     rng = np.random.default_rng(seed)
-    negatives = sample_negatives(positives[:, 0], subjects, groups, rng) if len(positives) else np.zeros((0, 2), np.int64)
+    negatives = (
+        sample_negatives(positives[:, 0], subjects, groups, rng) if len(positives) else np.zeros((0, 2), np.int64)
+    )
     pairs = np.concatenate([positives, negatives])
     labels = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
     return pairs, labels
@@ -113,7 +123,9 @@ def class_balanced_weights(codes: np.ndarray, n_classes: int) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def split_subjects(subjects, labels, *, seed: int, test_fraction: float, val_fraction: float) -> tuple[frozenset, frozenset]:
+def split_subjects(
+    subjects, labels, *, seed: int, test_fraction: float, val_fraction: float
+) -> tuple[frozenset, frozenset]:
     """(test, validation) subjects: whole subjects, stratified by majority label, from ``seed``.
 
     The test subjects follow ``features.splits.held_out_subjects`` (rule ``fraction``); the
@@ -136,18 +148,13 @@ def _scans(store, dataset: str) -> pa.Table:
     return scan_units(store, dataset)
 
 
-def _column(table: pa.Table, name: str, default="") -> np.ndarray:
-    if name not in table.column_names:
-        return np.array([default] * table.num_rows, dtype=object)
-    return np.array([default if v is None else v for v in table.column(name).to_pylist()], dtype=object)
-
-
 def data_identity(table: pa.Table) -> str:
     """A hash of the scans a network is trained on (ids and pixel hashes, in order)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for scan_id, pixel in zip(table.column("scan_id").to_pylist(), table.column("pixel_sha256").to_pylist()):
+    ids, pixels = table.column("scan_id").to_pylist(), table.column("pixel_sha256").to_pylist()
+    for scan_id, pixel in zip(ids, pixels, strict=True):
         digest.update(f"{scan_id}\0{pixel}\n".encode())
     return digest.hexdigest()
 
@@ -167,6 +174,71 @@ def load_network_artifact(store, ref: str, *, family: str):
     return artifact, config, model
 
 
+@dataclass
+class TrainingScans:
+    """The scans a network trains on, divided into training, validation and held-out test subjects."""
+
+    dataset: str
+    scans: pa.Table
+    subjects: np.ndarray  # per scan
+    side: np.ndarray  # per scan: "train" | "val" | "test"
+    test_subjects: frozenset
+    val_subjects: frozenset
+    recipe: object  # extractors.images.ImageRecipe
+
+    def rows(self, side: str) -> np.ndarray:
+        """Row indices of the scans on ``side`` ("train", "val" or "test")."""
+        return np.flatnonzero(self.side == side)
+
+    def subject_counts(self) -> dict[str, int]:
+        """Subjects per side, for ``TrainResult.subjects``."""
+        return {"train": len(set(self.subjects[self.rows("train")])), "val": len(self.val_subjects),
+                "test": len(self.test_subjects)}
+
+    def subject_lists(self) -> dict[str, list]:
+        """Subjects per side, for a network's configuration."""
+        return {"train": sorted(set(self.subjects[self.rows("train")])), "val": sorted(self.val_subjects),
+                "test": sorted(self.test_subjects)}
+
+    def images(self, store, device, *, progress: bool):
+        """Every scan as a network input, ``(N, 1, size, size)`` on ``device``."""
+        import torch
+
+        from extractors.images import scan_images
+
+        return torch.from_numpy(scan_images(store, self.dataset, self.scans, self.recipe, progress=progress)).to(device)
+
+
+def training_scans(store, dataset: str, *, image_size: int, seed: int, test_fraction: float,
+                   val_fraction: float) -> TrainingScans:
+    """``dataset``'s scans with whole subjects, stratified by label, held out for testing and validation."""
+    from extractors.images import column_values, recipe_for_scans
+
+    scans = _scans(store, dataset)
+    subjects = column_values(scans, "subject").astype(str)
+    labels = column_values(scans, "label").astype(str)
+    test_s, val_s = split_subjects(subjects, labels, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction)
+    side = np.where(np.isin(subjects, list(test_s)), "test", np.where(np.isin(subjects, list(val_s)), "val", "train"))
+    return TrainingScans(dataset, scans, subjects, side, test_s, val_s, recipe_for_scans(scans, image_size))
+
+
+def training_key(trainer: str, data: TrainingScans, params: dict, *, format: int) -> str:
+    """The checkpoint key of a training: the trainer, the scans, the image recipe and every parameter."""
+    from store.provenance import params_hash
+
+    return params_hash({"trainer": trainer, "format": format, "dataset": data.dataset,
+                        "data": data_identity(data.scans), "recipe": data.recipe.to_dict(), "params": params},
+                       length=20)
+
+
+def store_network(store, config: dict, model, meta: dict):
+    """Save ``model`` with its ``config`` as a ``networks`` artifact (returns the artifact)."""
+    from extractors.nets import network_to_bytes
+    from store.artifacts import save_artifact
+
+    return save_artifact(store, NETWORK_KIND, network_to_bytes(config, model.cpu()), suffix=".pt", meta=meta)
+
+
 # --- training ----------------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
@@ -184,10 +256,20 @@ class TrainResult:
     test_pairs: tuple[int, int] = (0, 0)  # (positive, negative) held-out pairs
     metrics: dict = field(default_factory=dict)  # other figures (CAE: mse, ssim ...)
     history: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # what the training left out or changed, and why
+
+    @classmethod
+    def of_loop(cls, artifact, loop, data: TrainingScans, *, started: float, **figures) -> TrainResult:
+        """The result of the training ``loop`` (an ``extractors.training.LoopResult``) on ``data``."""
+        return cls(artifact=artifact, epochs_run=loop.epochs_run, best_epoch=loop.best_epoch,
+                   resumed_from=loop.start_epoch, seconds=time.perf_counter() - started,
+                   seconds_per_epoch=loop.seconds_per_epoch, subjects=data.subject_counts(), history=loop.history,
+                   **figures)
 
     def summary_lines(self) -> list[str]:
         """Human-readable lines for the command line."""
-        lines = [f"network artifact: {self.artifact.short}  ({self.artifact.path})"]
+        lines = [f"note: {note}" for note in self.notes]
+        lines.append(f"network artifact: {self.artifact.short}  ({self.artifact.path})")
         if self.resumed_from and self.resumed_from >= self.epochs_run:
             resumed = ", already trained: loaded from its checkpoint"
         elif self.resumed_from:
@@ -211,212 +293,271 @@ class TrainResult:
         return lines
 
 
-def _check_training_params(owner: str, *, epochs, batch_size, seed, image_size, patience) -> None:
-    check_param(owner, "epochs", epochs, kind="an int in [1, inf)", ok=isinstance(epochs, int) and epochs >= 1)
-    check_param(owner, "batch_size", batch_size, kind="an int in [2, inf)", ok=isinstance(batch_size, int) and batch_size >= 2)
-    check_param(owner, "seed", seed, kind="an int", ok=isinstance(seed, int))
-    check_param(owner, "image_size", image_size, kind="an int in [32, 512] divisible by 16",
-                ok=isinstance(image_size, int) and 32 <= image_size <= 512 and image_size % 16 == 0)
-    check_param(owner, "patience", patience, kind="an int in [0, inf)", ok=isinstance(patience, int) and patience >= 0)
+class TrainingSettings:
+    """Base of the settings dataclasses of the networks trained on scans: the checks they all share.
+
+    A subclass has the fields ``epochs``, ``batch_size``, ``seed``, ``image_size``, ``patience``,
+    ``test_fraction`` and ``val_fraction``, names its trainer in ``owner`` and checks its own fields
+    in ``check_own``.
+    """
+
+    owner: ClassVar[str] = "training"
+
+    def check(self) -> None:
+        """``ParameterError`` naming the trainer for any setting that is out of range."""
+        self.check_shared(self.owner)
+        self.check_own(self.owner)
+
+    def check_own(self, owner: str) -> None:
+        """Check the settings only this network has (none here)."""
+
+    def check_shared(self, owner: str) -> None:
+        """``ParameterError`` naming ``owner`` for a shared training parameter that is out of range."""
+        check_param(owner, "epochs", self.epochs, kind="an int in [1, inf)", ok=is_int(self.epochs, 1))
+        check_param(owner, "batch_size", self.batch_size, kind="an int in [2, inf)", ok=is_int(self.batch_size, 2))
+        check_param(owner, "seed", self.seed, kind="an int", ok=is_int(self.seed))
+        size = self.image_size
+        check_param(owner, "image_size", size, kind="an int in [32, 512] divisible by 16",
+                    ok=is_int(size, 32) and size <= 512 and size % 16 == 0)
+        check_param(owner, "patience", self.patience, kind="an int in [0, inf)", ok=is_int(self.patience, 0))
+        for name in ("test_fraction", "val_fraction"):
+            value = getattr(self, name)
+            check_param(owner, name, value, kind="a float in (0, 0.5]", ok=0 < value <= 0.5)
+
+    def params(self) -> dict:
+        """Every setting by name, in field order (stored in the network's configuration)."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass
+class _EvalPairs:
+    """Fixed pairs of one side's subjects for judging: global row pairs, same-subject flags, the side's rows."""
+
+    pairs: np.ndarray
+    same: np.ndarray
+    rows: np.ndarray
+
+    @classmethod
+    def of_rows(cls, rows: np.ndarray, subjects, times, groups, *, seed: int) -> _EvalPairs:
+        pairs, same = evaluation_pairs(subjects[rows], times[rows], groups[rows], seed=seed)
+        return cls(rows[pairs] if len(pairs) else pairs, same, rows)
+
+
+@dataclass
+class _SiameseTask:
+    """What the Siamese network learns on one dataset: training positives, judging pairs, the auxiliary task."""
+
+    group_column: str
+    groups: np.ndarray
+    classes: list[str]
+    codes: np.ndarray  # group code per scan
+    train_positive: np.ndarray  # global row pairs
+    val: _EvalPairs
+    test: _EvalPairs
+    notes: list[str]
+
+    @property
+    def n_aux(self) -> int:
+        return len(self.classes) if len(self.classes) > 1 else 0
+
+
+def _siamese_task(data: TrainingScans, *, seed: int) -> _SiameseTask:
+    """Pairs and auxiliary classes of ``data``; ``DatasetError`` when training subjects have no positive pair."""
+    from extractors.images import column_values
+
+    scans = data.scans
+    gcol = group_column(scans.column_names)
+    times = np.array([-1 if v is None else v for v in scans.column("time_index").to_pylist()], dtype=np.int64)
+    groups = column_values(scans, gcol).astype(str)
+    train_rows = data.rows("train")
+    positives = positive_pairs(data.subjects[train_rows], times[train_rows], groups[train_rows])
+    if len(positives) == 0:
+        raise DatasetError(
+            f"Dataset {data.dataset!r} has no positive pairs among its training subjects (two scans of one subject "
+            f"at different time points with the same {gcol}); the Siamese network needs longitudinal data."
+        )
+    classes = sorted(set(groups.tolist()))
+    notes = [] if len(classes) > 1 else [f"every scan has the same {gcol!r}; the auxiliary {gcol} task is left out."]
+    val = _EvalPairs.of_rows(data.rows("val"), data.subjects, times, groups, seed=seed)
+    if not len(val.pairs):
+        notes.append("the validation subjects have no positive pairs; training runs every epoch without early "
+                     "stopping.")
+    return _SiameseTask(gcol, groups, classes, np.searchsorted(np.array(classes), groups), train_rows[positives], val,
+                        _EvalPairs.of_rows(data.rows("test"), data.subjects, times, groups, seed=seed + 7), notes)
+
+
+@dataclass
+class _SiameseSettings(TrainingSettings):
+    """Every parameter of ``train_siamese`` that shapes the network (stored in its configuration)."""
+
+    epochs: int
+    batch_size: int
+    margin: float
+    backbone: str
+    seed: int
+    image_size: int
+    embed_dim: int
+    lr: float
+    weight_decay: float
+    aux_weight: float
+    patience: int
+    test_fraction: float
+    val_fraction: float
+    augment: bool
+
+    owner: ClassVar[str] = "train_siamese"
+
+    def check_own(self, owner: str) -> None:
+        check_param(owner, "margin", self.margin, kind="a float in (0, inf)",
+                    ok=isinstance(self.margin, (int, float)) and self.margin > 0)
+        check_param(owner, "embed_dim", self.embed_dim, kind="an int in [2, inf)", ok=is_int(self.embed_dim, 2))
+
+
+@dataclass
+class _PairBatch:
+    a: object  # row indices (tensor) of the first scans
+    b: object
+    same: object  # 1.0 for a same-subject pair
+    xa: object  # the (augmented) images
+    xb: object
+
+
+class _SiameseTraining:
+    """The Siamese network, its optimizer and the data it sees: the loss, epoch samples and judging."""
+
+    def __init__(self, settings: _SiameseSettings, task: _SiameseTask, data: TrainingScans, images, device):
+        import torch
+
+        from extractors.nets import SiameseNet
+
+        self.settings, self.task, self.data, self.images, self.device = settings, task, data, images, device
+        self.codes = torch.from_numpy(task.codes).to(device)
+        self.aux_weights = torch.from_numpy(
+            class_balanced_weights(task.codes[data.rows("train")], max(task.n_aux, 1))).to(device)
+        self.arch = {"backbone": settings.backbone, "in_chans": 1, "embed_dim": settings.embed_dim, "hidden": 256,
+                     "n_aux": task.n_aux}
+        self.model = SiameseNet(**self.arch).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+    def samples(self, rng: np.random.Generator) -> np.ndarray:
+        """The epoch's pairs as rows (first, second, same): every training positive and a fresh negative each."""
+        train_groups = np.where(self.data.side == "train", self.task.groups, "\0held-out")
+        positives = self.task.train_positive
+        negatives = sample_negatives(positives[:, 0], self.data.subjects, train_groups, rng)
+        same = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))]).astype(np.int64)
+        return np.column_stack([np.concatenate([positives, negatives]), same])
+
+    def inputs(self, batch) -> _PairBatch:
+        import torch
+
+        from features.augment import augment_batch, sample_params
+
+        rows = batch.rows
+        a, b = torch.from_numpy(rows[:, 0]).to(self.device), torch.from_numpy(rows[:, 1]).to(self.device)
+        xa, xb = self.images[a], self.images[b]
+        if self.settings.augment:
+            pa_, pb_ = sample_params(batch.rng, len(rows)), sample_params(batch.rng, len(rows))
+            pb_["flip"] = pa_["flip"]  # one flip per pair, as in the paper
+            xa, xb = augment_batch(xa, pa_), augment_batch(xb, pb_)
+        same = torch.from_numpy(rows[:, 2].astype(np.float32)).to(self.device)
+        return _PairBatch(a, b, same, xa, xb)
+
+    def loss(self, batch: _PairBatch):
+        import torch
+
+        from extractors.training import Losses
+
+        emb, logits = self.model(torch.cat([batch.xa, batch.xb]))
+        n = len(batch.a)
+        contrast = contrastive_loss(emb[:n], emb[n:], batch.same, self.settings.margin)
+        aux = torch.zeros((), device=self.device)
+        if self.task.n_aux:
+            target = torch.cat([self.codes[batch.a], self.codes[batch.b]])
+            aux = torch.nn.functional.cross_entropy(logits.float(), target, weight=self.aux_weights)
+        return Losses(contrast + self.settings.aux_weight * aux, {"loss": contrast, "aux_loss": aux})
+
+    def judge(self, side: _EvalPairs) -> dict:
+        """Contrastive loss, ROC AUC of the distance and auxiliary accuracy on ``side``'s pairs and scans."""
+        import torch
+        from sklearn.metrics import roc_auc_score
+
+        if len(side.pairs) == 0:
+            return {"loss": float("nan"), "auc": float("nan"), "aux_accuracy": float("nan")}
+        margin, same = self.settings.margin, side.same
+        emb = _embed(self.model, self.images, self.device, batch_size=256)
+        distance = np.sqrt(((emb[side.pairs[:, 0]] - emb[side.pairs[:, 1]]) ** 2).sum(axis=1))
+        contrast = np.mean(same * distance**2 + (1 - same) * np.clip(margin - distance, 0, None) ** 2)
+        auc = roc_auc_score(same, -distance) if 0 < same.sum() < len(same) else float("nan")
+        result = {"loss": float(contrast), "auc": float(auc), "aux_accuracy": float("nan"), "total": float(contrast)}
+        if self.task.n_aux and len(side.rows):
+            codes = self.task.codes[side.rows]
+            logits = _aux_logits(self.model, self.images[torch.from_numpy(side.rows).to(self.device)], self.device)
+            result["aux_accuracy"] = float((logits.argmax(1) == codes).mean())
+            aux = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(codes),
+                                                    weight=self.aux_weights.cpu())
+            result["total"] += self.settings.aux_weight * float(aux)
+        return result
+
+    def validate(self, epoch: int) -> dict:
+        judged = self.judge(self.task.val)
+        return {"val_loss": judged["total"], "val_contrastive": judged["loss"], "val_auc": judged["auc"],
+                "val_aux_accuracy": judged["aux_accuracy"]}
 
 
 def train_siamese(
-    store,
-    dataset: str,
-    *,
-    epochs: int = 30,
-    batch_size: int = 32,
-    margin: float = 1.0,
-    backbone: str = "small",
-    seed: int = 0,
-    device: str = "auto",
-    progress: bool = True,
-    out: Callable[[str], None] = print,
-    image_size: int = 64,
-    embed_dim: int = 128,
-    lr: float = 1e-3,
-    weight_decay: float = 5e-4,
-    aux_weight: float = 1.0,
-    patience: int = 8,
-    test_fraction: float = 0.2,
-    val_fraction: float = 0.15,
-    augment: bool = True,
+    store, dataset: str, *, epochs: int = 30, batch_size: int = 32, margin: float = 1.0, backbone: str = "small",
+    seed: int = 0, device: str = "auto", progress: bool = True, image_size: int = 64, embed_dim: int = 128,
+    lr: float = 1e-3, weight_decay: float = 5e-4, aux_weight: float = 1.0, patience: int = 8,
+    test_fraction: float = 0.2, val_fraction: float = 0.15, augment: bool = True,
 ) -> TrainResult:
     """Train the Siamese network on ``dataset``'s scans; store it; report held-out AUC and aux accuracy.
 
     Checkpoints go to the store after every epoch; rerunning the same call resumes (or, when it had
     finished, re-evaluates without training). Returns a ``TrainResult`` whose ``artifact.short`` is the
-    id for ``extract --extractor siamese --artifact ID`` and ``transfer --artifact ID``.
+    id for ``extract --extractor siamese --artifact ID`` and ``transfer --artifact ID``; its ``notes``
+    say what was left out (an auxiliary task without classes, early stopping without validation pairs).
     """
-    import torch
-    from sklearn.metrics import roc_auc_score
+    from extractors.training import deterministic, fit_minibatches, select_device
 
-    from extractors.images import ImageLoader, ImageRecipe, dataset_canvas
-    from extractors.nets import SiameseNet, network_to_bytes
-    from extractors.training import (
-        autocast,
-        deterministic,
-        epoch_rng,
-        select_device,
-        train_epochs,
-    )
-    from features.augment import augment_batch, sample_params
-    from store.artifacts import save_artifact
-    from store.provenance import params_hash
-
-    owner = "train_siamese"
-    _check_training_params(owner, epochs=epochs, batch_size=batch_size, seed=seed, image_size=image_size, patience=patience)
-    check_param(owner, "margin", margin, kind="a float in (0, inf)", ok=isinstance(margin, (int, float)) and margin > 0)
-    check_param(owner, "embed_dim", embed_dim, kind="an int in [2, inf)", ok=isinstance(embed_dim, int) and embed_dim >= 2)
-    check_param(owner, "test_fraction", test_fraction, kind="a float in (0, 0.5]", ok=0 < test_fraction <= 0.5)
-    check_param(owner, "val_fraction", val_fraction, kind="a float in (0, 0.5]", ok=0 < val_fraction <= 0.5)
+    settings = _SiameseSettings(epochs, batch_size, float(margin), backbone, seed, image_size, embed_dim, lr,
+                                weight_decay, aux_weight, patience, test_fraction, val_fraction, augment)
+    settings.check()
     dev = select_device(device)
     started = time.perf_counter()
-
-    scans = _scans(store, dataset)
-    gcol = group_column(scans.column_names)
-    subjects = _column(scans, "subject").astype(str)
-    times = np.array([-1 if v is None else v for v in scans.column("time_index").to_pylist()], dtype=np.int64)
-    groups = _column(scans, gcol).astype(str)
-    labels = _column(scans, "label").astype(str)
-    test_s, val_s = split_subjects(subjects, labels, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction)
-    side = np.where(np.isin(subjects, list(test_s)), "test", np.where(np.isin(subjects, list(val_s)), "val", "train"))
-    train_rows, val_rows, test_rows = (np.flatnonzero(side == s) for s in ("train", "val", "test"))
-    train_pos_global = positive_pairs(subjects[train_rows], times[train_rows], groups[train_rows])
-    if len(train_pos_global) == 0:
-        raise DatasetError(
-            f"Dataset {dataset!r} has no positive pairs among its training subjects (two scans of one subject "
-            f"at different time points with the same {gcol}); the Siamese network needs longitudinal data."
-        )
-    classes = sorted(set(groups.tolist()))
-    n_aux = len(classes) if len(classes) > 1 else 0
-    if n_aux == 0:
-        out(f"note: every scan has the same {gcol!r}; the auxiliary {gcol} task is left out.")
-    codes = np.searchsorted(np.array(classes), groups)
-
-    recipe = ImageRecipe(image_size, dataset_canvas(scans.column("rows").to_pylist(), scans.column("cols").to_pylist()))
-    params = {
-        "epochs": epochs, "batch_size": batch_size, "margin": float(margin), "backbone": backbone, "seed": seed,
-        "image_size": image_size, "embed_dim": embed_dim, "lr": lr, "weight_decay": weight_decay,
-        "aux_weight": aux_weight, "patience": patience, "test_fraction": test_fraction,
-        "val_fraction": val_fraction, "augment": augment,
-    }
-    key = params_hash({"trainer": "siamese", "format": 2, "dataset": dataset, "data": data_identity(scans),
-                       "recipe": recipe.to_dict(), "params": params}, length=20)
-
-    rows = scans.select([c for c in ("path", "frame", "window_center", "window_width") if c in scans.column_names]).to_pylist()
-    images = torch.from_numpy(ImageLoader(store, dataset, recipe).stack(rows, progress=progress, desc=f"{dataset} images"))
-    images = images.to(dev)
-    codes_t = torch.from_numpy(codes).to(dev)
-    aux_weights = torch.from_numpy(class_balanced_weights(codes[train_rows], max(n_aux, 1))).to(dev)
-
-    val_pairs, val_same = evaluation_pairs(subjects[val_rows], times[val_rows], groups[val_rows], seed=seed)
-    val_pairs = val_rows[val_pairs] if len(val_pairs) else val_pairs
-    test_pairs, test_same = evaluation_pairs(subjects[test_rows], times[test_rows], groups[test_rows], seed=seed + 7)
-    test_pairs = test_rows[test_pairs] if len(test_pairs) else test_pairs
-    train_pos = train_rows[train_pos_global]
-
-    arch = {"backbone": backbone, "in_chans": 1, "embed_dim": embed_dim, "hidden": 256, "n_aux": n_aux}
+    data = training_scans(store, dataset, image_size=image_size, seed=seed, test_fraction=test_fraction,
+                          val_fraction=val_fraction)
+    task = _siamese_task(data, seed=seed)
+    params = settings.params()
+    key = training_key("siamese", data, params, format=2)
+    images = data.images(store, dev, progress=progress)
     with deterministic(seed):
-        model = SiameseNet(**arch).to(dev)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-
-        def losses(a_idx: torch.Tensor, b_idx: torch.Tensor, same: torch.Tensor, xa, xb):
-            with autocast(dev):
-                emb, logits = model(torch.cat([xa, xb]))
-            n = len(a_idx)
-            loss = contrastive_loss(emb[:n], emb[n:], same, margin)
-            aux = torch.zeros((), device=dev)
-            if n_aux:
-                target = torch.cat([codes_t[a_idx], codes_t[b_idx]])
-                aux = torch.nn.functional.cross_entropy(logits.float(), target, weight=aux_weights)
-            return loss, aux
-
-        def run_epoch(epoch: int) -> dict:
-            rng = epoch_rng(seed, epoch, stream=2)
-            negatives = sample_negatives(train_pos[:, 0], subjects, np.where(side == "train", groups, "\0held-out"), rng)
-            pairs = np.concatenate([train_pos, negatives])
-            same = np.concatenate([np.ones(len(train_pos)), np.zeros(len(negatives))]).astype(np.float32)
-            order = rng.permutation(len(pairs))
-            total = aux_total = 0.0
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
-                if len(batch) < 2:
-                    continue
-                a_idx = torch.from_numpy(pairs[batch, 0]).to(dev)
-                b_idx = torch.from_numpy(pairs[batch, 1]).to(dev)
-                xa, xb = images[a_idx], images[b_idx]
-                if augment:
-                    pa_, pb_ = sample_params(rng, len(batch)), sample_params(rng, len(batch))
-                    pb_["flip"] = pa_["flip"]  # one flip per pair, as in the paper
-                    xa, xb = augment_batch(xa, pa_), augment_batch(xb, pb_)
-                loss, aux = losses(a_idx, b_idx, torch.from_numpy(same[batch]).to(dev), xa, xb)
-                optimizer.zero_grad(set_to_none=True)
-                (loss + aux_weight * aux).backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(batch)
-                aux_total += float(aux.detach()) * len(batch)
-            return {"loss": total / len(pairs), "aux_loss": aux_total / len(pairs)}
-
-        def judge(pairs: np.ndarray, same: np.ndarray, rows_idx: np.ndarray) -> dict:
-            if len(pairs) == 0:
-                return {"loss": float("nan"), "auc": float("nan"), "aux_accuracy": float("nan")}
-            emb = _embed(model, images, dev, batch_size=256)
-            a, b = emb[pairs[:, 0]], emb[pairs[:, 1]]
-            distance = np.sqrt(((a - b) ** 2).sum(axis=1))
-            contrast = np.mean(same * distance**2 + (1 - same) * np.clip(margin - distance, 0, None) ** 2)
-            auc = roc_auc_score(same, -distance) if 0 < same.sum() < len(same) else float("nan")
-            result = {"loss": float(contrast), "auc": float(auc), "aux_accuracy": float("nan"), "total": float(contrast)}
-            if n_aux and len(rows_idx):
-                logits = _aux_logits(model, images[torch.from_numpy(rows_idx).to(dev)], dev)
-                result["aux_accuracy"] = float((logits.argmax(1) == codes[rows_idx]).mean())
-                aux = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(codes[rows_idx]),
-                                                        weight=aux_weights.cpu())
-                result["total"] += aux_weight * float(aux)
-            return result
-
-        def validate(epoch: int) -> dict:
-            judged = judge(val_pairs, val_same, val_rows)
-            return {"val_loss": judged["total"], "val_contrastive": judged["loss"], "val_auc": judged["auc"],
-                    "val_aux_accuracy": judged["aux_accuracy"]}
-
-        validate_fn = validate if len(val_pairs) else None
-        if validate_fn is None:
-            out("note: the validation subjects have no positive pairs; training runs every epoch without early stopping.")
-        loop = train_epochs(
-            model=model, optimizer=optimizer, run_epoch=run_epoch, validate=validate_fn, epochs=epochs, seed=seed,
-            monitor="val_loss", mode="min", patience=patience, store=store, name="siamese", key=key,
-            progress=progress, desc=f"siamese {dataset}", plateau_factor=0.1,
+        run = _SiameseTraining(settings, task, data, images, dev)
+        loop = fit_minibatches(
+            model=run.model, optimizer=run.optimizer, loss=run.loss, inputs=run.inputs, samples=run.samples,
+            epochs=epochs, seed=seed, stream=2, batch_size=batch_size,
+            validate=run.validate if len(task.val.pairs) else None, patience=patience, plateau_factor=0.1,
+            store=store, name="siamese", key=key, progress=progress, desc=f"siamese {dataset}", unit="pair",
         )
-        model.eval()
-        with torch.no_grad():
-            judged = judge(test_pairs, test_same, test_rows)
-
+        run.model.eval()
+        judged = run.judge(task.test)
+    held_out = {"auc": judged["auc"], "aux_accuracy": judged["aux_accuracy"]}
     config = {
-        "family": "siamese", "arch": arch, "recipe": recipe.to_dict(), "dataset": dataset, "group_column": gcol,
-        "aux_classes": classes if n_aux else [], "margin": float(margin), "params": params,
-        "subjects": {"train": sorted(set(subjects[train_rows])), "val": sorted(val_s), "test": sorted(test_s)},
-        "epochs_run": loop.epochs_run, "best_epoch": loop.best_epoch,
-        "held_out": {"auc": judged["auc"], "aux_accuracy": judged["aux_accuracy"]},
+        "family": "siamese", "arch": run.arch, "recipe": data.recipe.to_dict(), "dataset": dataset,
+        "group_column": task.group_column, "aux_classes": task.classes if task.n_aux else [], "margin": float(margin),
+        "params": params, "subjects": data.subject_lists(), "epochs_run": loop.epochs_run,
+        "best_epoch": loop.best_epoch, "held_out": held_out,
     }
-    artifact = save_artifact(
-        store, NETWORK_KIND, network_to_bytes(config, model.cpu()), suffix=".pt",
-        meta={"family": "siamese", "dataset": dataset, "backbone": backbone, "embed_dim": embed_dim,
-              "group_column": gcol, "params": params, "training_key": key, "epochs_run": loop.epochs_run,
-              "held_out_auc": judged["auc"], "held_out_aux_accuracy": judged["aux_accuracy"]},
-    )
-    return TrainResult(
-        artifact=artifact,
-        auc=judged["auc"],
-        aux_accuracy=judged["aux_accuracy"] if n_aux else None,
-        epochs_run=loop.epochs_run,
-        best_epoch=loop.best_epoch,
-        resumed_from=loop.start_epoch,
-        seconds=time.perf_counter() - started,
-        seconds_per_epoch=loop.seconds_per_epoch,
-        subjects={"train": len(set(subjects[train_rows])), "val": len(val_s), "test": len(test_s)},
-        test_pairs=(int(test_same.sum()), int(len(test_same) - test_same.sum())),
-        history=loop.history,
+    artifact = store_network(store, config, run.model, meta={
+        "family": "siamese", "dataset": dataset, "backbone": backbone, "embed_dim": embed_dim,
+        "group_column": task.group_column, "params": params, "training_key": key, "epochs_run": loop.epochs_run,
+        "held_out_auc": judged["auc"], "held_out_aux_accuracy": judged["aux_accuracy"]})
+    same = task.test.same
+    return TrainResult.of_loop(
+        artifact, loop, data, started=started, auc=judged["auc"],
+        aux_accuracy=judged["aux_accuracy"] if task.n_aux else None,
+        test_pairs=(int(same.sum()), int(len(same) - same.sum())), notes=task.notes,
     )
 
 
@@ -426,19 +567,12 @@ def _embed(model, images, device, *, batch_size: int = 256, mixed: bool = True) 
     ``mixed`` allows bf16 autocast on CUDA (judging during training); extraction passes False so
     stored features are fp32 on every device.
     """
-    import contextlib
-
-    import torch
-
-    from extractors.training import autocast
+    from extractors.training import batched_outputs
 
     model.eval()
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            with autocast(device) if mixed else contextlib.nullcontext():
-                chunks.append(model.embed(images[start : start + batch_size]).float().cpu().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, model.fc7.out_features), np.float32)
+    embedded = batched_outputs(lambda chunk: model.embed(images[chunk]), len(images), batch_size=batch_size,
+                               device=device, mixed=mixed)
+    return embedded if len(embedded) else np.zeros((0, model.fc7.out_features), np.float32)
 
 
 def _aux_logits(model, images, device) -> np.ndarray:
@@ -471,10 +605,28 @@ class SiameseEmbedding(Extractor):
 
     def validate_params(self) -> None:
         owner = type(self).__name__
-        ok = isinstance(self.artifact, str) and len(self.artifact) >= 6 and all(c in "0123456789abcdef" for c in self.artifact.lower())
-        check_param(owner, "artifact", self.artifact, kind=f"the id (at least 6 hex characters) of a network printed by 'train {self.family}'", ok=ok)
-        check_param(owner, "batch_size", self.batch_size, kind="an int in [1, inf)", ok=isinstance(self.batch_size, int) and self.batch_size >= 1)
-        check_param(owner, "device", self.device, kind="one of 'auto', 'cpu', 'cuda'", ok=self.device in ("auto", "cpu", "cuda"))
+        ok = (
+            isinstance(self.artifact, str)
+            and len(self.artifact) >= 6
+            and all(c in "0123456789abcdef" for c in self.artifact.lower())
+        )
+        check_param(
+            owner,
+            "artifact",
+            self.artifact,
+            kind=f"the id (at least 6 hex characters) of a network printed by 'train {self.family}'",
+            ok=ok,
+        )
+        check_param(
+            owner,
+            "batch_size",
+            self.batch_size,
+            kind="an int in [1, inf)",
+            ok=isinstance(self.batch_size, int) and self.batch_size >= 1,
+        )
+        check_param(
+            owner, "device", self.device, kind="one of 'auto', 'cpu', 'cuda'", ok=self.device in ("auto", "cpu", "cuda")
+        )
 
     def config(self) -> dict:
         # device and batch size change nothing in the output: they stay out of the table identity
@@ -488,7 +640,7 @@ class SiameseEmbedding(Extractor):
         return _scans(store, dataset)
 
     def prepare(self, store, pending: pa.Table) -> None:
-        from extractors.images import ImageLoader, ImageRecipe, dataset_canvas
+        from extractors.images import ImageLoader, ImageRecipe, recipe_for_scans
         from extractors.training import select_device
 
         self.device_ = select_device(self.device)
@@ -498,8 +650,7 @@ class SiameseEmbedding(Extractor):
         recipe = ImageRecipe.from_dict(config["recipe"])
         dataset = getattr(self, "dataset_", None) or config["dataset"]
         if dataset != config["dataset"]:
-            scans = _scans(store, dataset)
-            recipe = ImageRecipe(recipe.size, dataset_canvas(scans.column("rows").to_pylist(), scans.column("cols").to_pylist()))
+            recipe = recipe_for_scans(_scans(store, dataset), recipe.size)
         self.loader_ = ImageLoader(store, dataset, recipe, cache=0)
         self.dim_ = self._dim()
 
@@ -518,8 +669,12 @@ class SiameseEmbedding(Extractor):
 
     def output_schema(self) -> pa.Schema:
         if not hasattr(self, "dim_"):
-            raise ParameterError(f"{type(self).__name__}.output_schema() is known only after prepare() has loaded the network.")
-        return pa.schema([("scan_id", pa.string()), ("source_sha256", pa.string()), ("embedding", pa.list_(pa.float32(), self.dim_))])
+            raise ParameterError(
+                f"{type(self).__name__}.output_schema() is known only after prepare() has loaded the network."
+            )
+        return pa.schema(
+            [("scan_id", pa.string()), ("source_sha256", pa.string()), ("embedding", pa.list_(pa.float32(), self.dim_))]
+        )
 
     def transform(self, store, pending: pa.Table) -> Iterator[ExtractedBatch]:
         import torch

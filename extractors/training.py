@@ -1,13 +1,16 @@
-"""The training loop shared by every network chronofeat trains (Siamese, CAE, X-CNN, torch heads).
+"""The one training loop of chronofeat: every network it trains (Siamese, CAE, X-CNN, transfer, torch heads).
 
-One function, ``train_epochs``, runs epochs with early stopping and, when given a store, saves a
-checkpoint after every epoch (``store.checkpoints``: model, optimizer, epoch, random-generator states,
-early-stopping state, history) and resumes from it. All randomness of epoch ``e`` (shuffling,
-augmentation, pair sampling, dropout) is derived from ``(seed, e)``, so a run resumed after epoch
-``e`` continues exactly as the uninterrupted run would have: on the same machine, thread count and
-library versions the final weights are bit-identical on CPU. On CUDA, ``deterministic()`` asks for
-deterministic kernels where they exist; atomics in some backward kernels may still differ in the
-last bits.
+``fit_minibatches`` runs epochs of minibatches: each epoch draws its samples and their order from a
+generator seeded by ``(seed, epoch)``, runs the loss under autocast (bf16 on CUDA, fp32 on CPU), steps
+the optimizer, and reports each loss term as the mean over the samples it was computed on (a batch's
+mean weighted by its size). Then it validates, steps early stopping (and an optional plateau
+schedule) and, when given a store, saves a checkpoint (``store.checkpoints``: model, optimizer, epoch,
+random-generator states, early-stopping state, history) that a rerun with the same key resumes from.
+All randomness of epoch ``e`` (shuffling, augmentation, pair sampling, dropout) is derived from
+``(seed, e)``, so a run resumed after epoch ``e`` continues exactly as the uninterrupted run would
+have: on the same machine, thread count and library versions the final weights are bit-identical on
+CPU. On CUDA, ``deterministic()`` asks for deterministic kernels where they exist; atomics in some
+backward kernels may still differ in the last bits.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -31,8 +35,11 @@ __all__ = [
     "epoch_rng",
     "deterministic",
     "EarlyStopping",
+    "Batch",
+    "Losses",
     "LoopResult",
-    "train_epochs",
+    "fit_minibatches",
+    "batched_outputs",
     "clone_state",
     "torch_threads",
     "true_fp32",
@@ -59,7 +66,9 @@ def select_device(device: str | None):
                 f"{torch.__version__}). Use --device cpu or auto, or run on a machine with a GPU."
             )
         return torch.device(choice)
-    raise ParameterError(f"The 'device' parameter must be one of 'auto', 'cpu', 'cuda', 'cuda:N'. Got {device!r} instead.")
+    raise ParameterError(
+        f"The 'device' parameter must be one of 'auto', 'cpu', 'cuda', 'cuda:N'. Got {device!r} instead."
+    )
 
 
 def autocast(device) -> contextlib.AbstractContextManager:
@@ -134,7 +143,12 @@ class EarlyStopping:
 
     def state_dict(self) -> dict:
         """Everything needed to resume (best value, epoch, bad-epoch count, best weights)."""
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "best_state": self.best_state}
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "best_state": self.best_state,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` returned."""
@@ -144,7 +158,7 @@ class EarlyStopping:
 
 @dataclass
 class LoopResult:
-    """What ``train_epochs`` did: epochs completed (in total), where it resumed, the best epoch, history."""
+    """What ``fit_minibatches`` did: epochs completed (in total), where it resumed, the best epoch, history."""
 
     epochs_run: int
     start_epoch: int
@@ -187,112 +201,292 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train_epochs(
+@dataclass(frozen=True)
+class Batch:
+    """One minibatch: its ``rows`` (a slice of the epoch's shuffled samples), the epoch, and the epoch's
+    generator ``rng`` (draw augmentation from it so a resumed run repeats it)."""
+
+    rows: np.ndarray
+    epoch: int
+    rng: np.random.Generator
+
+
+@dataclass
+class Losses:
+    """What a loss function returns when one tensor is not enough: the ``objective`` minimised and the
+    ``terms`` reported per epoch, e.g. ``Losses(c + 0.5 * a, {"loss": c, "aux_loss": a})``."""
+
+    objective: Any
+    terms: dict[str, Any]
+
+
+@dataclass
+class _Schedule:
+    """The loop's fixed settings (what ``fit_minibatches`` was given)."""
+
+    model: Any
+    optimizer: Any
+    loss: Callable[[Any], Any]
+    inputs: Callable[[Batch], Any] | None
+    samples: Any
+    batch_size: int
+    min_batch: int
+    seed: int
+    rng_seed: int
+    stream: int
+    device: Any
+
+
+def _epoch_samples(plan: _Schedule, rng: np.random.Generator) -> np.ndarray:
+    """The epoch's samples, shuffled: ``samples(rng)`` when it is a function, else ``samples`` itself."""
+    samples = plan.samples(rng) if callable(plan.samples) else plan.samples
+    samples = np.asarray(samples)
+    return samples[rng.permutation(len(samples))]
+
+
+@dataclass
+class _EpochLosses:
+    """One epoch's training figures: each loss term's sample-weighted mean, and the samples seen."""
+
+    terms: dict[str, float]
+    seen: int
+
+
+def _minibatch_epoch(plan: _Schedule, epoch: int) -> _EpochLosses:
+    """Train one epoch; the sample-weighted mean of every loss term, and how many samples were seen.
+
+    A batch smaller than ``min_batch`` (batch norm needs two rows) is skipped unless the whole epoch
+    is that small.
+    """
+    rng = epoch_rng(plan.rng_seed, epoch, plan.stream)
+    order = _epoch_samples(plan, rng)
+    smallest = min(plan.min_batch, len(order))
+    sums: dict[str, Any] = {}
+    seen = 0
+    for start in range(0, len(order), plan.batch_size):
+        rows = order[start : start + plan.batch_size]
+        if len(rows) < smallest:
+            continue
+        batch = Batch(rows, epoch, rng)
+        prepared = plan.inputs(batch) if plan.inputs is not None else batch
+        with autocast(plan.device):
+            result = plan.loss(prepared)
+        losses = result if isinstance(result, Losses) else Losses(result, {"loss": result})
+        plan.optimizer.zero_grad(set_to_none=True)
+        losses.objective.backward()
+        plan.optimizer.step()
+        for term, value in losses.terms.items():  # summed on the device: one synchronisation per epoch
+            sums[term] = sums.get(term, 0.0) + value.detach().double() * len(rows)
+        seen += len(rows)
+    if not seen:
+        return _EpochLosses({"loss": float("nan")}, 0)
+    return _EpochLosses({term: float(total) / seen for term, total in sums.items()}, seen)
+
+
+class _Progress:
+    """The epoch bar on stderr, with the last epoch's figures and samples per second."""
+
+    def __init__(self, *, epochs: int, start: int, desc: str, unit: str, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.unit = unit
+        self.bar = tqdm(total=epochs, initial=start, unit="epoch", desc=desc, disable=not enabled,
+                        file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def epoch_done(self, metrics: dict, seen: int) -> None:
+        shown = {k: f"{v:.4g}" for k, v in metrics.items() if k not in ("epoch", "seconds")}
+        if metrics.get("seconds"):
+            shown[f"{self.unit}/s"] = f"{seen / metrics['seconds']:.0f}"
+        self.bar.update(1)
+        self.bar.set_postfix(shown, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@dataclass
+class _Progression:
+    """Where a run stands: the history so far, the next epoch, and whether it has finished."""
+
+    stopper: EarlyStopping
+    scheduler: Any
+    history: list[dict] = field(default_factory=list)
+    epoch: int = 0
+    finished: bool = False
+
+
+class _Checkpoints:
+    """Saving and resuming a run's state in ``store.checkpoints`` under ``(name, key)``."""
+
+    def __init__(self, store, name: str, key: str | None):
+        self.store, self.name, self.key = store, name, key
+        self.enabled = store is not None and key is not None
+
+    def resume(self, state: _Progression, model, optimizer) -> None:
+        """Load the saved state (when there is one) into ``state``, ``model`` and ``optimizer``."""
+        from store.checkpoints import load_checkpoint
+
+        saved = load_checkpoint(self.store, self.name, self.key) if self.enabled else None
+        if saved is None:
+            return
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state.stopper.load_state_dict(saved["early"])
+        if state.scheduler is not None and saved.get("scheduler") is not None:
+            state.scheduler.load_state_dict(saved["scheduler"])
+        state.history = list(saved["history"])
+        state.epoch, state.finished = int(saved["epoch"]), bool(saved["finished"])
+        _set_rng_state(saved["rng"])
+
+    def save(self, state: _Progression, model, optimizer) -> None:
+        """Write the state after an epoch (atomic replacement of the previous checkpoint)."""
+        from store.checkpoints import save_checkpoint
+
+        if not self.enabled:
+            return
+        save_checkpoint(self.store, self.name, self.key, {
+            "version": 1, "key": self.key, "epoch": state.epoch, "finished": state.finished,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "early": state.stopper.state_dict(), "history": state.history, "rng": _rng_state(),
+            "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+        })
+
+
+def _plateau_scheduler(optimizer, *, factor: float | None, mode: str, patience: int, validated: bool):
+    import torch
+
+    if factor is None or not validated:
+        return None
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=factor,
+                                                      patience=max(1, patience // 2 - 1))
+
+
+def _judge(state: _Progression, metrics: dict, *, model, optimizer, validate, monitor: str) -> None:
+    """Add ``validate``'s figures to ``metrics`` (eval mode, no gradients); step early stopping and the schedule."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        metrics.update(validate(metrics["epoch"]))
+    if monitor not in metrics:
+        raise ParameterError(f"validate() returned {sorted(metrics)} without the monitored {monitor!r}.")
+    state.stopper.step(float(metrics[monitor]), model, int(metrics["epoch"]))
+    if state.scheduler is not None:
+        state.scheduler.step(float(metrics[monitor]))
+        metrics["lr"] = float(optimizer.param_groups[0]["lr"])
+
+
+def fit_minibatches(
     *,
     model,
     optimizer,
-    run_epoch: Callable[[int], dict],
-    validate: Callable[[int], dict] | None,
+    loss: Callable[[Any], Any],
+    samples: np.ndarray | Callable[[np.random.Generator], np.ndarray],
     epochs: int,
     seed: int,
+    batch_size: int,
+    inputs: Callable[[Batch], Any] | None = None,
+    stream: int = 0,
+    rng_seed: int | None = None,
+    min_batch: int = 2,
+    validate: Callable[[int], dict] | None = None,
     monitor: str = "val_loss",
     mode: str = "min",
     patience: int = 5,
+    plateau_factor: float | None = None,
     store=None,
     name: str = "training",
     key: str | None = None,
     progress: bool = True,
     desc: str | None = None,
-    after_epoch: Callable[[int, dict], None] | None = None,
-    plateau_factor: float | None = None,
+    unit: str = "sample",
 ) -> LoopResult:
-    """Train ``model`` for up to ``epochs`` epochs with early stopping; resume from a checkpoint.
+    """Train ``model`` on minibatches for up to ``epochs`` epochs; early stopping; checkpoint and resume.
 
-    ``run_epoch(e)`` trains one epoch and returns metrics (floats); ``validate(e)`` returns metrics
-    including ``monitor``; with ``validate=None`` every epoch runs and the last weights are kept.
-    Torch's global generator is reseeded from ``(seed, e)`` before each epoch. With ``store`` and
-    ``key`` a checkpoint is written after every epoch and a finished or interrupted run with the same
-    key is resumed; at the end the best weights (by ``monitor``) are loaded into ``model``.
-    ``plateau_factor`` (e.g. 0.1) multiplies the learning rate when ``monitor`` has not improved for
-    half the patience, as the spine paper lowers it "as the validation error plateaus".
+    ``samples`` are the epoch's training samples (row indices, or rows of an array such as index
+    pairs), or a function drawing them from the epoch's generator. Each epoch shuffles them with
+    ``epoch_rng(rng_seed or seed, epoch, stream)`` and cuts batches of ``batch_size``;
+    ``inputs(batch)`` (optional, full precision: indexing, augmentation) prepares a ``Batch`` and
+    ``loss(prepared)`` — under ``autocast`` — returns the loss tensor or ``Losses``. Torch's global
+    generator is reseeded from ``(seed, epoch)`` before each epoch (dropout). ``validate(epoch)``
+    returns figures including ``monitor`` (eval mode, no gradients); without it every epoch runs and
+    the last weights are kept, otherwise the best weights are loaded at the end. ``plateau_factor``
+    (e.g. 0.1) multiplies the learning rate when ``monitor`` has not improved for half the patience.
+    With ``store`` and ``key`` a checkpoint is written after every epoch as ``(name, key)`` and a
+    finished or interrupted run with the same key is resumed. ``unit`` names a sample on the bar.
     """
     import torch
-    from tqdm.auto import tqdm
-
-    from store.checkpoints import load_checkpoint, save_checkpoint
 
     if int(epochs) < 1:
         raise ParameterError(f"The 'epochs' parameter must be an int in [1, inf). Got {epochs!r} instead.")
-    stopper = EarlyStopping(mode=mode, patience=patience if validate is not None else 0)
-    scheduler = None
-    if plateau_factor is not None and validate is not None:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=mode, factor=plateau_factor, patience=max(1, patience // 2 - 1))
-    history: list[dict] = []
-    start, finished = 0, False
-    use_checkpoints = store is not None and key is not None
-    if use_checkpoints:
-        saved = load_checkpoint(store, name, key)
-        if saved is not None:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            stopper.load_state_dict(saved["early"])
-            if scheduler is not None and saved.get("scheduler") is not None:
-                scheduler.load_state_dict(saved["scheduler"])
-            history = list(saved["history"])
-            start, finished = int(saved["epoch"]), bool(saved["finished"])
-            _set_rng_state(saved["rng"])
-    resumed_from = start
+    device = next(iter(model.parameters())).device
+    plan = _Schedule(model, optimizer, loss, inputs, samples, int(batch_size), int(min_batch), int(seed),
+                     int(seed if rng_seed is None else rng_seed), int(stream), device)
+    state = _Progression(
+        stopper=EarlyStopping(mode=mode, patience=patience if validate is not None else 0),
+        scheduler=_plateau_scheduler(optimizer, factor=plateau_factor, mode=mode, patience=patience,
+                                     validated=validate is not None),
+    )
+    checkpoints = _Checkpoints(store, name, key)
+    checkpoints.resume(state, model, optimizer)
+    resumed_from = state.epoch
     began = time.perf_counter()
-    bar = tqdm(total=epochs, initial=start, unit="epoch", desc=desc or name, disable=not progress or finished,
-               file=sys.stderr, dynamic_ncols=True, leave=False)
+    bar = _Progress(epochs=epochs, start=state.epoch, desc=desc or name, unit=unit,
+                    enabled=progress and not state.finished)
     try:
-        epoch = start
-        while not finished and epoch < epochs:
-            torch.manual_seed(epoch_seed(seed, epoch, stream=1))
+        while not state.finished and state.epoch < epochs:
+            torch.manual_seed(epoch_seed(seed, state.epoch, stream=1))
             t0 = time.perf_counter()
             model.train()
-            metrics = {"epoch": epoch, **run_epoch(epoch)}
-            metrics["seconds"] = time.perf_counter() - t0
+            trained = _minibatch_epoch(plan, state.epoch)
+            metrics = {"epoch": state.epoch, **trained.terms, "seconds": time.perf_counter() - t0}
             if validate is not None:
-                model.eval()
-                with torch.no_grad():
-                    metrics.update(validate(epoch))
-                if monitor not in metrics:
-                    raise ParameterError(f"validate() returned {sorted(metrics)} without the monitored {monitor!r}.")
-                stopper.step(float(metrics[monitor]), model, epoch)
-                if scheduler is not None:
-                    scheduler.step(float(metrics[monitor]))
-                    metrics["lr"] = float(optimizer.param_groups[0]["lr"])
-            history.append({k: float(v) for k, v in metrics.items()})
-            epoch += 1
-            finished = epoch >= epochs or stopper.should_stop
-            if after_epoch is not None:
-                after_epoch(epoch - 1, metrics)
-            if use_checkpoints:
-                save_checkpoint(store, name, key, {
-                    "version": 1, "key": key, "epoch": epoch, "finished": finished,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "early": stopper.state_dict(), "history": history, "rng": _rng_state(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                })
-            bar.update(1)
-            shown = {k: f"{v:.4g}" for k, v in metrics.items() if k not in ("epoch", "seconds")}
-            bar.set_postfix(shown, refresh=False)
+                _judge(state, metrics, model=model, optimizer=optimizer, validate=validate, monitor=monitor)
+            state.history.append({k: float(v) for k, v in metrics.items()})
+            state.epoch += 1
+            state.finished = state.epoch >= epochs or state.stopper.should_stop
+            checkpoints.save(state, model, optimizer)
+            bar.epoch_done(metrics, trained.seen)
     finally:
         bar.close()
+    return _finish(state, model, epochs=epochs, resumed_from=resumed_from, began=began)
+
+
+def _finish(state: _Progression, model, *, epochs: int, resumed_from: int, began: float) -> LoopResult:
+    """Load the best weights (when validation chose some) and say what the run did."""
+    stopper = state.stopper
     if stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)
-    epochs_run = len(history)
+    epochs_run = len(state.history)
     return LoopResult(
         epochs_run=epochs_run,
         start_epoch=resumed_from,
         best_epoch=stopper.best_epoch if stopper.best_state is not None else epochs_run - 1,
         best_value=stopper.best,
         stopped_early=epochs_run < epochs,
-        history=history,
+        history=state.history,
         seconds=time.perf_counter() - began,
     )
+
+
+def batched_outputs(forward: Callable[[Any], Any], rows: np.ndarray | int, *, batch_size: int = 256, device=None,
+                    mixed: bool = True) -> np.ndarray:
+    """``forward(chunk)`` over ``rows`` (indices, or a count: ``range(rows)``) in chunks, as one float32 array.
+
+    Runs without gradients and, with ``mixed`` on CUDA, under autocast; ``chunk`` is a slice of
+    ``rows`` (a NumPy array, or a ``slice`` for a count). An empty ``rows`` gives a ``(0,)`` array.
+    """
+    import torch
+
+    count = rows if isinstance(rows, (int, np.integer)) else len(rows)
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, int(count), batch_size):
+            chunk = (slice(start, min(start + batch_size, int(count))) if isinstance(rows, (int, np.integer))
+                     else rows[start : start + batch_size])
+            with autocast(device) if mixed and device is not None else contextlib.nullcontext():
+                chunks.append(forward(chunk).float().cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
 
 
 def clone_state(model) -> dict:

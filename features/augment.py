@@ -33,14 +33,25 @@ class AugmentConfig:
     def validate(self) -> None:
         """Raise ``ParameterError`` for a range that cannot be sampled."""
         if not 0 <= self.rotation_deg <= 180:
-            raise ParameterError(f"The 'rotation_deg' parameter of AugmentConfig must be a float in [0, 180]. Got {self.rotation_deg!r} instead.")
+            raise ParameterError(
+                "The 'rotation_deg' parameter of AugmentConfig must be a float in [0, 180]. "
+                f"Got {self.rotation_deg!r} instead."
+            )
         if len(self.translate) != 2 or not all(0 <= t < 1 for t in self.translate):
-            raise ParameterError(f"The 'translate' parameter of AugmentConfig must be two fractions in [0, 1). Got {self.translate!r} instead.")
+            raise ParameterError(
+                "The 'translate' parameter of AugmentConfig must be two fractions in [0, 1). "
+                f"Got {self.translate!r} instead."
+            )
         low, high = self.scale
         if not 0 < low <= high:
-            raise ParameterError(f"The 'scale' parameter of AugmentConfig must be (low, high) with 0 < low <= high. Got {self.scale!r} instead.")
+            raise ParameterError(
+                "The 'scale' parameter of AugmentConfig must be (low, high) with 0 < low <= high. "
+                f"Got {self.scale!r} instead."
+            )
         if not 0 <= self.intensity < 1:
-            raise ParameterError(f"The 'intensity' parameter of AugmentConfig must be a float in [0, 1). Got {self.intensity!r} instead.")
+            raise ParameterError(
+                f"The 'intensity' parameter of AugmentConfig must be a float in [0, 1). Got {self.intensity!r} instead."
+            )
 
 
 AUGMENT_PAPER = AugmentConfig()
@@ -102,10 +113,15 @@ def augment_batch(images, params: dict[str, np.ndarray]):
     as_numpy = isinstance(images, np.ndarray)
     tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)) if as_numpy else images
     if tensor.ndim != 4 or not tensor.is_floating_point():
-        raise InputError(f"augment_batch needs a float (N, C, H, W) batch; got shape {tuple(tensor.shape)} of {tensor.dtype}.")
+        raise InputError(
+            f"augment_batch needs a float (N, C, H, W) batch; got shape {tuple(tensor.shape)} of {tensor.dtype}."
+        )
     n, _, height, width = tensor.shape
     if any(len(np.asarray(v)) != n for v in params.values()):
-        raise InputError(f"augment_batch got {n} images but parameter arrays of other lengths; draw them with sample_params(rng, {n}).")
+        raise InputError(
+            f"augment_batch got {n} images but parameter arrays of other lengths; "
+            f"draw them with sample_params(rng, {n})."
+        )
     theta = torch.from_numpy(affine_theta(params, height, width)).to(device=tensor.device, dtype=torch.float32)
     low = tensor.amin(dim=(1, 2, 3), keepdim=True)
     grid = F.affine_grid(theta, list(tensor.shape), align_corners=False)

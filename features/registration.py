@@ -3,7 +3,8 @@
 ChronoMID registers two weeks by translation with scikit-image's FFT cross-correlation before
 subtracting. ``register_translation`` does that (``skimage.registration.phase_cross_correlation``'s
 algorithm, computed here on half spectra, of the images' edge maps, Hann-windowed, sub-pixel by
-upsampled DFT; skimage's masked normalised cross-correlation when canvas padding must be ignored) and says how much to trust the result; ``register_rigid`` first recovers a rotation from the Fourier magnitude
+upsampled DFT; skimage's masked normalised cross-correlation when canvas padding must be ignored) and
+says how much to trust the result; ``register_rigid`` first recovers a rotation from the Fourier magnitude
 spectra in polar coordinates (translation-invariant), then the translation.
 
 Conventions: shifts are ``(dy, dx)`` in pixels, the amount to move ``moving`` so that it lies on
@@ -78,14 +79,16 @@ def overlap_slices(shape: tuple[int, int], shift: tuple[float, float]) -> tuple[
     Sub-pixel borders are excluded (the partly interpolated row/column is dropped).
     """
     bounds = []
-    for size, delta in zip(shape, shift):
+    for size, delta in zip(shape, shift, strict=True):
         start = int(np.ceil(delta)) if delta > 0 else 0
         stop = size + int(np.floor(delta)) if delta < 0 else size
         bounds.append(slice(min(max(start, 0), size), max(min(stop, size), 0)))
     return bounds[0], bounds[1]
 
 
-def agreement(reference: np.ndarray, registered: np.ndarray, valid: tuple[slice, slice] | np.ndarray) -> tuple[float, float]:
+def agreement(
+    reference: np.ndarray, registered: np.ndarray, valid: tuple[slice, slice] | np.ndarray
+) -> tuple[float, float]:
     """(confidence, error) of two aligned greyscale images over ``valid`` (slices or a boolean mask).
 
     confidence = Pearson correlation clipped to [0, 1] (two equal flat images: 1); error = RMS difference.
@@ -104,7 +107,9 @@ def agreement(reference: np.ndarray, registered: np.ndarray, valid: tuple[slice,
     return float(np.clip(np.dot(a, b) / norm, 0.0, 1.0)), error
 
 
-def apply_shift(image: np.ndarray, shift: tuple[float, float], *, order: int = 1, fill: float | None = None) -> np.ndarray:
+def apply_shift(
+    image: np.ndarray, shift: tuple[float, float], *, order: int = 1, fill: float | None = None
+) -> np.ndarray:
     """``image`` moved by ``shift`` = ``(dy, dx)`` pixels (float32; sub-pixel by spline of ``order``).
 
     Pixels uncovered by the move get ``fill`` (default: the image's minimum, as the ChronoMID padding).
@@ -176,7 +181,7 @@ def _upsampled_dft(data: np.ndarray, region: int, upsample: int, offsets: np.nda
     ``_upsampled_dft`` applied as ``_upsampled_dft(data.conj(), ...).conj()``, written out here."""
     from scipy.fft import fftfreq
 
-    for n_items, offset in zip(data.shape[::-1], offsets[::-1]):
+    for n_items, offset in zip(data.shape[::-1], offsets[::-1], strict=True):
         kernel = np.exp(2j * np.pi * ((np.arange(region) - offset)[:, None] * fftfreq(n_items, upsample)))
         data = np.tensordot(kernel, data, axes=(1, -1))
     return data
@@ -260,12 +265,8 @@ def _masked_shift(ref, mov, ref_mask, mov_mask, upsample: int) -> tuple[float, f
 
 
 def register_translation(
-    reference: np.ndarray,
-    moving: np.ndarray,
-    *,
-    upsample: int = 20,
-    reference_mask: np.ndarray | None = None,
-    moving_mask: np.ndarray | None = None,
+    reference: np.ndarray, moving: np.ndarray, *, upsample: int = 20,
+    reference_mask: np.ndarray | None = None, moving_mask: np.ndarray | None = None,
 ) -> Registration:
     """The translation that moves ``moving`` onto ``reference`` (FFT cross-correlation, 1/``upsample`` px).
 
@@ -282,12 +283,8 @@ def register_translation(
 
 
 def _register_translation(
-    reference: np.ndarray,
-    moving: np.ndarray,
-    *,
-    upsample: int = 20,
-    reference_mask: np.ndarray | None = None,
-    moving_mask: np.ndarray | None = None,
+    reference: np.ndarray, moving: np.ndarray, *, upsample: int = 20,
+    reference_mask: np.ndarray | None = None, moving_mask: np.ndarray | None = None,
 ) -> tuple[Registration, np.ndarray | None]:
     """``(register_translation(...), moved)``: ``moved`` is ``apply_shift(grey moving, shift)`` (float32),
     which it computes anyway, so that a caller moving the same image need not do it again (None for
@@ -373,12 +370,8 @@ def _rigid_at(ref, mov, angle: float, upsample: int, ref_mask, mov_mask) -> Regi
 
 
 def register_rigid(
-    reference: np.ndarray,
-    moving: np.ndarray,
-    *,
-    upsample: int = 20,
-    reference_mask: np.ndarray | None = None,
-    moving_mask: np.ndarray | None = None,
+    reference: np.ndarray, moving: np.ndarray, *, upsample: int = 20,
+    reference_mask: np.ndarray | None = None, moving_mask: np.ndarray | None = None,
 ) -> Registration:
     """Rotation + translation moving ``moving`` onto ``reference`` (both the same height and width).
 

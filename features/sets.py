@@ -184,7 +184,11 @@ def assemble(blocks: list[Block], time: np.ndarray | None = None, *, rows: np.nd
     if time is not None:
         t = time if rows is None else time[rows]
         parts.append(np.asarray(t, dtype=np.float32)[:, None])
-    return np.ascontiguousarray(np.hstack(parts), dtype=np.float32) if len(parts) > 1 else np.asarray(parts[0], dtype=np.float32)
+    return (
+        np.ascontiguousarray(np.hstack(parts), dtype=np.float32)
+        if len(parts) > 1
+        else np.asarray(parts[0], dtype=np.float32)
+    )
 
 
 def feature_columns(schema: pa.Schema) -> list[str]:

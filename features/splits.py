@@ -38,6 +38,7 @@ __all__ = [
     "subject_majority_labels",
     "held_out_subjects",
     "Split",
+    "HoldOut",
     "holdout_split",
     "cv_folds",
     "given_split",
@@ -63,7 +64,7 @@ def subject_majority_labels(subjects: Sequence[Hashable], labels: Sequence[Hasha
     Same rule as ``store.vocabulary.subject_labels``.
     """
     per_subject: dict = {}
-    for subject, label in zip(subjects, labels):
+    for subject, label in zip(subjects, labels, strict=True):
         counts = per_subject.setdefault(subject, Counter())
         if label is not None and label != "":
             counts[label] += 1
@@ -102,17 +103,27 @@ def held_out_subjects(
         raise ParameterError(f"subjects ({len(subjects)}) and labels ({len(labels)}) must have one entry per row.")
     if rule == "none":
         return frozenset()
-    majority = {str(s): (None if lab is None else str(lab)) for s, lab in subject_majority_labels(subjects, labels).items()}
+    majority = {
+        str(s): (None if lab is None else str(lab)) for s, lab in subject_majority_labels(subjects, labels).items()
+    }
     fraction = PER_CLASS_FRACTION if rule == "per_class" else test_fraction
     return frozenset(split_subjects(majority, test_fraction=fraction, seed=seed).test)
 
 
 @dataclass(frozen=True)
 class Split:
-    """Row indices of one division into training and evaluation rows (``val`` may be the test set)."""
+    """Row indices of one cross-validation fold: the rows it trains on and the rows it validates on."""
 
     train: np.ndarray
     val: np.ndarray
+
+
+@dataclass(frozen=True)
+class HoldOut:
+    """Row indices of the training rows and of the held-out test rows (whole subjects on each side)."""
+
+    train: np.ndarray
+    test: np.ndarray
 
 
 def check_disjoint(groups: np.ndarray, a: np.ndarray, b: np.ndarray, *, what: str) -> None:
@@ -126,12 +137,15 @@ def check_disjoint(groups: np.ndarray, a: np.ndarray, b: np.ndarray, *, what: st
         )
 
 
-def holdout_split(groups: np.ndarray, test_subjects: frozenset) -> Split:
-    """Rows of ``test_subjects`` become the test side; all other rows train. Checked disjoint."""
+def holdout_split(groups: np.ndarray, test_subjects: frozenset) -> HoldOut:
+    """Rows of ``test_subjects`` become the ``test`` side; all other rows ``train``. Checked disjoint."""
     groups = np.asarray(groups)
-    is_test = np.isin(groups, np.array(sorted(test_subjects, key=str), dtype=groups.dtype)) if test_subjects else np.zeros(len(groups), bool)
-    split = Split(np.flatnonzero(~is_test), np.flatnonzero(is_test))
-    check_disjoint(groups, split.train, split.val, what="held-out test")
+    if test_subjects:
+        is_test = np.isin(groups, np.array(sorted(test_subjects, key=str), dtype=groups.dtype))
+    else:
+        is_test = np.zeros(len(groups), bool)
+    split = HoldOut(np.flatnonzero(~is_test), np.flatnonzero(is_test))
+    check_disjoint(groups, split.train, split.test, what="held-out test")
     return split
 
 
@@ -188,7 +202,9 @@ def given_split(values: Sequence, groups: np.ndarray) -> dict[str, np.ndarray]:
     names = np.array(names)
     sides = {side: np.flatnonzero(names == side) for side in ("train", "val", "test")}
     if len(sides["train"]) == 0:
-        raise EvaluationError("The given split has no 'train' rows; fix the manifest's split column or use --split auto.")
+        raise EvaluationError(
+            "The given split has no 'train' rows; fix the manifest's split column or use --split auto."
+        )
     check_disjoint(groups, sides["train"], sides["test"], what="given train/test")
     check_disjoint(groups, sides["train"], sides["val"], what="given train/val")
     check_disjoint(groups, sides["val"], sides["test"], what="given val/test")
@@ -259,7 +275,7 @@ SPLIT_RULE = (
 )
 
 
-# --- the one deterministic subject split (BoVW vocabularies, held-out test sets) -----------------------------------------------------------------------
+# --- the one deterministic subject split (BoVW vocabularies, held-out test sets) --------------------------------------
 @dataclass(frozen=True)
 class SubjectSplit:
     """Training and held-out test subjects (sorted tuples), and how they were chosen."""
@@ -279,7 +295,7 @@ def subject_labels(table: pa.Table) -> dict[str, str | None]:
     subjects = table.column("subject").to_pylist()
     labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(subjects)
     counts: dict[str, Counter] = {}
-    for subject, label in zip(subjects, labels):
+    for subject, label in zip(subjects, labels, strict=True):
         if subject is None:
             continue
         bucket = counts.setdefault(subject, Counter())
@@ -295,7 +311,9 @@ def subject_labels(table: pa.Table) -> dict[str, str | None]:
     return result
 
 
-def split_subjects(table: pa.Table | Mapping[str, str | None], *, test_fraction: float = 0.3, seed: int = 0) -> SubjectSplit:
+def split_subjects(
+    table: pa.Table | Mapping[str, str | None], *, test_fraction: float = 0.3, seed: int = 0
+) -> SubjectSplit:
     """The deterministic stratified subject split (``SPLIT_RULE``) of ``table``'s subjects.
 
     ``table`` is any Arrow table with ``subject`` and ``label`` columns (scans, pairs) or a ready
@@ -321,6 +339,8 @@ def split_subjects(table: pa.Table | Mapping[str, str | None], *, test_fraction:
     return SubjectSplit(tuple(sorted(train)), tuple(sorted(test)), float(test_fraction), int(seed))
 
 
-def training_subjects(table: pa.Table | Mapping[str, str | None], *, test_fraction: float = 0.3, seed: int = 0) -> tuple[str, ...]:
+def training_subjects(
+    table: pa.Table | Mapping[str, str | None], *, test_fraction: float = 0.3, seed: int = 0
+) -> tuple[str, ...]:
     """The training side of ``split_subjects(table, ...)``: subjects a vocabulary may learn from."""
     return split_subjects(table, test_fraction=test_fraction, seed=seed).train

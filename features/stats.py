@@ -116,7 +116,9 @@ def _noise_sigma(image: np.ndarray, valid: np.ndarray) -> float:
 
 def robust_range(*images: np.ndarray, mask: np.ndarray | None = None, low: float = 1.0, high: float = 99.0) -> float:
     """The ``high`` minus ``low`` percentile of the pooled valid pixels of ``images`` (0 when flat)."""
-    pooled = np.concatenate([np.asarray(im, dtype=np.float64)[mask] if mask is not None else np.ravel(im) for im in images])
+    pooled = np.concatenate(
+        [np.asarray(im, dtype=np.float64)[mask] if mask is not None else np.ravel(im) for im in images]
+    )
     if pooled.size == 0:
         return 0.0
     lo, hi = np.percentile(pooled, [low, high])
@@ -196,7 +198,7 @@ def difference_statistics(
         "diff_std": std,
         "diff_skew": float(skew(values)) if std > 1e-12 * max(1.0, abs(values.mean())) else 0.0,
     }
-    for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
+    for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True):
         result[f"diff_p{p:02d}"] = float(v)
     magnitude = np.abs(values)
     result["diff_mean_abs"] = float(magnitude.mean())

@@ -17,6 +17,7 @@ pass, no ``sys.executable``), or dies, this process hashes everything itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -98,7 +99,7 @@ class FrameHasher:
     def finish(self) -> list[tuple[dict, str]]:
         """Wait for every digest; the ``(row, message)`` of frames that could not be hashed, then forget them."""
         if self._batch:  # hashed here while the helper works through what it holds
-            rows, contents = zip(*self._batch)
+            rows, contents = zip(*self._batch, strict=True)
             self._batch = []
             self._store(list(rows), hash_frames(list(contents)))
         while self._sent:
@@ -111,10 +112,8 @@ class FrameHasher:
         process, to_helper, from_helper = self._process, self._to_helper, self._from_helper
         self._process = self._to_helper = self._from_helper = None
         if to_helper is not None:
-            try:
+            with contextlib.suppress(OSError):
                 to_helper.send(None)
-            except OSError:
-                pass
             to_helper.close()
         if from_helper is not None:
             from_helper.close()
@@ -134,7 +133,7 @@ class FrameHasher:
     # ------------------------------------------------------------------------------- private
 
     def _store(self, rows: list[dict], results: list[tuple[str | None, str | None]]) -> None:
-        for row, (digest, message) in zip(rows, results):
+        for row, (digest, message) in zip(rows, results, strict=True):
             row["pixel_sha256"] = digest
             if message is not None:
                 self._errors.append((row, message))

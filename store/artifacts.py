@@ -64,13 +64,17 @@ def save_artifact(store: Store, kind: str, data: bytes, *, suffix: str, meta: Ma
     return _save(store, kind, sha, suffix, meta, lambda path: write_atomically(path, lambda tmp: tmp.write_bytes(data)))
 
 
-def save_artifact_file(store: Store, kind: str, source: str | os.PathLike, *, suffix: str, meta: Mapping[str, Any]) -> Artifact:
+def save_artifact_file(
+    store: Store, kind: str, source: str | os.PathLike, *, suffix: str, meta: Mapping[str, Any]
+) -> Artifact:
     """Copy the file ``source`` into the store as an artifact of ``kind`` (streamed, not read whole)."""
     import shutil
 
     sha = sha256_file(source)
 
-    return _save(store, kind, sha, suffix, meta, lambda path: write_atomically(path, lambda tmp: shutil.copyfile(source, tmp)))
+    return _save(
+        store, kind, sha, suffix, meta, lambda path: write_atomically(path, lambda tmp: shutil.copyfile(source, tmp))
+    )
 
 
 def find_artifact(store: Store, kind: str, ref: str) -> Artifact:

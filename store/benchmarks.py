@@ -80,7 +80,9 @@ def append_benchmarks(
     now = datetime.now(timezone.utc)
     packages = machine.get("packages")
     fixed = {name: machine.get(name) for name, _ in _MACHINE_FIELDS}
-    fixed["packages"] = packages if isinstance(packages, str) or packages is None else json.dumps(packages, sort_keys=True)
+    fixed["packages"] = (
+        packages if isinstance(packages, str) or packages is None else json.dumps(packages, sort_keys=True)
+    )
     records = []
     for row in rows:
         if not row.get("stage"):
@@ -90,7 +92,9 @@ def append_benchmarks(
         record.update(fixed)
         records.append(record)
     table = pa.Table.from_pylist(records, schema=BENCHMARKS)
-    write_part(store, TABLE, table, metadata=part_metadata(producer="bench/run.py", params={"schema_version": SCHEMA_VERSION}))
+    write_part(
+        store, TABLE, table, metadata=part_metadata(producer="bench/run.py", params={"schema_version": SCHEMA_VERSION})
+    )
     return run_id
 
 

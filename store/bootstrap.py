@@ -19,7 +19,19 @@ __all__ = ["ensure_environment", "REQUIRED_MODULES"]
 REPO = Path(__file__).resolve().parent.parent
 VENV = REPO / ".venv"
 MARKER = VENV / ".chronofeat-installed"
-REQUIRED_MODULES = ("numpy", "pyarrow", "duckdb", "pydicom", "sklearn", "skimage", "cv2", "torch", "timm", "tqdm", "pytest")
+REQUIRED_MODULES = (
+    "numpy",
+    "pyarrow",
+    "duckdb",
+    "pydicom",
+    "sklearn",
+    "skimage",
+    "cv2",
+    "torch",
+    "timm",
+    "tqdm",
+    "pytest",
+)
 
 
 def _wanted_marker() -> str:

@@ -31,7 +31,9 @@ def tables_overview(store: Store) -> pa.Table:
             "table": [i.name for i in infos],
             "rows": pa.array([i.rows for i in infos], pa.int64()),
             "parts": pa.array([i.parts for i in infos], pa.int64()),
-            "producer": [table_kv_metadata(store, i.name, skip_damaged=True).get("chronofeat.producer", "") for i in infos],
+            "producer": [
+                table_kv_metadata(store, i.name, skip_damaged=True).get("chronofeat.producer", "") for i in infos
+            ],
             "columns": [", ".join(f"{f.name} {_type_text(f.type)}" for f in (i.schema or [])) for i in infos],
         }
     )

@@ -40,8 +40,9 @@ import pyarrow.parquet as pq
 
 from features.errors import DamagedPartError, StoreError
 from store._fs import exclusive_lock, fsync_dir
-from store.layout import DEFAULT_STORE, SECRET_FINGERPRINT_KEY, Store
+from store.layout import DEFAULT_STORE, Store
 from store.provenance import params_hash
+from store.secret import SECRET_FINGERPRINT_KEY
 from store.tables import PARAMS_HASH_KEY, PART_GLOB, TMP_PREFIX, part_kv_metadata
 
 __all__ = ["Finding", "CheckResult", "check_store", "QUARANTINE_MANIFEST"]
@@ -131,7 +132,10 @@ class CheckResult:
         lines = [head + f"{len(problems)} problem(s) found"]
         moved = self.moved
         if moved:
-            lines.append(f"moved {len(moved)} file(s) to {self.store / 'quarantine'} (list: {self.manifest}); nothing was deleted")
+            lines.append(
+                f"moved {len(moved)} file(s) to {self.store / 'quarantine'} (list: {self.manifest}); "
+                "nothing was deleted"
+            )
             reruns = list(dict.fromkeys(command for f in moved for command in f.rerun))
             if reruns:
                 lines.append("to recompute what was moved, run:")
@@ -227,7 +231,9 @@ def _read_part(path: Path, label: str, findings: list[Finding]) -> _Part | None:
         findings.append(Finding(label, path, "unreadable data", _reason(exc), QUARANTINE))
         return None
     if rows != expected:
-        findings.append(Finding(label, path, "row count", f"footer says {expected} rows, {rows} could be read", QUARANTINE))
+        findings.append(
+            Finding(label, path, "row count", f"footer says {expected} rows, {rows} could be read", QUARANTINE)
+        )
         return None
     return _Part(path, rows, schema.remove_metadata(), meta, batches)
 
@@ -258,24 +264,43 @@ def _check_schemas(label: str, parts: list[_Part], findings: list[Finding]) -> l
     return kept
 
 
+def _provenance_finding(label: str, part: _Part) -> Finding | None:
+    """Why ``part`` has no usable provenance (missing keys, or params that do not hash to its params_hash)."""
+    missing = [k.removeprefix("chronofeat.") for k in _PROVENANCE if k not in part.meta]
+    if missing:
+        return Finding(label, part.path, "no provenance",
+                       f"metadata lacks {', '.join(missing)}: not written by chronofeat's part writer", QUARANTINE)
+    recorded = part.meta[PARAMS_HASH_KEY]
+    try:
+        computed = params_hash(json.loads(part.meta["chronofeat.params"]), length=len(recorded))
+    except (ValueError, TypeError):
+        computed = None
+    if computed != recorded:
+        return Finding(label, part.path, "provenance mismatch",
+                       f"params_hash {recorded} is not the hash of the recorded params", QUARANTINE)
+    return None
+
+
+def _one_configuration(label: str, kept: list[_Part], findings: list[Finding]) -> list[_Part]:
+    """The parts of a feature table carrying its configuration (the one most parts carry, the oldest of equals)."""
+    counts = Counter(p.meta[PARAMS_HASH_KEY] for p in kept)
+    top = max(counts.values())
+    main = next(p.meta[PARAMS_HASH_KEY] for p in kept if counts[p.meta[PARAMS_HASH_KEY]] == top)
+    mixed = [p for p in kept if p.meta[PARAMS_HASH_KEY] != main]
+    for part in mixed:
+        findings.append(Finding(label, part.path, "config mixed",
+                                f"configuration {part.meta[PARAMS_HASH_KEY]}, the table's other parts have {main}",
+                                QUARANTINE))
+    return [p for p in kept if p not in mixed]
+
+
 def _check_provenance(label: str, parts: list[_Part], findings: list[Finding], fingerprint: str | None) -> list[_Part]:
     """Parts with complete, self-consistent provenance (and, for feature tables, one configuration)."""
     kept = []
     for part in parts:
-        missing = [k.removeprefix("chronofeat.") for k in _PROVENANCE if k not in part.meta]
-        if missing:
-            findings.append(Finding(label, part.path, "no provenance",
-                                    f"metadata lacks {', '.join(missing)}: not written by chronofeat's part writer",
-                                    QUARANTINE))
-            continue
-        recorded = part.meta[PARAMS_HASH_KEY]
-        try:
-            computed = params_hash(json.loads(part.meta["chronofeat.params"]), length=len(recorded))
-        except (ValueError, TypeError):
-            computed = None
-        if computed != recorded:
-            findings.append(Finding(label, part.path, "provenance mismatch",
-                                    f"params_hash {recorded} is not the hash of the recorded params", QUARANTINE))
+        problem = _provenance_finding(label, part)
+        if problem is not None:
+            findings.append(problem)
             continue
         stamped = part.meta.get(SECRET_FINGERPRINT_KEY)
         if fingerprint and stamped and stamped != fingerprint:
@@ -285,15 +310,7 @@ def _check_provenance(label: str, parts: list[_Part], findings: list[Finding], f
         kept.append(part)
     if label in _RESERVED or label.startswith("ingest/") or not kept:
         return kept
-    counts = Counter(p.meta[PARAMS_HASH_KEY] for p in kept)
-    top = max(counts.values())  # the configuration most parts carry (the oldest of equals) is the table's
-    main = next(p.meta[PARAMS_HASH_KEY] for p in kept if counts[p.meta[PARAMS_HASH_KEY]] == top)
-    mixed = [p for p in kept if p.meta[PARAMS_HASH_KEY] != main]
-    for part in mixed:
-        findings.append(Finding(label, part.path, "config mixed",
-                                f"configuration {part.meta[PARAMS_HASH_KEY]}, the table's other parts have {main}",
-                                QUARANTINE))
-    return [p for p in kept if p not in mixed]
+    return _one_configuration(label, kept, findings)
 
 
 def _check_keys(label: str, parts: list[_Part], columns: tuple[str, ...], findings: list[Finding]) -> list[_Part]:
@@ -306,17 +323,31 @@ def _check_keys(label: str, parts: list[_Part], columns: tuple[str, ...], findin
             continue
         absent = [c for c in columns if c not in part.schema.names]
         if absent:
-            findings.append(Finding(label, part.path, "missing key",
-                                    f"no {', '.join(absent)} column: rows cannot be matched to scans/pairs", QUARANTINE))
+            findings.append(
+                Finding(
+                    label,
+                    part.path,
+                    "missing key",
+                    f"no {', '.join(absent)} column: rows cannot be matched to scans/pairs",
+                    QUARANTINE,
+                )
+            )
             continue
         keys = []
         for batch in batches:
-            keys += list(zip(*(batch.column(c).to_pylist() for c in columns)))
+            keys += list(zip(*(batch.column(c).to_pylist() for c in columns), strict=True))
         counts = Counter(keys)
         inner = sum(n - 1 for n in counts.values() if n > 1)
         if inner:
-            findings.append(Finding(label, part.path, "duplicate keys",
-                                    f"{inner} row(s) repeat a {'/'.join(columns)} within the part (SQL shows both; feature loading keeps the first)"))
+            findings.append(
+                Finding(
+                    label,
+                    part.path,
+                    "duplicate keys",
+                    f"{inner} row(s) repeat a {'/'.join(columns)} within the part "
+                    "(SQL shows both; feature loading keeps the first)",
+                )
+            )
         unique = set(counts)
         repeated = unique & seen
         if unique and repeated == unique:
@@ -326,9 +357,16 @@ def _check_keys(label: str, parts: list[_Part], columns: tuple[str, ...], findin
                                     f"{' …' if len(older) > 2 else ''}; this newer copy is redundant", QUARANTINE))
             continue
         if repeated:
-            findings.append(Finding(label, part.path, "duplicate keys",
-                                    f"{len(repeated)} of {len(unique)} keys also in older parts (SQL shows both; feature loading keeps the "
-                                    "first). To rebuild cleanly, move the table folder aside and re-run its command"))
+            findings.append(
+                Finding(
+                    label,
+                    part.path,
+                    "duplicate keys",
+                    f"{len(repeated)} of {len(unique)} keys also in older parts "
+                    "(SQL shows both; feature loading keeps the "
+                    "first). To rebuild cleanly, move the table folder aside and re-run its command",
+                )
+            )
         for key in unique - seen:
             origin[key] = part.path
         seen |= unique
@@ -385,39 +423,51 @@ def _part_meta(path: Path) -> dict[str, str]:
         return {}
 
 
+def _rerun_ingest(store: Store, label: str, folder: Path, datasets: list[str], suffix: str) -> tuple[str, ...]:
+    """The ingest commands that rebuild a core table (``scans``, ``pairs``, ``datasets``) or an ingest index."""
+    if not label.startswith("ingest/"):
+        if datasets:  # scans and pairs are rebuilt per dataset from its index: every dataset must be ingested again
+            return tuple(f"python cli.py ingest --dataset {d}{suffix}" for d in datasets)
+        return (f"python cli.py ingest --dataset NAME{suffix}   (for each dataset of this store)",)
+    from store.ingest import (
+        index_location,  # index names are hashed: map them back through the dataset names
+    )
+
+    owners = [d for d in datasets if index_location(store, d).table == folder.name]
+    name = owners[0] if owners else f"NAME   (the dataset whose index is {folder.name})"
+    return (f"python cli.py ingest --dataset {name}{suffix}",)
+
+
+def _rerun_extract(finding: Finding, folder: Path, suffix: str) -> tuple[str, ...]:
+    """The extract commands that recompute the rows of a feature table's quarantined part."""
+    meta = _part_meta(finding.path) or next(
+        (m for m in (_part_meta(p) for p in sorted(folder.glob(PART_GLOB))) if m.get("chronofeat.producer")), {})
+    extractor = _extract_alias(meta)
+    targets = sorted(
+        {meta["chronofeat.dataset"]} if meta.get("chronofeat.dataset") else _column_values(folder, "dataset")
+    )
+    params = meta.get("chronofeat.params", "")
+    shown = params if len(params) <= 240 else params[:239] + "…"
+    options = f"   (with the options that made table {finding.table}: {shown})" if params and params != "{}" else ""
+    return tuple(f"python cli.py extract --extractor {extractor} --dataset {d}{suffix}{options}"
+                 for d in (targets or ["DATASET"]))
+
+
 def _rerun(store: Store, finding: Finding, folder: Path, datasets: list[str]) -> tuple[str, ...]:
     """The commands that recompute what the quarantined file of ``finding`` held (empty: nothing to redo)."""
     label = finding.table
     suffix = "" if store.root == Path(DEFAULT_STORE).resolve() else f" --store {store.root}"
     if finding.kind in ("stray temp file", "duplicate part", "config mixed", "no provenance"):
         return ()  # nothing of this table was lost: a leftover, a redundant copy, or rows that never belonged here
-    if label in ("scans", "pairs", "datasets"):
-        if datasets:  # scans and pairs are rebuilt per dataset from its index: every dataset must be ingested again
-            return tuple(f"python cli.py ingest --dataset {d}{suffix}" for d in datasets)
-        return (f"python cli.py ingest --dataset NAME{suffix}   (for each dataset of this store)",)
-    if label.startswith("ingest/"):
-        from store.ingest import (
-            index_location,  # index names are hashed: map them back through the dataset names
-        )
-
-        owners = [d for d in datasets if index_location(store, d)[1] == folder.name]
-        name = owners[0] if owners else f"NAME   (the dataset whose index is {folder.name})"
-        return (f"python cli.py ingest --dataset {name}{suffix}",)
+    if label in ("scans", "pairs", "datasets") or label.startswith("ingest/"):
+        return _rerun_ingest(store, label, folder, datasets, suffix)
     if label == "failures":
         return ()  # inputs whose failure rows moved away are simply tried again by the next ingest / extract
     if label in ("runs", "metrics", "predictions"):
         runs = sorted(_column_values_of(finding.path, "run_id"))
         which = f"runs {', '.join(runs[:5])}" if runs else "the runs missing from 'python cli.py runs'"
         return (f"python cli.py fit ...{suffix}   (the fit commands of {which})",)
-    meta = _part_meta(finding.path) or next(
-        (m for m in (_part_meta(p) for p in sorted(folder.glob(PART_GLOB))) if m.get("chronofeat.producer")), {})
-    extractor = _extract_alias(meta)
-    targets = sorted({meta["chronofeat.dataset"]} if meta.get("chronofeat.dataset") else _column_values(folder, "dataset"))
-    params = meta.get("chronofeat.params", "")
-    shown = params if len(params) <= 240 else params[:239] + "…"
-    options = f"   (with the options that made table {label}: {shown})" if params and params != "{}" else ""
-    return tuple(f"python cli.py extract --extractor {extractor} --dataset {d}{suffix}{options}"
-                 for d in (targets or ["DATASET"]))
+    return _rerun_extract(finding, folder, suffix)
 
 
 def _extract_alias(meta: dict[str, str]) -> str:
@@ -463,7 +513,10 @@ def _repair_table(store: Store, label: str, folder: Path, findings: list[Finding
     movable = [f for f in findings if f.action == QUARANTINE and f.path is not None]
     if not movable:
         return findings
-    busy = f"Table {label!r} is being written; repair skipped it: run 'python cli.py check --repair' again when it finishes."
+    busy = (
+        f"Table {label!r} is being written; repair skipped it: "
+        "run 'python cli.py check --repair' again when it finishes."
+    )
     try:
         with exclusive_lock(folder / ".lock", busy_message=busy, timeout_s=_LOCK_WAIT_S):
             updated = []

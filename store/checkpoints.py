@@ -45,7 +45,9 @@ def save_checkpoint(store: Store, name: str, key: str, state: dict[str, Any]) ->
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, lambda tmp: torch.save(state, tmp))
     except OSError as exc:
-        raise StoreError(f"Cannot write training checkpoint {path}: {exc}. Free disk space or fix permissions.") from exc
+        raise StoreError(
+            f"Cannot write training checkpoint {path}: {exc}. Free disk space or fix permissions."
+        ) from exc
     return path
 
 

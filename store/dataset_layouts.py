@@ -26,9 +26,12 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from features.errors import DatasetError
-from store.manifest import GivenPair
+
+if TYPE_CHECKING:  # annotations only: the parser of cli.py reads the layout names without pyarrow
+    from store.manifest import GivenPair
 
 __all__ = [
     "Layout",
@@ -252,6 +255,6 @@ def given_pairs(
         if not references or not comparisons:
             unresolved.append(given)
             continue
-        for reference, comparison in zip(references, comparisons):
+        for reference, comparison in zip(references, comparisons, strict=False):
             rows.append(_pair(dataset, reference, comparison, "given", given.label))
     return rows, unresolved

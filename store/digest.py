@@ -179,7 +179,12 @@ def float_content(frame: np.ndarray) -> FrameContent:
 
 
 def stored_content(
-    frame: np.ndarray, *, photometric: str, slope: float | None, intercept: float | None, value_range: tuple[float, float]
+    frame: np.ndarray,
+    *,
+    photometric: str,
+    slope: float | None,
+    intercept: float | None,
+    value_range: tuple[float, float],
 ) -> FrameContent:
     """The content of a greyscale DICOM frame as its stored integers plus the mapping to float32."""
     little = frame.dtype.newbyteorder("<")

@@ -116,7 +116,7 @@ def record_failures(store: Store, failures: Iterable[Failure], *, producer: str)
     with table_lock(store, TABLE):
         old = _read_all(store)
         if old.num_rows:
-            ids = zip(old.column("dataset").to_pylist(), old.column("key").to_pylist(), _steps(old))
+            ids = zip(old.column("dataset").to_pylist(), old.column("key").to_pylist(), _steps(old), strict=True)
             keep = pa.array([i not in latest for i in ids], type=pa.bool_())
             new = pa.concat_tables([old.filter(keep), new])
         replace_table(store, TABLE, new, metadata=part_metadata(producer=producer), locked=True)
@@ -147,7 +147,7 @@ def resolve_failures(
             d == dataset and k in wanted and s == step and r is None
             for d, k, s, r in zip(
                 table.column("dataset").to_pylist(), table.column("key").to_pylist(), _steps(table),
-                table.column("resolved_at").to_pylist(),
+                table.column("resolved_at").to_pylist(), strict=True,
             )
         ]
         count = sum(hit)

@@ -37,6 +37,15 @@ from store.tables import (
     table_kv_metadata,
     table_parts,
 )
+from store.units import (
+    MEMBER_HASHES,
+    SCAN_SOURCE,
+    SPECIMEN_ID,
+    UNIT_KINDS,
+    read_units,
+    unit_sql,
+    with_source_sha256,
+)
 
 __all__ = [
     "RESERVED_TABLES",
@@ -52,9 +61,8 @@ __all__ = [
 ]
 
 RESERVED_TABLES = frozenset({"scans", "pairs", "failures", "datasets", "runs", "metrics", "predictions"})
-UNITS = ("scans", "pairs", "specimens")
+UNITS = UNIT_KINDS
 _KEY_OF_UNIT = {unit: key for key, unit in UNIT_OF_KEY.items()}
-_SPECIMEN_ID = "sha256(subject || chr(0) || coalesce(CAST(time_index AS VARCHAR), ''))[1:32]"
 
 
 def unit_key(unit: str) -> str:
@@ -108,10 +116,6 @@ def feature_tables(store: Store) -> dict[str, FeatureTableInfo]:
     return found
 
 
-def _arrow(con, sql: str, params: list | None = None) -> pa.Table:
-    return relation_to_arrow(con.sql(sql, params=params or None))
-
-
 def datasets_with_features(store: Store) -> dict[str, list[str]]:
     """Datasets of ``scans`` that have at least one feature table, mapped to those tables' names."""
     if not table_exists(store, "scans"):
@@ -129,8 +133,10 @@ def datasets_with_features(store: Store) -> dict[str, list[str]]:
                 elif info.key == "pair_id" and table_exists(store, "pairs"):
                     sql = f'SELECT DISTINCT p.dataset FROM pairs p JOIN "{name}" f ON f.pair_id = p.pair_id'
                 else:
-                    sql = (f'SELECT DISTINCT s.dataset FROM (SELECT dataset, {_SPECIMEN_ID} AS specimen_id FROM scans) s '
-                           f'JOIN "{name}" f ON f.specimen_id = s.specimen_id')
+                    sql = (
+                        f"SELECT DISTINCT s.dataset FROM (SELECT dataset, {SPECIMEN_ID} AS specimen_id FROM scans) s "
+                        f'JOIN "{name}" f ON f.specimen_id = s.specimen_id'
+                    )
                 named = {r[0] for r in con.execute(sql).fetchall()}
             for dataset in named & set(out):
                 out[dataset].append(name)
@@ -146,6 +152,51 @@ def _columns_of(store: Store, table: str) -> list[str]:
     return []
 
 
+# Scan columns that are no labels: pairs take the rest from their comparison scan, specimens any member's.
+_SCAN_CORE = frozenset({"scan_id", "pixel_sha256", "dataset", "subject", "time_index", "days_from_baseline", "path",
+                        "frame", "rows", "cols", "channels", "window_center", "window_width", "modality"})
+
+
+def _require_tables(store: Store, dataset: str, unit: str) -> None:
+    needed = "pairs" if unit == "pairs" else "scans"
+    for table in ("scans", needed):
+        if not table_exists(store, table):
+            raise DatasetError(
+                f"The store {store.root} has no {table!r} table; run 'python cli.py ingest --dataset {dataset}' first."
+            )
+        require_readable(store, table)
+
+
+def _scan_label_units(con, store: Store, dataset: str, reference_mode: str | None) -> pa.Table:
+    sql = unit_sql("scans", f"scan_id AS key, {SCAN_SOURCE}, *", order="subject, time_index NULLS LAST, scan_id")
+    return read_units(con, sql, [dataset])
+
+
+def _pair_label_units(con, store: Store, dataset: str, reference_mode: str | None) -> pa.Table:
+    scan_cols = _columns_of(store, "scans")
+    pair_cols = _columns_of(store, "pairs")
+    extra = [c for c in scan_cols if c not in pair_cols and c not in _SCAN_CORE]
+    shared_labels = [c for c in ("label", "split") if c in pair_cols and c in scan_cols]
+    select_extra = "".join(f', c."{c}"' for c in extra)
+    select_shared = "".join(f', coalesce(p."{c}", c."{c}") AS "{c}"' for c in shared_labels)
+    exclude = f"EXCLUDE ({', '.join(shared_labels)})" if shared_labels else ""
+    select = (f"p.pair_id AS key, p.* {exclude} {select_shared}, "
+              f"r.pixel_sha256 AS ref_pixel_sha256, c.pixel_sha256 AS cmp_pixel_sha256 {select_extra}")
+    sql = unit_sql("pairs", select, by_mode=bool(reference_mode), order="p.subject, p.time_index NULLS LAST, p.pair_id")
+    units = read_units(con, sql, [dataset] + ([reference_mode] if reference_mode else []))
+    return with_source_sha256(units, "pairs")
+
+
+def _specimen_label_units(con, store: Store, dataset: str, reference_mode: str | None) -> pa.Table:
+    skip = _SCAN_CORE | {"slice", "view"}
+    labels = "".join(f', any_value("{c}") AS "{c}"' for c in _columns_of(store, "scans") if c not in skip)
+    units = read_units(con, unit_sql("specimens", MEMBER_HASHES + labels, key="key"), [dataset])
+    return with_source_sha256(units, "specimens")
+
+
+_LABEL_UNITS = {"scans": _scan_label_units, "pairs": _pair_label_units, "specimens": _specimen_label_units}
+
+
 def load_units(store: Store, dataset: str, unit: str, *, reference_mode: str | None = None) -> pa.Table:
     """The units of ``dataset``: one row per scan, pair (of ``reference_mode``, all when None) or specimen.
 
@@ -153,61 +204,15 @@ def load_units(store: Store, dataset: str, unit: str, *, reference_mode: str | N
     every label column (``label``, ``labels``, dataset-specific ones, ``split`` if present); pairs add
     ``reference_scan_id``, ``comparison_scan_id``, ``ref_pixel_sha256``, ``cmp_pixel_sha256`` and take
     label columns the pairs table lacks from the comparison scan (``label`` falls back to it when null).
-    Ordered by subject, time and key, so results do not depend on the order of parts on disk.
+    Ordered by subject, time and key, so results do not depend on the order of parts on disk. The units
+    and their ``source_sha256`` are those of ``store.units`` (the extractors' units).
     """
     if unit not in UNITS:
         raise DatasetError(f"Unknown unit {unit!r}; use one of {', '.join(UNITS)}.")
-    needed = "pairs" if unit == "pairs" else "scans"
-    for table in ("scans", needed):
-        if not table_exists(store, table):
-            raise DatasetError(f"The store {store.root} has no {table!r} table; run 'python cli.py ingest --dataset {dataset}' first.")
-        require_readable(store, table)
-    scan_cols = _columns_of(store, "scans")
+    _require_tables(store, dataset, unit)
     con = connect(store)
     try:
-        if unit == "scans":
-            units = _arrow(con, "SELECT scan_id AS key, pixel_sha256 AS source_sha256, * FROM scans WHERE dataset = ? "
-                                "ORDER BY subject, time_index NULLS LAST, scan_id", [dataset])
-        elif unit == "pairs":
-            pair_cols = _columns_of(store, "pairs")
-            core = {"scan_id", "pixel_sha256", "dataset", "subject", "time_index", "days_from_baseline", "path",
-                    "frame", "rows", "cols", "channels", "window_center", "window_width", "modality"}
-            extra = [c for c in scan_cols if c not in pair_cols and c not in core]
-            shared_labels = [c for c in ("label", "split") if c in pair_cols and c in scan_cols]
-            select_extra = "".join(f', c."{c}"' for c in extra)
-            select_shared = "".join(f', coalesce(p."{c}", c."{c}") AS "{c}"' for c in shared_labels)
-            exclude = f"EXCLUDE ({', '.join(shared_labels)})" if shared_labels else ""
-            where = "p.dataset = ?" + (" AND p.reference_mode = ?" if reference_mode else "")
-            params = [dataset] + ([reference_mode] if reference_mode else [])
-            units = _arrow(con, f"""
-                SELECT p.pair_id AS key, p.* {exclude} {select_shared},
-                       r.pixel_sha256 AS ref_pixel_sha256, c.pixel_sha256 AS cmp_pixel_sha256 {select_extra}
-                FROM pairs p
-                JOIN scans r ON r.scan_id = p.reference_scan_id
-                JOIN scans c ON c.scan_id = p.comparison_scan_id
-                WHERE {where}
-                ORDER BY p.subject, p.time_index NULLS LAST, p.pair_id""", params)
-            from store.provenance import (
-                combine_hashes,  # the one definition of a pair's source hash
-            )
-
-            hashes = [combine_hashes(a, b) for a, b in zip(units.column("ref_pixel_sha256").to_pylist(),
-                                                            units.column("cmp_pixel_sha256").to_pylist())]
-            units = units.append_column("source_sha256", pa.array(hashes, pa.string()))
-        else:
-            skip = {"scan_id", "pixel_sha256", "dataset", "subject", "time_index", "path", "frame", "slice", "view",
-                    "rows", "cols", "channels", "window_center", "window_width", "modality", "days_from_baseline"}
-            labels = "".join(f', any_value("{c}") AS "{c}"' for c in scan_cols if c not in skip)
-            units = _arrow(con, f"""
-                SELECT {_SPECIMEN_ID} AS key, subject, time_index,
-                       list(pixel_sha256 ORDER BY view, scan_id) AS pixel_sha256s {labels}
-                FROM scans WHERE dataset = ?
-                GROUP BY subject, time_index
-                ORDER BY subject, time_index NULLS LAST""", [dataset])
-            from store.provenance import combine_hashes
-
-            hashes = [combine_hashes(*h) for h in units.column("pixel_sha256s").to_pylist()]
-            units = units.append_column("source_sha256", pa.array(hashes, pa.string()))
+        units = _LABEL_UNITS[unit](con, store, dataset, reference_mode)
     finally:
         con.close()
     if units.num_rows == 0:
@@ -250,8 +255,12 @@ def load_matrix(store: Store, table: str, key: str, columns: list[str], wanted: 
             result = relation_to_arrow(con.sql(f'SELECT f."{key}" AS k, {cols} FROM "{table}" f'))
         else:
             con.register("wanted", wanted)
-            result = relation_to_arrow(con.sql(
-                f'SELECT f."{key}" AS k, {cols} FROM "{table}" f JOIN wanted w ON f."{key}" = w.k AND f.source_sha256 = w.h'))
+            result = relation_to_arrow(
+                con.sql(
+                    f'SELECT f."{key}" AS k, {cols} FROM "{table}" f '
+                    f'JOIN wanted w ON f."{key}" = w.k AND f.source_sha256 = w.h'
+                )
+            )
     finally:
         con.close()
     blocks = []
@@ -317,7 +326,8 @@ def load_feature_set(store: Store, feature_set: FeatureSet, units: pa.Table, uni
             known = ", ".join(sorted(tables)) or "none yet"
             raise TableNotFoundError(
                 f"Feature table {term.table!r} does not exist in {store.root} (feature tables: {known}). "
-                f"Run 'python cli.py extract --extractor ... --dataset ...' to compute it, or choose another --features."
+                "Run 'python cli.py extract --extractor ... --dataset ...' "
+                "to compute it, or choose another --features."
             )
         hashes[term.table] = info.params_hash
         if term.mode is not None:
@@ -338,14 +348,20 @@ def load_feature_set(store: Store, feature_set: FeatureSet, units: pa.Table, uni
             cmp_index = np.array([position.get(k, -1) for k in cmp_ids], dtype=np.int64)
             ok = (ref_index >= 0) & (cmp_index >= 0)
             all_keys = np.concatenate([ref_ids, cmp_ids])
-            stale[term.table] = _count_stale(store, term.table, "scan_id", all_keys, set(keys.tolist()), pair_rows=(ref_ids, cmp_ids))
+            stale[term.table] = _count_stale(
+                store, term.table, "scan_id", all_keys, set(keys.tolist()), pair_rows=(ref_ids, cmp_ids)
+            )
             blocks.append(Block(str(term), matrix, np.where(ok, cmp_index, 0), np.where(ok, ref_index, 0), term.mode))
         else:
             if info.key != unit_key_column:
-                hint = f"Add a pair mode, e.g. '{term.table}:diff' or '{term.table}:concat'." if info.key == "scan_id" and unit == "pairs" else \
-                    "Choose a feature table keyed like the target unit, or another --target/--features."
+                hint = (
+                    f"Add a pair mode, e.g. '{term.table}:diff' or '{term.table}:concat'."
+                    if info.key == "scan_id" and unit == "pairs"
+                    else "Choose a feature table keyed like the target unit, or another --target/--features."
+                )
                 raise EvaluationError(
-                    f"Feature table {term.table!r} is keyed by {info.key} but the target unit is {unit} ({unit_key_column}). {hint}"
+                    f"Feature table {term.table!r} is keyed by {info.key} "
+                    f"but the target unit is {unit} ({unit_key_column}). {hint}"
                 )
             keys_u = units.column("key").to_numpy(zero_copy_only=False)
             wanted = _wanted(keys_u, units.column("source_sha256").to_numpy(zero_copy_only=False))
@@ -375,7 +391,7 @@ def _finite_positions(keys: np.ndarray, matrix: np.ndarray, table: str, nonfinit
     nonfinite[table] = int((~finite).sum())
     if finite.all():
         return {k: i for i, k in enumerate(keys)}
-    return {k: i for i, (k, ok) in enumerate(zip(keys, finite)) if ok}
+    return {k: i for i, (k, ok) in enumerate(zip(keys, finite, strict=True)) if ok}
 
 
 def _count_stale(store: Store, table: str, key: str, wanted_keys, found: set, pair_rows=None) -> int:
@@ -386,10 +402,15 @@ def _count_stale(store: Store, table: str, key: str, wanted_keys, found: set, pa
     con = _connect_table(store, table, None)
     try:
         con.register("missing", pa.table({"k": pa.array(sorted(missing), pa.string())}))
-        stored = {r[0] for r in con.execute(f'SELECT DISTINCT f."{key}" FROM "{table}" f JOIN missing m ON f."{key}" = m.k').fetchall()}
+        stored = {
+            r[0]
+            for r in con.execute(
+                f'SELECT DISTINCT f."{key}" FROM "{table}" f JOIN missing m ON f."{key}" = m.k'
+            ).fetchall()
+        }
     finally:
         con.close()
     if pair_rows is None:
         return len(stored)
     ref_ids, cmp_ids = pair_rows
-    return int(sum(1 for a, b in zip(ref_ids, cmp_ids) if a in stored or b in stored))
+    return int(sum(1 for a, b in zip(ref_ids, cmp_ids, strict=True) if a in stored or b in stored))

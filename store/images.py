@@ -181,7 +181,7 @@ def _read_npy(path, label: str, budget: int | None) -> np.ndarray:
     from numpy.lib import format as npy
 
     try:
-        handle = open(path, "rb") if isinstance(path, (str, Path)) else path
+        handle = open(path, "rb") if isinstance(path, (str, Path)) else path  # noqa: SIM115 (closed below)
     except OSError as exc:
         raise _npy_not_loaded(label, exc) from None
     try:

@@ -42,10 +42,9 @@ import hashlib
 import multiprocessing
 import os
 import re
-import stat
 import sys
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
@@ -53,6 +52,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -72,11 +72,12 @@ from store.dataset_layouts import (
     longitudinal_pairs,
     pair_id,
     scan_id,
-    time_index_from_days,
 )
 from store.digest import keyed_sha256
 from store.failures import Failure, open_failures, record_failures, resolve_failures
-from store.layout import SECRET_FINGERPRINT_KEY, Store, secret_fingerprint
+from store.ingest_derive import derive_scans, scans_table
+from store.ingest_inputs import InputFile, list_inputs, resolve_root
+from store.layout import Store
 from store.limits import max_decoded_bytes
 from store.manifest import (
     MANIFEST_NAME,
@@ -90,10 +91,11 @@ from store.paths import IdentifyingValues, redact_components, redacted_tags, sto
 from store.pixels import read_contents
 from store.provenance import part_metadata
 from store.pseudonym import Pseudonymizer, redact
-from store.schema import DATASETS, PAIRS_CORE, SCANS_CORE
+from store.schema import DATASETS, PAIRS_CORE
+from store.secret import SECRET_FINGERPRINT_KEY, load_secret, secret_fingerprint
 from store.tables import read_table, replace_table, table_exists, table_lock, write_part
 
-__all__ = ["IngestSummary", "INDEX_SCHEMA", "ingest_dataset", "index_location", "DEFAULT_CHUNK_SIZE"]
+__all__ = ["IngestSummary", "INDEX_SCHEMA", "IndexLocation", "ingest_dataset", "index_location", "DEFAULT_CHUNK_SIZE"]
 
 PRODUCER = "store.ingest"
 DEFAULT_CHUNK_SIZE = 128
@@ -164,24 +166,11 @@ class IngestSummary:
         )
         if self.failed:
             line += (
-                f". See: python cli.py sql \"SELECT path, message FROM failures WHERE dataset = '{self.dataset}' AND resolved_at IS NULL\""
+                f". See: python cli.py sql \"SELECT path, message FROM failures WHERE dataset = '{self.dataset}' "
+                "AND resolved_at IS NULL\""
             )
         return line
 
-
-@dataclass(frozen=True)
-class _Item:
-    """One input: ``path`` is its real path relative to the root (undecodable bytes as surrogates) and
-    ``subject`` the manifest's raw subject; both stay in memory. ``status``: ``file`` (a regular file,
-    or a link to one inside the root), ``missing``, ``special`` (FIFO, socket, device), ``outside``
-    (a symbolic link leading out of the root) or ``unlisted`` (a folder that could not be listed)."""
-
-    path: str
-    key: str
-    status: str
-    in_manifest: bool
-    detail: str = ""
-    subject: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -197,10 +186,18 @@ class _Failed:
     identifying: tuple[str, ...] = field(default=(), repr=False)
 
 
+
 # ----------------------------------------------------------------------------------------- locations
 
 
-def index_location(store: Store, dataset: str) -> tuple[Store, str]:
+class IndexLocation(NamedTuple):
+    """Where a dataset's private index lives: a store rooted at ``<store>/ingest`` and the table in it."""
+
+    store: Store
+    table: str
+
+
+def index_location(store: Store, dataset: str) -> IndexLocation:
     """The private index of ``dataset``: a store rooted at ``<store>/ingest`` and the table name in it.
 
     The name carries the index version: an index written by an older version (unkeyed identities) is
@@ -208,7 +205,7 @@ def index_location(store: Store, dataset: str) -> tuple[Store, str]:
     """
     slug = re.sub(r"[^a-z0-9_]", "_", dataset.lower())[:40]
     digest = hashlib.sha256(dataset.encode("utf-8")).hexdigest()[:8]
-    return Store(store.root / "ingest"), f"ds_{slug}_{digest}_v{INDEX_VERSION}"
+    return IndexLocation(Store(store.root / "ingest"), f"ds_{slug}_{digest}_v{INDEX_VERSION}")
 
 
 def _check_dataset_name(dataset: str) -> None:
@@ -227,120 +224,6 @@ def _dataset_record(store: Store, dataset: str) -> dict | None:
     return rows[-1] if rows else None
 
 
-def _resolve_root(root: str | os.PathLike) -> tuple[Path, Path | None]:
-    """The dataset folder and its manifest file (``root`` may name the manifest CSV itself)."""
-    path = Path(root).expanduser().resolve()
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return path.parent, path
-    if not path.is_dir():
-        raise DatasetError(f"Dataset root {path} is not a folder (or a manifest .csv file). Check --root.")
-    manifest = path / MANIFEST_NAME
-    return path, (manifest if manifest.is_file() else None)
-
-
-# ------------------------------------------------------------------------------------------ listing
-
-
-def _inside(root: str, target: str) -> bool:
-    return target == root or target.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _kind_of(mode: int) -> tuple[str, str]:
-    """``(status, detail)`` of a file of ``mode`` (as ``stat`` follows links)."""
-    if stat.S_ISREG(mode):
-        return "file", ""
-    if stat.S_ISDIR(mode):
-        return "special", "folder"
-    if stat.S_ISFIFO(mode):
-        return "special", "FIFO"
-    if stat.S_ISSOCK(mode):
-        return "special", "socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "special", "device"
-    return "special", "special file"
-
-
-def _classify(root: str, full: str) -> tuple[str, str]:
-    """``(status, detail)`` of the entry at ``full`` (below ``root``), without opening it."""
-    if not os.path.lexists(full):
-        return "missing", ""
-    if not _inside(root, os.path.realpath(full)):
-        return "outside", "symbolic link"
-    try:
-        mode = os.stat(full).st_mode
-    except OSError:
-        return "missing", "broken symbolic link"
-    return _kind_of(mode)
-
-
-def _walk(root: Path, dicom_only: bool, skip: set[str]) -> Iterator[tuple[str, str, str]]:
-    """``(relative path, status, detail)`` of every entry under ``root`` that is an input: hidden names and
-    ``skip`` excluded, only ``*.dcm`` with ``dicom_only``. Symbolic links to folders are not followed; one
-    that leads out of the root is reported (``outside``), and so is a folder that cannot be listed
-    (``unlisted``)."""
-    base = str(root)
-    pending = [""]
-    while pending:
-        relative_dir = pending.pop()
-        try:
-            with os.scandir(os.path.join(base, relative_dir) if relative_dir else base) as listing:
-                entries = list(listing)
-        except OSError as exc:
-            if not relative_dir:
-                raise DatasetError(
-                    f"Dataset root {root} cannot be listed ({exc.strerror or type(exc).__name__}). Check its "
-                    "permissions."
-                ) from None
-            yield relative_dir, "unlisted", exc.strerror or type(exc).__name__
-            continue
-        for entry in entries:
-            name = entry.name
-            if name.startswith("."):
-                continue
-            relative = f"{relative_dir}/{name}" if relative_dir else name
-            wanted = relative not in skip and (not dicom_only or name.lower().endswith(".dcm"))
-            try:
-                link = entry.is_symlink()
-                folder = entry.is_dir()  # follows a link
-                regular = not link and entry.is_file(follow_symlinks=False)
-            except OSError:
-                link = folder = regular = False
-            if link:
-                if not _inside(base, os.path.realpath(entry.path)):
-                    if folder or wanted:
-                        yield relative, "outside", "symbolic link"
-                elif wanted and not folder:  # a link to a folder inside the root is not followed
-                    yield (relative, *_classify(base, entry.path))
-            elif folder:
-                pending.append(relative)
-            elif wanted:
-                yield (relative, "file", "") if regular else (relative, *_classify(base, entry.path))
-
-
-def _list_files(
-    root: Path, layout: Layout, manifest: Manifest | None, manifest_file: Path | None, *, secret: bytes, dataset: str
-) -> list[_Item]:
-    """Every input, sorted by path: entries in the folder (hidden ones and the CSVs excluded; only
-    ``*.dcm`` for the DICOM layouts) plus every path the manifest lists. Nothing is opened."""
-    skip = {MANIFEST_NAME, PAIRS_NAME}
-    if manifest_file is not None and manifest_file.parent == root:
-        skip.add(manifest_file.name)
-    found = {relative: (status, detail) for relative, status, detail in _walk(root, layout.dicom_only, skip)}
-    rows = manifest.rows if manifest else {}
-    for relative in rows:
-        if relative not in found:
-            found[relative] = _classify(str(root), os.path.join(str(root), *relative.split("/")))
-    items = []
-    for relative in sorted(found):
-        status, detail = found[relative]
-        entry = rows.get(relative)
-        items.append(_Item(
-            path=relative, key=scan_id(secret, dataset, relative, 0), status=status, in_manifest=entry is not None,
-            detail=detail, subject=entry.subject if entry is not None else None,
-        ))
-    return items
-
-
 # ------------------------------------------------------------------------------------------- index
 
 
@@ -349,7 +232,7 @@ def _coded(value: str, layout: Layout, identifying: IdentifyingValues, *, free_t
     return OTHER_VIEW if view and identifying.found_in(view) else view
 
 
-def _header_fields(decoded, item: _Item, pseudonyms: Pseudonymizer, identifying: IdentifyingValues) -> dict:
+def _header_fields(decoded, item: InputFile, pseudonyms: Pseudonymizer, identifying: IdentifyingValues) -> dict:
     header = decoded.header
     if header is None:
         return {
@@ -384,7 +267,7 @@ def _clean(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def _scrub(text: str, item: _Item, base: Path) -> str:
+def _scrub(text: str, item: InputFile, base: Path) -> str:
     """A third-party message with the file's absolute and relative paths replaced by ``_FILE``."""
     for form in (str(base / item.path), item.path):
         text = text.replace(form, _FILE)
@@ -414,10 +297,98 @@ _NOT_READ = {
 }
 
 
+class _ChunkResult(NamedTuple):
+    """What decoding a chunk gave: index rows (one per frame) and failures."""
+
+    rows: list[dict]
+    failures: list[_Failed]
+
+
+class _ReadFile(NamedTuple):
+    """A decoded file: its contents, its index fields from the header, and its identifying values."""
+
+    decoded: object
+    fields: dict
+    identifying: tuple[str, ...]
+
+
+def _not_read(item: InputFile) -> _Failed:
+    """The failure of an input that is not a regular file (missing, special, outside, unlisted)."""
+    error_class, stage, message = _NOT_READ[item.status]
+    return _Failed(
+        item.key, item.path, stage, error_class, message.format(detail=item.detail or "special file"),
+        (item.subject,) if item.subject else (),
+    )
+
+
+def _identifiers(item: InputFile, decoded) -> tuple[str, ...]:
+    """The file's identifying values: the manifest's subject and the header's identifiers."""
+    manifest_values = (item.subject,) if item.subject else ()
+    return manifest_values + (decoded.header.identifiers if decoded is not None and decoded.header else ())
+
+
+def _read_file(
+    item: InputFile, *, base: Path, pseudonyms: Pseudonymizer, hasher: FrameHasher, max_bytes: int | None
+) -> _ReadFile | _Failed:
+    """Decode one regular file, or the failure that names why it could not be."""
+    decoded = None
+    try:
+        decoded = read_contents(base / item.path, name=_FILE, defer_pixels=hasher.helper, max_bytes=max_bytes)
+        if decoded.kind != "dicom" and not item.in_manifest:
+            raise DatasetError(
+                f"{_FILE}: a {decoded.kind.upper()} image needs a row in {MANIFEST_NAME} (columns path, "
+                "subject, time or date, view, label...) to say whose it is. Add the row."
+            )
+        values = _identifiers(item, decoded)
+        return _ReadFile(decoded, _header_fields(decoded, item, pseudonyms, IdentifyingValues(values)), values)
+    except ChronofeatError as exc:
+        values = _identifiers(item, decoded)
+        message = _scrub(str(exc), item, base)
+        return _Failed(item.key, item.path, "ingest:decode", type(exc).__name__, message, values)
+    except Exception as exc:  # a bug or an exotic file must not stop the run: record it
+        values = _identifiers(item, decoded)
+        detail = _scrub(" ".join(str(exc).split())[:200], item, base)
+        message = redact(
+            f"{_FILE}: unexpected {type(exc).__name__} while reading it ({detail}). "
+            "Check the file; report this if it is a valid image.", values,
+        )
+        return _Failed(item.key, item.path, "ingest:decode", type(exc).__name__, message, values)
+
+
+def _frame_rows(item: InputFile, read: _ReadFile, *, secret: bytes, dataset: str) -> list[dict]:
+    """One index row per frame of a decoded file (``pixel_sha256`` still to be computed)."""
+    shape = read.decoded.shape
+    stored = stored_path(item.path, secret=secret, identifying=IdentifyingValues(read.identifying))
+    return [
+        {
+            "file_key": item.key, "scan_id": scan_id(secret, dataset, item.path, index), "path": stored,
+            "_path": item.path, "_identifying": read.identifying, "frame": index, "frames": int(shape[0]),
+            "kind": read.decoded.kind, "pixel_sha256": None, "rows": int(shape[1]), "cols": int(shape[2]),
+            "channels": int(shape[3]) if len(shape) == 4 else 1, **read.fields,
+        }
+        for index in range(len(read.decoded.contents))
+    ]
+
+
+def _hashed(rows: list[dict], failures: list[_Failed], hasher: FrameHasher, secret: bytes) -> list[dict]:
+    """``rows`` with their keyed pixel hashes, less the files whose frames could not be hashed (those are
+    added to ``failures``)."""
+    unhashed: dict[str, tuple[str, tuple[str, ...], str]] = {}
+    for row, message in hasher.finish():
+        unhashed.setdefault(row["file_key"], (row["_path"], row["_identifying"], message))
+    if unhashed:  # a file that changed under us: its other frames go too, so a rerun reads it whole
+        rows = [row for row in rows if row["file_key"] not in unhashed]
+        for key, (path, values, message) in unhashed.items():
+            failures.append(_Failed(key, path, "ingest:decode", "DecodeError", message, values))
+    for row in rows:
+        row["pixel_sha256"] = keyed_sha256(secret, row["pixel_sha256"])
+    return rows
+
+
 def _decode_chunk(
-    items: Sequence[_Item], *, root: str, dataset: str, secret: bytes, max_bytes: int | None = None,
+    items: Sequence[InputFile], *, root: str, dataset: str, secret: bytes, max_bytes: int | None = None,
     hasher: FrameHasher | None = None,
-) -> tuple[list[dict], list[_Failed]]:
+) -> _ChunkResult:
     """Decode ``items`` (runs in a worker process or in the caller); index rows and failures back.
 
     A row's ``path`` is the file's own stored path; rows also carry the real path (``_path``) and
@@ -437,72 +408,27 @@ def _decode_chunk(
     failures: list[_Failed] = []
     base = Path(root)
     for item in items:
-        manifest_values = (item.subject,) if item.subject else ()
         if item.status != "file":
-            error_class, stage, message = _NOT_READ[item.status]
-            failures.append(_Failed(
-                item.key, item.path, stage, error_class, message.format(detail=item.detail or "special file"),
-                manifest_values,
-            ))
+            failures.append(_not_read(item))
             continue
-        decoded = None
-        try:
-            decoded = read_contents(base / item.path, name=_FILE, defer_pixels=hasher.helper, max_bytes=max_bytes)
-            if decoded.kind != "dicom" and not item.in_manifest:
-                raise DatasetError(
-                    f"{_FILE}: a {decoded.kind.upper()} image needs a row in {MANIFEST_NAME} (columns path, "
-                    "subject, time or date, view, label...) to say whose it is. Add the row."
-                )
-            values = manifest_values + (decoded.header.identifiers if decoded.header else ())
-            fields = _header_fields(decoded, item, pseudonyms, IdentifyingValues(values))
-        except ChronofeatError as exc:
-            values = manifest_values + (decoded.header.identifiers if decoded is not None and decoded.header else ())
-            message = _scrub(str(exc), item, base)
-            failures.append(_Failed(item.key, item.path, "ingest:decode", type(exc).__name__, message, values))
+        read = _read_file(item, base=base, pseudonyms=pseudonyms, hasher=hasher, max_bytes=max_bytes)
+        if isinstance(read, _Failed):
+            failures.append(read)
             continue
-        except Exception as exc:  # a bug or an exotic file must not stop the run: record it
-            values = manifest_values + (decoded.header.identifiers if decoded is not None and decoded.header else ())
-            detail = _scrub(" ".join(str(exc).split())[:200], item, base)
-            message = redact(
-                f"{_FILE}: unexpected {type(exc).__name__} while reading it ({detail}). "
-                "Check the file; report this if it is a valid image.", values,
-            )
-            failures.append(_Failed(item.key, item.path, "ingest:decode", type(exc).__name__, message, values))
-            continue
-        shape = decoded.shape
-        stored = stored_path(item.path, secret=secret, identifying=IdentifyingValues(values))
-        for index, content in enumerate(decoded.contents):
-            row = {
-                "file_key": item.key, "scan_id": scan_id(secret, dataset, item.path, index), "path": stored,
-                "_path": item.path, "_identifying": values, "frame": index, "frames": int(shape[0]),
-                "kind": decoded.kind, "pixel_sha256": None, "rows": int(shape[1]), "cols": int(shape[2]),
-                "channels": int(shape[3]) if len(shape) == 4 else 1, **fields,
-            }
+        for row, content in zip(_frame_rows(item, read, secret=secret, dataset=dataset), read.decoded.contents,
+                                strict=True):
             rows.append(row)
             hasher.add(row, content)
-    unhashed: dict[str, tuple[str, tuple[str, ...], str]] = {}
-    for row, message in hasher.finish():
-        unhashed.setdefault(row["file_key"], (row["_path"], row["_identifying"], message))
-    if unhashed:  # a file that changed under us: its other frames go too, so a rerun reads it whole
-        rows = [row for row in rows if row["file_key"] not in unhashed]
-        for key, (path, values, message) in unhashed.items():
-            failures.append(_Failed(key, path, "ingest:decode", "DecodeError", message, values))
-    for row in rows:
-        row["pixel_sha256"] = keyed_sha256(secret, row["pixel_sha256"])
-    return rows, failures
+    return _ChunkResult(_hashed(rows, failures, hasher, secret), failures)
 
-
-def _chunks(items: list[_Item], size: int) -> list[list[_Item]]:
+def _chunks(items: list[InputFile], size: int) -> list[list[InputFile]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-_ChunkResult = tuple[list[dict], list[_Failed]]
 
 
 @contextmanager
 def _decoded_chunks(
-    chunks: list[list[_Item]], work, workers: int
-) -> Iterator[Iterator[tuple[list[_Item], _ChunkResult]]]:
+    chunks: list[list[InputFile]], work, workers: int
+) -> Iterator[Iterator[tuple[list[InputFile], _ChunkResult]]]:
     """``(chunk, work(chunk))`` for every chunk, in completion order: in this process alone, or here
     and in ``workers - 1`` worker processes.
 
@@ -518,9 +444,9 @@ def _decoded_chunks(
     helpers = min(workers - 1, len(chunks) - 1)
     pool = ProcessPoolExecutor(max_workers=helpers, mp_context=context)
 
-    def results() -> Iterator[tuple[list[_Item], _ChunkResult]]:
+    def results() -> Iterator[tuple[list[InputFile], _ChunkResult]]:
         queued = deque(chunks)
-        running: dict[Future, list[_Item]] = {}
+        running: dict[Future, list[InputFile]] = {}
         while queued or running:
             while queued and len(running) < 2 * helpers:
                 chunk = queued.popleft()
@@ -607,128 +533,7 @@ def _failure_rows(failed: list[_Failed], dataset: str, paths: _StoredPaths) -> l
     return out
 
 
-# ----------------------------------------------------------------------------------------- derive
-
-
-def _view(row: dict, layout: Layout) -> str:
-    by_keyword = {"ViewPosition": row.get("view_position"), "SeriesDescription": row.get("description_view")}
-    for keyword in layout.view_keywords:
-        value = by_keyword.get(keyword)
-        if value:
-            return value if value in layout.views else OTHER_VIEW
-    return ""
-
-
-def _manifest_view(entry, layout: Layout) -> str:
-    """A manifest's ``view`` as given, unless it holds the row's own subject identifier."""
-    view = entry.view
-    if entry.subject and IdentifyingValues([entry.subject]).found_in(view):
-        return OTHER_VIEW
-    return view
-
-
-def _derive_scans(
-    index_rows: list[dict], *, dataset: str, layout: Layout, manifest: Manifest | None, pseudonyms: Pseudonymizer,
-    manifest_by_key: dict[str, object],
-) -> tuple[list[dict], str]:
-    """Scan rows (core columns + the manifest's label columns) and the time unit actually used.
-
-    ``manifest_by_key``: the manifest's rows by file key. Each scan dict also carries ``file_key``
-    (not a column) for matching ``pairs.csv``.
-    """
-    list_columns = set(manifest.list_columns) if manifest else {"labels"}
-    extra_columns = manifest.extra_columns if manifest else ()
-    scans, ordinals, manual = [], [], []
-    for row in index_rows:
-        entry = manifest_by_key.get(row["file_key"])
-        if entry is not None and entry.subject:
-            subject = pseudonyms.subject(entry.subject)
-        else:
-            subject = row["subject"] or pseudonyms.subject("file:" + row["file_key"])
-        if entry is not None and entry.date is not None:
-            ordinal = entry.date.toordinal()
-        elif row["day"] is not None and row["subject"]:
-            ordinal = row["day"] - pseudonyms.shift(row["subject"])
-        else:
-            ordinal = None
-        if entry is not None and entry.slice is not None:
-            slice_number = entry.slice
-        elif row["frames"] > 1:
-            slice_number = row["frame"]
-        else:
-            slice_number = row["instance_number"]
-        scan = {
-            "scan_id": row["scan_id"],
-            "file_key": row["file_key"],
-            "pixel_sha256": row["pixel_sha256"],
-            "dataset": dataset,
-            "subject": subject,
-            "time_index": None,
-            "days_from_baseline": None,
-            "view": _manifest_view(entry, layout) if entry is not None and entry.view is not None else _view(row, layout),
-            "slice": slice_number,
-            "frame": row["frame"],
-            "path": row["path"],
-            "modality": row["modality"] or "",
-            "rows": row["rows"],
-            "cols": row["cols"],
-            "channels": row["channels"],
-            "window_center": row["window_center"],
-            "window_width": row["window_width"],
-            "label": entry.label if entry is not None else None,
-            "labels": list(entry.labels) if entry is not None else [],
-        }
-        for column in extra_columns:
-            value = entry.extra.get(column) if entry is not None else None
-            scan[column] = (list(value) if value else []) if column in list_columns else value
-        scans.append(scan)
-        ordinals.append(ordinal)
-        manual.append(entry.time if entry is not None else None)
-
-    baseline: dict[str, int] = {}
-    for scan, ordinal in zip(scans, ordinals):
-        if ordinal is not None:
-            baseline[scan["subject"]] = min(ordinal, baseline.get(scan["subject"], ordinal))
-    used_dates = used_manual = False
-    for scan, ordinal, given_time in zip(scans, ordinals, manual):
-        days = ordinal - baseline[scan["subject"]] if ordinal is not None else None
-        scan["days_from_baseline"] = days
-        if layout.constant_time_index is not None:
-            scan["time_index"] = layout.constant_time_index
-        elif given_time is not None:
-            scan["time_index"], used_manual = given_time, True
-        else:
-            scan["time_index"] = time_index_from_days(layout, days)
-            used_dates = used_dates or scan["time_index"] is not None
-    _rank_slice_locations(scans, index_rows)
-    scans.sort(key=lambda s: (s["path"], s["frame"], s["scan_id"]))
-    if layout.time_unit != "auto":
-        unit = layout.time_unit
-    else:
-        unit = "week" if used_dates else ("index" if used_manual else "none")
-    return scans, unit
-
-
-def _rank_slice_locations(scans: list[dict], index_rows: list[dict]) -> None:
-    """Number slices without InstanceNumber by SliceLocation within subject, time and view (1-based)."""
-    groups: dict[tuple, list[tuple[float, str, dict]]] = defaultdict(list)
-    for scan, row in zip(scans, index_rows):
-        if scan["slice"] is None and row["slice_location"] is not None:
-            key = (scan["subject"], scan["time_index"], scan["view"])
-            groups[key].append((row["slice_location"], scan["path"], scan["scan_id"], scan))
-    for members in groups.values():
-        for rank, (*_, scan) in enumerate(sorted(members, key=lambda m: (m[0], m[1], m[2])), start=1):
-            scan["slice"] = rank
-
-
-def _scans_table(scans: list[dict], manifest: Manifest | None) -> pa.Table:
-    fields = list(SCANS_CORE)
-    list_columns = set(manifest.list_columns) if manifest else set()
-    for column in manifest.extra_columns if manifest else ():
-        fields.append(pa.field(column, pa.list_(pa.string()) if column in list_columns else pa.string()))
-    schema = pa.schema(fields)
-    columns = {f.name: [s.get(f.name) for s in scans] for f in schema}
-    return pa.table(columns, schema=schema)
+# ----------------------------------------------------------------------------------------- write
 
 
 def _replace_dataset_rows(store: Store, name: str, dataset: str, new: pa.Table, metadata: dict[str, str]) -> int:
@@ -793,6 +598,209 @@ def _write_dataset_row(
     _replace_dataset_rows(store, "datasets", dataset, row, metadata)
 
 
+# ------------------------------------------------------------------------------------------- steps
+
+
+class _Source(NamedTuple):
+    """Where a dataset's files are: the folder, its manifest file (or ``None``), whether it is a demo."""
+
+    folder: Path
+    manifest: Path | None
+    synthetic: bool
+
+
+def _locate_source(store: Store, dataset: str, root: str | os.PathLike | None, *, progress: bool) -> _Source:
+    """The dataset's folder: ``root``, else the generated demo folder, else the root recorded at its last ingest."""
+    record = _dataset_record(store, dataset)
+    synthetic = False
+    if root is None:
+        if dataset in DEMO_DATASETS and (record is None or record["synthetic"]):
+            from store.demo import ensure_demo
+
+            root, synthetic = ensure_demo(store, dataset, progress=progress), True
+        elif record is not None:
+            root = record["root"]
+        else:
+            raise DatasetError(
+                f"Dataset {dataset!r} is not a built-in demo (those are {', '.join(DEMO_DATASETS)}) and has not "
+                "been ingested before: pass --root with the folder holding its files."
+            )
+    elif dataset in DEMO_DATASETS and Path(root).expanduser().resolve() == (store.datasets_dir / dataset).resolve():
+        synthetic = True
+    folder, manifest_file = resolve_root(root)
+    if record is not None and Path(record["root"]) != folder and not (synthetic and record["synthetic"]):
+        raise DatasetError(
+            f"Dataset {dataset!r} was ingested from {record['root']}, not {folder}. Ingest the new folder under "
+            "another dataset name, or pass the original --root."
+        )
+    return _Source(folder, manifest_file, synthetic)
+
+
+def _read_given_pairs(spec: Layout, folder: Path) -> list[GivenPair] | None:
+    """The lines of the dataset's ``pairs.csv`` when its layout takes pairs from one (``None`` otherwise)."""
+    pairs_file = folder / PAIRS_NAME
+    if spec.given_pairs != "none" and pairs_file.is_file():
+        return read_pairs_csv(pairs_file)
+    if spec.given_pairs == "required":
+        raise DatasetError(
+            f"The {spec.name} layout takes its pairs from {pairs_file} (columns reference_path, comparison_path, "
+            "label), which does not exist. Write it, or use --layout generic."
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One ingest run: the store, the dataset, the store secret and the dataset's private index."""
+
+    store: Store
+    dataset: str
+    secret: bytes
+    index_store: Store
+    index_table: str
+
+    def file_key(self, path: str) -> str:
+        """The keyed identity of the file at real relative ``path`` (``scan_id`` of its frame 0)."""
+        return scan_id(self.secret, self.dataset, path, 0)
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """How pending files are decoded: the root, worker processes, files per part, budget, progress bar."""
+
+    root: str
+    workers: int
+    chunk_size: int
+    max_bytes: int | None
+    progress: bool
+
+
+@dataclass(frozen=True)
+class _IndexState:
+    """The index before this run: files indexed, open failures, and the stored paths known so far."""
+
+    indexed: set[str]
+    failed_table: pa.Table
+    failed_before: set[str]
+    paths: _StoredPaths
+
+
+def _index_state(run: _Run) -> _IndexState:
+    if table_exists(run.index_store, run.index_table):
+        indexed_paths = read_table(run.index_store, run.index_table, columns=["file_key", "path"])
+    else:
+        indexed_paths = INDEX_SCHEMA.empty_table().select(["file_key", "path"])
+    failed_table = _open_failures(run.store, run.dataset)
+    paths = _StoredPaths(
+        run.secret, indexed_paths.column("path").to_pylist() + failed_table.column("path").to_pylist()
+    )
+    return _IndexState(
+        set(indexed_paths.column("file_key").to_pylist()), failed_table,
+        set(failed_table.column("key").to_pylist()), paths,
+    )
+
+
+def _index_files(run: _Run, pending: list[InputFile], paths: _StoredPaths, decoding: _Decoding) -> set[str]:
+    """Decode ``pending`` in chunks, append each chunk to the index (failures to ``failures``); return the
+    keys of the files indexed."""
+    workers = decoding.workers
+    # One decoding process with a core to spare shares the hashing with a helper process.
+    hasher = FrameHasher(helper=workers == 1 and _spare_core(workers) and len(pending) > 1)
+    work = partial(  # worker processes hash in their own process: no hasher crosses to them
+        _decode_chunk, root=decoding.root, dataset=run.dataset, secret=run.secret, max_bytes=decoding.max_bytes,
+        hasher=hasher if workers == 1 else None,
+    )
+    from tqdm import tqdm
+
+    ingested_keys: set[str] = set()
+    with hasher, _decoded_chunks(_chunks(pending, decoding.chunk_size), work, workers) as results, tqdm(
+        total=len(pending), unit="file", desc=f"ingest {run.dataset}", file=sys.stderr,
+        disable=not decoding.progress, dynamic_ncols=True,
+    ) as bar:
+        for chunk, (rows, failed) in results:
+            paths.learn([(r["_path"], r["_identifying"]) for r in rows])
+            paths.learn([(f.path, f.identifying) for f in failed])
+            if rows:
+                for row in rows:
+                    row["path"] = paths.of(row["_path"], row["_identifying"])
+                table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+                write_part(
+                    run.index_store, run.index_table, table,
+                    metadata=_metadata(run.secret, index_version=INDEX_VERSION), locked=True,
+                )
+                ingested_keys.update(r["file_key"] for r in rows)
+            record_failures(run.store, _failure_rows(failed, run.dataset, paths), producer=PRODUCER)
+            bar.update(len(chunk))
+    return ingested_keys
+
+
+def _resolve_fixed(run: _Run, items: list[InputFile], state: _IndexState, ingested_keys: set[str]) -> None:
+    """Mark resolved the failures of files a retry ingested and of inputs that are gone (removed, renamed,
+    a folder listable again)."""
+    listed_keys = {i.key for i in items}
+    failed = state.failed_table
+    gone = {
+        key for key, stage in zip(failed.column("key").to_pylist(), failed.column("stage").to_pylist(), strict=True)
+        if stage != "ingest:pairs" and key not in listed_keys
+    }
+    fixed = (ingested_keys & state.failed_before) | gone
+    if fixed:
+        resolve_failures(run.store, dataset=run.dataset, keys=fixed, producer=PRODUCER)
+
+
+def _current_index_rows(run: _Run, items: list[InputFile], paths: _StoredPaths) -> list[dict]:
+    """The newest index row of every frame of every listed regular file, sorted by file key and frame, with
+    stored paths redacted as the whole dataset requires."""
+    if not table_exists(run.index_store, run.index_table):
+        return []
+    listed = {i.key for i in items if i.status == "file"}
+    latest: dict[tuple[str, int], dict] = {}
+    for row in read_table(run.index_store, run.index_table).to_pylist():
+        if row["file_key"] in listed:
+            latest[(row["file_key"], row["frame"])] = row
+    index_rows = [latest[k] for k in sorted(latest)]
+    for row in index_rows:
+        row["path"] = paths.again(row["path"])
+    return index_rows
+
+
+class _Written(NamedTuple):
+    """Rows the derive stage wrote for the dataset, slices left unpaired, ``pairs.csv`` lines unresolved."""
+
+    scans_rows: int
+    pairs_rows: int
+    unpaired: int
+    bad_pairs: int
+
+
+def _derive_and_write(
+    run: _Run, index_rows: list[dict], spec: Layout, manifest: Manifest | None, given: list[GivenPair] | None,
+    source: _Source,
+) -> _Written:
+    """Derive ``scans`` and ``pairs`` from the index and replace the dataset's rows (and its ``datasets`` row)."""
+    manifest_by_key = {run.file_key(p): entry for p, entry in manifest.rows.items()} if manifest else {}
+    derived = derive_scans(
+        index_rows, dataset=run.dataset, layout=spec, manifest=manifest, pseudonyms=Pseudonymizer(run.secret),
+        manifest_by_key=manifest_by_key,
+    )
+    pair_rows, unpaired = longitudinal_pairs(derived.scans, spec, run.dataset)
+    unresolved: list[GivenPair] = []
+    if given is not None:
+        given_rows, unresolved = given_pairs(derived.scans, given, run.dataset, file_key=run.file_key)
+        pair_rows += given_rows
+    pair_rows.sort(key=lambda p: (p["subject"], p["reference_mode"], p["time_index"] is None,
+                                  p["time_index"] or 0, p["pair_id"]))
+    metadata = _metadata(run.secret)
+    store, dataset = run.store, run.dataset
+    with table_lock(run.index_store, "store_tables"):
+        scans_rows = _replace_dataset_rows(store, "scans", dataset, scans_table(derived.scans, manifest), metadata)
+        pairs_table = pa.Table.from_pylist(pair_rows, schema=PAIRS_CORE)
+        pairs_rows = _replace_dataset_rows(store, "pairs", dataset, pairs_table, metadata)
+        _write_dataset_row(store, dataset, source.folder, spec.name, source.synthetic, derived.time_unit, metadata)
+    bad_pairs = _given_failures(store, dataset, unresolved, run.file_key)
+    return _Written(scans_rows, pairs_rows, unpaired, bad_pairs)
+
+
 # ------------------------------------------------------------------------------------------ public
 
 
@@ -828,144 +836,40 @@ def ingest_dataset(
         ok=isinstance(chunk_size, int) and chunk_size >= 1,
     )
     budget = max_decoded_bytes(max_decoded_mb)
-    layout_name = layout or default_layout(dataset)
-    spec = get_layout(layout_name)
-    record = _dataset_record(store, dataset)
-    synthetic = False
-    if root is None:
-        if dataset in DEMO_DATASETS and (record is None or record["synthetic"]):
-            from store.demo import ensure_demo
-
-            root, synthetic = ensure_demo(store, dataset, progress=progress), True
-        elif record is not None:
-            root = record["root"]
-        else:
-            raise DatasetError(
-                f"Dataset {dataset!r} is not a built-in demo (those are {', '.join(DEMO_DATASETS)}) and has not "
-                "been ingested before: pass --root with the folder holding its files."
-            )
-    elif dataset in DEMO_DATASETS and Path(root).expanduser().resolve() == (store.datasets_dir / dataset).resolve():
-        synthetic = True
-    root_dir, manifest_file = _resolve_root(root)
-    if record is not None and Path(record["root"]) != root_dir and not (synthetic and record["synthetic"]):
-        raise DatasetError(
-            f"Dataset {dataset!r} was ingested from {record['root']}, not {root_dir}. Ingest the new folder under "
-            "another dataset name, or pass the original --root."
-        )
-    manifest = read_manifest(manifest_file, list_columns=spec.list_columns) if manifest_file else None
-    pairs_file = root_dir / PAIRS_NAME
-    given = None
-    if spec.given_pairs != "none" and pairs_file.is_file():
-        given = read_pairs_csv(pairs_file)
-    elif spec.given_pairs == "required":
-        raise DatasetError(
-            f"The {spec.name} layout takes its pairs from {pairs_file} (columns reference_path, comparison_path, "
-            "label), which does not exist. Write it, or use --layout generic."
-        )
-    secret = store.secret()
-    items = _list_files(root_dir, spec, manifest, manifest_file, secret=secret, dataset=dataset)
-    index_store, index_table = index_location(store, dataset)
-
-    def file_key(path: str) -> str:
-        return scan_id(secret, dataset, path, 0)
+    spec = get_layout(layout or default_layout(dataset))
+    source = _locate_source(store, dataset, root, progress=progress)
+    manifest = read_manifest(source.manifest, list_columns=spec.list_columns) if source.manifest else None
+    given = _read_given_pairs(spec, source.folder)
+    secret = load_secret(store)
+    items = list_inputs(source.folder, spec, manifest, source.manifest, secret=secret, dataset=dataset)
+    run = _Run(store, dataset, secret, *index_location(store, dataset))
 
     # Everything from here on holds the dataset's lock: what is pending is decided, decoded, written and
     # derived by one process at a time.
-    with table_lock(index_store, index_table):
-        indexed_paths = (
-            read_table(index_store, index_table, columns=["file_key", "path"])
-            if table_exists(index_store, index_table) else INDEX_SCHEMA.empty_table().select(["file_key", "path"])
-        )
-        indexed = set(indexed_paths.column("file_key").to_pylist())
-        failed_table = _open_failures(store, dataset)
-        failed_before = set(failed_table.column("key").to_pylist())
-        paths = _StoredPaths(
-            secret, indexed_paths.column("path").to_pylist() + failed_table.column("path").to_pylist()
-        )
-        pending = [i for i in items if i.key not in indexed and (retry_failed or i.key not in failed_before)]
-        ingested_keys: set[str] = set()
-        if pending:
-            # One decoding process with a core to spare shares the hashing with a helper process.
-            hasher = FrameHasher(helper=workers == 1 and _spare_core(workers) and len(pending) > 1)
-            work = partial(  # worker processes hash in their own process: no hasher crosses to them
-                _decode_chunk, root=str(root_dir), dataset=dataset, secret=secret, max_bytes=budget,
-                hasher=hasher if workers == 1 else None,
-            )
-            chunks = _chunks(pending, chunk_size)
-            from tqdm import tqdm
+    with table_lock(run.index_store, run.index_table):
+        state = _index_state(run)
+        pending = [
+            i for i in items if i.key not in state.indexed and (retry_failed or i.key not in state.failed_before)
+        ]
+        decoding = _Decoding(str(source.folder), workers, chunk_size, budget, progress)
+        ingested_keys = _index_files(run, pending, state.paths, decoding) if pending else set()
+        _resolve_fixed(run, items, state, ingested_keys)
+        index_rows = _current_index_rows(run, items, state.paths)
+        _redact_recorded(store, dataset, state.paths)
+        written = _derive_and_write(run, index_rows, spec, manifest, given, source)
 
-            with hasher, _decoded_chunks(chunks, work, workers) as results, tqdm(
-                total=len(pending), unit="file", desc=f"ingest {dataset}", file=sys.stderr, disable=not progress,
-                dynamic_ncols=True,
-            ) as bar:
-                for chunk, (rows, failed) in results:
-                    paths.learn([(r["_path"], r["_identifying"]) for r in rows])
-                    paths.learn([(f.path, f.identifying) for f in failed])
-                    if rows:
-                        for row in rows:
-                            row["path"] = paths.of(row["_path"], row["_identifying"])
-                        table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
-                        write_part(
-                            index_store, index_table, table, metadata=_metadata(secret, index_version=INDEX_VERSION),
-                            locked=True,
-                        )
-                        ingested_keys.update(r["file_key"] for r in rows)
-                    record_failures(store, _failure_rows(failed, dataset, paths), producer=PRODUCER)
-                    bar.update(len(chunk))
-        # resolved: files a retry ingested, and inputs that are gone (removed, renamed, a folder listable again)
-        listed_keys = {i.key for i in items}
-        gone = {
-            key for key, stage in zip(failed_table.column("key").to_pylist(), failed_table.column("stage").to_pylist())
-            if stage != "ingest:pairs" and key not in listed_keys
-        }
-        if (ingested_keys & failed_before) | gone:
-            resolve_failures(store, dataset=dataset, keys=(ingested_keys & failed_before) | gone, producer=PRODUCER)
-        index_rows = read_table(index_store, index_table).to_pylist() if table_exists(index_store, index_table) else []
-
-        listed = {i.key for i in items if i.status == "file"}
-        latest: dict[tuple[str, int], dict] = {}
-        for row in index_rows:
-            if row["file_key"] in listed:
-                latest[(row["file_key"], row["frame"])] = row
-        index_rows = [latest[k] for k in sorted(latest)]
-        for row in index_rows:
-            row["path"] = paths.again(row["path"])
-        _redact_recorded(store, dataset, paths)
-        present = {row["file_key"] for row in index_rows}
-        pseudonyms = Pseudonymizer(secret)
-        manifest_by_key = {file_key(p): entry for p, entry in manifest.rows.items()} if manifest else {}
-        scans, unit = _derive_scans(
-            index_rows, dataset=dataset, layout=spec, manifest=manifest, pseudonyms=pseudonyms,
-            manifest_by_key=manifest_by_key,
-        )
-        pair_rows, unpaired = longitudinal_pairs(scans, spec, dataset)
-        unresolved: list[GivenPair] = []
-        if given is not None:
-            given_rows, unresolved = given_pairs(scans, given, dataset, file_key=file_key)
-            pair_rows += given_rows
-        pair_rows.sort(key=lambda p: (p["subject"], p["reference_mode"], p["time_index"] is None,
-                                      p["time_index"] or 0, p["pair_id"]))
-
-        metadata = _metadata(secret)
-        with table_lock(index_store, "store_tables"):
-            scans_rows = _replace_dataset_rows(store, "scans", dataset, _scans_table(scans, manifest), metadata)
-            pairs_table = pa.Table.from_pylist(pair_rows, schema=PAIRS_CORE)
-            pairs_rows = _replace_dataset_rows(store, "pairs", dataset, pairs_table, metadata)
-            _write_dataset_row(store, dataset, root_dir, spec.name, synthetic, unit, metadata)
-        bad_pairs = _given_failures(store, dataset, unresolved, file_key)
-
-    skipped = sum(1 for i in items if i.key in indexed and i.key in present)
+    present = {row["file_key"] for row in index_rows}
     return IngestSummary(
         dataset=dataset,
         layout=spec.name,
-        root=str(root_dir),
-        synthetic=synthetic,
+        root=str(source.folder),
+        synthetic=source.synthetic,
         files=len(items),
         ingested=len(ingested_keys),
-        skipped=skipped,
-        failed=len(items) - len(present) + bad_pairs,
-        scans_rows=scans_rows,
-        pairs_rows=pairs_rows,
-        unpaired_slices=unpaired,
+        skipped=sum(1 for i in items if i.key in state.indexed and i.key in present),
+        failed=len(items) - len(present) + written.bad_pairs,
+        scans_rows=written.scans_rows,
+        pairs_rows=written.pairs_rows,
+        unpaired_slices=written.unpaired,
         seconds=time.perf_counter() - started,
     )

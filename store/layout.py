@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import re
 from dataclasses import dataclass
@@ -11,17 +9,20 @@ from pathlib import Path
 
 from features.errors import ParameterError, StoreError
 
-__all__ = ["Store", "open_store", "DEFAULT_STORE", "TABLE_NAME_PATTERN", "secret_fingerprint", "SECRET_FINGERPRINT_KEY"]
+__all__ = ["Store", "open_store", "check_table_name", "DEFAULT_STORE", "TABLE_NAME_PATTERN"]
 
 DEFAULT_STORE = "featurestore"
 TABLE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-SECRET_FINGERPRINT_KEY = "chronofeat.secret_fingerprint"
 
 
-def secret_fingerprint(key: bytes) -> str:
-    """A short public fingerprint of the store secret ``key``: HMAC-SHA256 of a fixed label under it, 16 hex
-    characters. It tells whether two parts were written under the same secret without revealing it."""
-    return hmac.new(key, b"chronofeat.secret-fingerprint", hashlib.sha256).hexdigest()[:16]
+class _Below:
+    """A path under the store root, read as an attribute: ``Store.tables_dir`` is ``root / "tables"``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, store: Store | None, owner: type | None = None) -> Path | _Below:
+        return self if store is None else store.root / self.name
 
 
 @dataclass(frozen=True)
@@ -31,21 +32,12 @@ class Store:
 
     root: Path
 
-    @property
-    def tables_dir(self) -> Path:
-        return self.root / "tables"
-
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.root / "artifacts"
-
-    @property
-    def datasets_dir(self) -> Path:
-        return self.root / "datasets"
-
-    @property
-    def secret_path(self) -> Path:
-        return self.root / "secret"
+    tables_dir = _Below("tables")
+    artifacts_dir = _Below("artifacts")
+    datasets_dir = _Below("datasets")
+    secret_path = _Below("secret")
+    secret_fingerprint_path = _Below("secret.fingerprint")
+    quarantine_dir = _Below("quarantine")
 
     def table_dir(self, name: str) -> Path:
         """Directory holding the Parquet parts of table ``name`` (validated, not created)."""
@@ -57,26 +49,6 @@ class Store:
         path = self.artifacts_dir / kind
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-    @property
-    def secret_fingerprint_path(self) -> Path:
-        return self.root / "secret.fingerprint"
-
-    @property
-    def quarantine_dir(self) -> Path:
-        return self.root / "quarantine"
-
-    def secret(self) -> bytes:
-        """The store's random key for subject pseudonyms, created once with mode 0600.
-
-        ``SecretMismatchError`` when the store already holds pseudonymised data and the secret is missing
-        or is not the one that data was made with (see ``store.secret.load_secret``).
-        """
-        from store.secret import (
-            load_secret,  # store.secret reads parts through store.tables: import late
-        )
-
-        return load_secret(self)
 
 
 def check_table_name(name: str) -> None:

@@ -2,7 +2,8 @@
 
 ``decode_file`` is the one decoder every extractor uses (through ``load_pixels`` / ``PixelReader``);
 ``read_contents`` shares its DICOM reading and describes the same frames by what ``pixel_sha256``
-hashes (``store.digest``), so the ``scans`` row's digest changes exactly when those arrays do. The file kind is recognised from its first bytes
+hashes (``store.digest``), so the ``scans`` row's digest changes exactly when those arrays do.
+The file kind is recognised from its first bytes
 (DICOM ``DICM`` marker, PNG/JPEG/TIFF/NPY signatures), never trusted from its suffix. Only regular
 files are read (a FIFO, socket or device is refused without blocking on it), and no file is decoded
 past the decoding budget (``store.limits``).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from store.digest import (
 from store.images import image_kind, read_image
 from store.layout import Store
 from store.paths import PathResolver, check_relative
+from store.secret import load_secret
 
 __all__ = [
     "DecodedFile",
@@ -176,7 +179,7 @@ class PixelReader:
         self.store = store
         self.dataset = dataset
         self.root = dataset_root(store, dataset)
-        self._resolver = PathResolver(self.root, store.secret)
+        self._resolver = PathResolver(self.root, partial(load_secret, store))
         self._cached_path: str | None = None
         self._cached_frames: np.ndarray | None = None
 

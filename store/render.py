@@ -18,13 +18,26 @@ from store._fs import write_atomically
 from store.layout import Store
 
 __all__ = [
-    "format_table", "write_result", "emit_result", "check_result_options", "check_output_location", "Rendered", "Format",
+    "format_table",
+    "write_result",
+    "emit_result",
+    "check_result_options",
+    "check_output_location",
+    "Rendered",
+    "Format",
     "FORMATS",
 ]
 
 Format = Literal["table", "csv", "json", "parquet"]
 FORMATS = ("table", "csv", "json", "parquet")
-_SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet", ".pq": "parquet"}
+_SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".ndjson": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 RESULT_HINT = "add --max-rows 0 to print them all, or --output FILE (.csv, .json or .parquet) to write everything."
 
 
@@ -50,8 +63,8 @@ def format_table(table: pa.Table, *, max_rows: int = 50, max_width: int = 40, hi
     names = table.column_names
     rows = [[_cell(v, max_width) for v in row.values()] for row in shown.to_pylist()]
     widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
-    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     if table.num_rows > max_rows:
         lines.append(
             f"… {table.num_rows - max_rows} more rows not shown ({table.num_rows} in all); "
@@ -149,7 +162,9 @@ def _choose_format(fmt: str | None, output) -> str:
     return fmt
 
 
-def write_result(table: pa.Table, *, fmt: Format | None, output: str | Path | None, store: Store | None = None) -> str | None:
+def write_result(
+    table: pa.Table, *, fmt: Format | None, output: str | Path | None, store: Store | None = None
+) -> str | None:
     """Write ``table`` as ``fmt`` to ``output`` (returns None) or return the text for stdout.
 
     The file is written whole or not at all (temporary sibling, then rename); ``store`` refuses an

@@ -34,6 +34,7 @@ __all__ = [
     "MODEL_KIND",
     "new_run_id",
     "RunRecorder",
+    "prediction_columns",
     "write_run",
     "list_runs",
     "run_row",
@@ -168,24 +169,18 @@ class RunRecorder:
         })
 
     def add_predictions(self, *, keys: Sequence, subjects: Sequence, y_true: Sequence, y_pred: Sequence,
-                        proba: Sequence[Mapping[str, float]], seed: int, split: str = "test", fold: int = -1,
-                        member: str | None = None) -> None:
-        """``predictions`` rows, one per key: truth, prediction and class probabilities (a mapping per row)."""
-        n = len(keys)
-        if not (len(subjects) == len(y_true) == len(y_pred) == len(proba) == n):
-            raise ValueError("keys, subjects, y_true, y_pred and proba must have one entry per predicted unit")
-        columns = self.prediction_columns
-        columns["run_id"] += [self.run_id] * n
-        columns["dataset"] += [self.dataset] * n
-        columns["member"] += [member or self.model] * n
-        columns["key"] += [str(k) for k in keys]
-        columns["subject"] += [str(s) for s in subjects]
-        columns["split"] += [split] * n
-        columns["fold"] += [int(fold)] * n
-        columns["seed"] += [int(seed)] * n
-        columns["y_true"] += [str(t) for t in y_true]
-        columns["y_pred"] += [str(p) for p in y_pred]
-        columns["proba"] += [[(str(c), float(v)) for c, v in row.items()] for row in proba]
+                        proba: Sequence, seed: int, split: str = "test", fold: int = -1,
+                        member: str | None = None, classes: Sequence[str] | None = None) -> None:
+        """``predictions`` rows, one per key: truth, prediction and class probabilities.
+
+        ``proba`` is a mapping (class -> probability) per row, or with ``classes`` an (n, k) array whose
+        columns follow ``classes``.
+        """
+        columns = prediction_columns(run_id=self.run_id, dataset=self.dataset, member=member or self.model, keys=keys,
+                                     subjects=subjects, y_true=y_true, y_pred=y_pred, proba=proba, seed=seed,
+                                     split=split, fold=fold, classes=classes)
+        for name, values in columns.items():
+            self.prediction_columns[name] += values
 
     def metrics_table(self) -> pa.Table:
         """The metrics recorded so far (``METRICS`` schema)."""
@@ -221,6 +216,33 @@ class RunRecorder:
                          model_meta=dict(model_meta or {}))
 
 
+def prediction_columns(*, run_id: str, dataset: str, member: str, keys: Sequence, subjects: Sequence,
+                       y_true: Sequence, y_pred: Sequence, proba: Sequence, seed: int, split: str, fold: int,
+                       classes: Sequence[str] | None = None) -> dict[str, list]:
+    """The ``PREDICTIONS`` columns (name -> list, one entry per key) of one member's predictions.
+
+    ``y_true`` entries may be None (unlabelled units); ``proba`` is a mapping (class -> probability) per
+    row, or with ``classes`` an (n, k) array whose columns follow ``classes``. Raises ``ValueError`` when
+    the sequences do not have one entry per key.
+    """
+    n = len(keys)
+    if not (len(subjects) == len(y_true) == len(y_pred) == len(proba) == n):
+        raise ValueError("keys, subjects, y_true, y_pred and proba must have one entry per predicted unit")
+    if classes is not None:
+        names = [str(c) for c in classes]
+        pairs = [list(zip(names, map(float, row), strict=True)) for row in proba]
+    else:
+        pairs = [[(str(c), float(v)) for c, v in row.items()] for row in proba]
+    return {
+        "run_id": [run_id] * n, "dataset": [dataset] * n, "member": [member] * n,
+        "key": [str(k) for k in keys], "subject": [str(s) for s in subjects],
+        "split": [split] * n, "fold": [int(fold)] * n, "seed": [int(seed)] * n,
+        "y_true": [None if t is None else str(t) for t in y_true],
+        "y_pred": [None if p is None else str(p) for p in y_pred],
+        "proba": pairs,
+    }
+
+
 def append_predictions(store: Store, predictions: pa.Table) -> None:
     """Append rows (``PREDICTIONS`` schema; e.g. ``split='predict'`` from ``predict``) as one new part."""
     if predictions.num_rows:
@@ -247,7 +269,9 @@ def run_row(store: Store, run_id: str) -> dict:
     """The ``runs`` row of ``run_id`` (a unique prefix is enough); ``StoreError`` naming known runs otherwise."""
     runs = list_runs(store)
     ids = runs.column("run_id").to_pylist()
-    matches = [i for i in ids if i == run_id] or [i for i in ids if isinstance(run_id, str) and run_id and i.startswith(run_id)]
+    matches = [i for i in ids if i == run_id] or [
+        i for i in ids if isinstance(run_id, str) and run_id and i.startswith(run_id)
+    ]
     if len(matches) != 1:
         known = ", ".join(ids[-8:]) or "none yet"
         what = "matches several runs" if matches else "is not a run"
@@ -266,7 +290,9 @@ def run_metrics(store: Store, run_id: str) -> pa.Table:
     """Every ``metrics`` row of one run."""
     if not table_exists(store, "metrics"):
         return pa.Table.from_pylist([], schema=METRICS)
-    return _query(store, 'SELECT * FROM metrics WHERE run_id = ? ORDER BY member, split, seed, fold, metric, "class"', [run_id])
+    return _query(
+        store, 'SELECT * FROM metrics WHERE run_id = ? ORDER BY member, split, seed, fold, metric, "class"', [run_id]
+    )
 
 
 def run_predictions(store: Store, run_id: str, *, split: str | None = None) -> pa.Table:

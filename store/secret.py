@@ -3,7 +3,7 @@
 Subject keys and date shifts are HMACs under ``<store>/secret``. A different secret turns every
 PatientID into a new subject, so the same patient would sit twice in ``scans`` (pairs vanish, grouped
 splits stop being grouped). To catch that, the store records the secret's keyed fingerprint
-(``store.layout.secret_fingerprint``) in ``<store>/secret.fingerprint`` when it creates the secret,
+(``secret_fingerprint``) in ``<store>/secret.fingerprint`` when it creates the secret,
 and the ingest writes it into the metadata of every ``scans``/``pairs``/ingest-index part
 (``chronofeat.secret_fingerprint``). ``load_secret``:
 
@@ -19,6 +19,8 @@ and the ingest writes it into the metadata of every ``scans``/``pairs``/ingest-i
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -29,15 +31,25 @@ from pathlib import Path
 
 from features.errors import DamagedPartError, SecretMismatchError, StoreError
 from store._fs import fsync_dir
-from store.layout import SECRET_FINGERPRINT_KEY, Store, secret_fingerprint
+from store.layout import Store
 from store.tables import PART_GLOB, part_kv_metadata
 
-__all__ = ["load_secret", "recorded_fingerprints", "pseudonymised_data", "SECRET_BYTES"]
+__all__ = [
+    "load_secret", "recorded_fingerprints", "pseudonymised_data", "secret_fingerprint", "SECRET_BYTES",
+    "SECRET_FINGERPRINT_KEY",
+]
 
 SECRET_BYTES = 32
+SECRET_FINGERPRINT_KEY = "chronofeat.secret_fingerprint"
 _MIN_BYTES = 16
 _FINGERPRINT = re.compile(r"^[0-9a-f]{16}$")
 _PSEUDONYMISED_TABLES = ("scans", "pairs")
+
+
+def secret_fingerprint(key: bytes) -> str:
+    """A short public fingerprint of the store secret ``key``: HMAC-SHA256 of a fixed label under it, 16 hex
+    characters. It tells whether two parts were written under the same secret without revealing it."""
+    return hmac.new(key, b"chronofeat.secret-fingerprint", hashlib.sha256).hexdigest()[:16]
 
 
 def _index_tables(store: Store) -> list[Path]:

@@ -205,66 +205,116 @@ def _copy_target(tokens: Sequence[_Token], sql: str) -> str:
     return target
 
 
-def _check_one(statement, *, write: bool) -> list[str]:
-    """Check one parsed statement against the allow-list; return the COPY targets it writes."""
-    kind = statement.type.name
-    sql = statement.query
-    tokens = _tokens(sql)
-    first = tokens[0].word if tokens else ""
-    if kind == "SELECT" or (kind == "MULTI" and first in ("PIVOT", "PIVOT_WIDER")):
-        _check_words(tokens, sql, _NON_READ_WORDS)
+@dataclass(frozen=True)
+class _Statement:
+    """One parsed statement: DuckDB's kind, its SQL, its tokens and the first word."""
+
+    kind: str
+    sql: str
+    tokens: list[_Token]
+    first: str
+
+
+def _read_words_start(s: _Statement) -> int | None:
+    """Where the words to check of a plain read statement begin: a query (SELECT, PIVOT), a read PRAGMA
+    or SET/RESET VARIABLE; ``None`` for any other statement."""
+    tokens = s.tokens
+    if s.kind == "SELECT" or (s.kind == "MULTI" and s.first in ("PIVOT", "PIVOT_WIDER")):
+        return 0
+    if (s.kind == "PRAGMA" and s.first == "PRAGMA" and len(tokens) > 1 and tokens[1].text.lower() in READ_PRAGMAS
+            and _skip_parens(tokens, 2) == len(tokens)):
+        return 1
+    if s.kind == "SET" and s.first in ("SET", "RESET") and len(tokens) > 2 and tokens[1].word == "VARIABLE":
+        return 2
+    return None
+
+
+def _read(s: _Statement, write: bool) -> list[str] | None:
+    start = _read_words_start(s)
+    if start is None:
+        return None
+    _check_words(s.tokens[start:], s.sql, _NON_READ_WORDS)
+    return []
+
+
+def _explain(s: _Statement, write: bool) -> list[str] | None:
+    """EXPLAIN (ANALYZE) of one read statement: it runs or plans it, so that one is checked too."""
+    if s.kind != "EXPLAIN" or s.first != "EXPLAIN":
+        return None
+    tokens = s.tokens
+    i = 1
+    if i < len(tokens) and tokens[i].word in ("ANALYZE", "ANALYSE"):
+        i += 1
+    i = _skip_parens(tokens, i)
+    inner = s.sql[tokens[i].start:] if i < len(tokens) else ""
+    inner_statements = _parse(inner) if inner else []
+    if len(inner_statements) != 1:
+        raise _refuse(s.kind, s.sql, write=write, needs_write=False, reason="EXPLAIN one read statement")
+    try:
+        return _check_one(inner_statements[0], write=False)
+    except ReadOnlyQueryError:
+        raise _refuse(
+            s.kind,
+            s.sql,
+            write=write,
+            needs_write=False,
+            reason="EXPLAIN (ANALYZE) runs or plans its statement, so it must be a read statement too",
+        ) from None
+
+
+def _create(s: _Statement, write: bool) -> list[str] | None:
+    """CREATE TEMP objects always; tables, views... in memory only with ``write``; never a secret."""
+    if s.kind != "CREATE" or s.first != "CREATE":
+        return None
+    tokens = s.tokens
+    i = 3 if len(tokens) > 2 and tokens[1].word == "OR" and tokens[2].word == "REPLACE" else 1
+    temp = i < len(tokens) and tokens[i].word in ("TEMP", "TEMPORARY")
+    what = tokens[i + temp].word if i + temp < len(tokens) else ""
+    if (temp and what in _TEMP_OBJECTS) or (write and not temp and what in _WRITE_OBJECTS):
+        _check_words(tokens[i + temp + 1:], s.sql, _NON_READ_WORDS if not write else _EXPORT_WORDS)
         return []
-    if kind == "EXPLAIN" and first == "EXPLAIN":
-        i = 1
-        if i < len(tokens) and tokens[i].word in ("ANALYZE", "ANALYSE"):
-            i += 1
-        i = _skip_parens(tokens, i)
-        inner = sql[tokens[i].start:] if i < len(tokens) else ""
-        inner_statements = _parse(inner) if inner else []
-        if len(inner_statements) != 1:
-            raise _refuse(kind, sql, write=write, needs_write=False, reason="EXPLAIN one read statement")
-        try:
-            targets = _check_one(inner_statements[0], write=False)
-        except ReadOnlyQueryError:
-            raise _refuse(kind, sql, write=write, needs_write=False,
-                          reason="EXPLAIN (ANALYZE) runs or plans its statement, so it must be a read statement too") from None
-        return targets
-    if kind == "PRAGMA" and first == "PRAGMA" and len(tokens) > 1:
-        name = tokens[1].text.lower()
-        args = _skip_parens(tokens, 2)
-        if name in READ_PRAGMAS and args == len(tokens):
-            _check_words(tokens[1:], sql, _NON_READ_WORDS)
-            return []
-    if kind == "SET" and first in ("SET", "RESET") and len(tokens) > 2 and tokens[1].word == "VARIABLE":
-        _check_words(tokens[2:], sql, _NON_READ_WORDS)
-        return []
-    if kind == "CREATE" and first == "CREATE":
-        i = 1
-        if len(tokens) > 2 and tokens[1].word == "OR" and tokens[2].word == "REPLACE":
-            i = 3
-        temp = i < len(tokens) and tokens[i].word in ("TEMP", "TEMPORARY")
-        what = tokens[i + temp].word if i + temp < len(tokens) else ""
-        if (temp and what in _TEMP_OBJECTS) or (write and not temp and what in _WRITE_OBJECTS):
-            _check_words(tokens[i + temp + 1:], sql, _NON_READ_WORDS if not write else _EXPORT_WORDS)
-            return []
-        if what == "SECRET" or (i < len(tokens) and tokens[i].word == "PERSISTENT"):
-            raise _refuse("CREATE SECRET", sql, write=write, needs_write=False,
-                          reason="secrets are for remote files, which 'sql' does not read")
-        raise _refuse(kind, sql, write=write, needs_write=what in _WRITE_OBJECTS)
-    if kind == "COPY":
-        if not write:
-            raise _refuse(kind, sql, write=write, needs_write=True)
-        return [_copy_target(tokens, sql)]
-    if kind in _MEMORY_WRITES:
-        if not write:
-            raise _refuse(kind, sql, write=write, needs_write=True)
-        _check_words(tokens[1:], sql, _EXPORT_WORDS)
-        return []
-    if kind == "PRAGMA" and first != "PRAGMA":  # IMPORT DATABASE and COPY FROM DATABASE parse as PRAGMAs
-        raise _refuse(" ".join(t.word for t in tokens[:2]) or kind, sql, write=write, needs_write=False,
+    if what == "SECRET" or (i < len(tokens) and tokens[i].word == "PERSISTENT"):
+        raise _refuse("CREATE SECRET", s.sql, write=write, needs_write=False,
+                      reason="secrets are for remote files, which 'sql' does not read")
+    raise _refuse(s.kind, s.sql, write=write, needs_write=what in _WRITE_OBJECTS)
+
+
+def _write(s: _Statement, write: bool) -> list[str] | None:
+    """COPY ... TO a file and statements that change only the in-memory database: with ``write`` only."""
+    if s.kind != "COPY" and s.kind not in _MEMORY_WRITES:
+        return None
+    if not write:
+        raise _refuse(s.kind, s.sql, write=write, needs_write=True)
+    if s.kind == "COPY":
+        return [_copy_target(s.tokens, s.sql)]
+    _check_words(s.tokens[1:], s.sql, _EXPORT_WORDS)
+    return []
+
+
+def _import_database(s: _Statement, write: bool) -> list[str] | None:
+    if s.kind == "PRAGMA" and s.first != "PRAGMA":  # IMPORT DATABASE and COPY FROM DATABASE parse as PRAGMAs
+        raise _refuse(" ".join(t.word for t in s.tokens[:2]) or s.kind, s.sql, write=write, needs_write=False,
                       reason="it runs the SQL files of a folder or copies a whole database; "
                              "export one result with COPY (SELECT ...) TO 'file' and --write instead")
-    raise _refuse(kind, sql, write=write, needs_write=False, reason=_NEVER.get(kind))
+    return None
+
+
+_CHECKS = (_read, _explain, _create, _write, _import_database)
+
+
+def _check_one(statement, *, write: bool) -> list[str]:
+    """Check one parsed statement against the allow-list; return the COPY targets it writes.
+
+    Each check answers for the statements it knows (targets, or ``ReadOnlyQueryError``) and ``None``
+    for the others; a statement no check answers for is refused.
+    """
+    tokens = _tokens(statement.query)
+    s = _Statement(statement.type.name, statement.query, tokens, tokens[0].word if tokens else "")
+    for check in _CHECKS:
+        targets = check(s, write)
+        if targets is not None:
+            return targets
+    raise _refuse(s.kind, s.sql, write=write, needs_write=False, reason=_NEVER.get(s.kind))
 
 
 def check_statements(sql: str, *, write: bool = False) -> list[str]:
@@ -366,7 +416,9 @@ def _open(store: Store, *, threads: int | None, export_to: Sequence[Path]) -> tu
     return con, damaged_tables
 
 
-def connect(store: Store, *, threads: int | None = None, export_to: Sequence[str | os.PathLike] = ()) -> duckdb.DuckDBPyConnection:
+def connect(
+    store: Store, *, threads: int | None = None, export_to: Sequence[str | os.PathLike] = ()
+) -> duckdb.DuckDBPyConnection:
     """Open an in-memory DuckDB connection with one view per store table (``SELECT * FROM scans``).
 
     Views read the table's Parquet parts as listed when the connection opens (``union_by_name``).
@@ -379,7 +431,8 @@ def connect(store: Store, *, threads: int | None = None, export_to: Sequence[str
 
 
 def relation_to_arrow(relation) -> pa.Table:
-    """Materialise a DuckDB relation as an Arrow table (``None``, from a statement with no result, gives an empty table)."""
+    """Materialise a DuckDB relation as an Arrow table (``None``, from a statement with no result, gives an
+    empty table)."""
     if relation is None:
         return pa.table({})
     to_arrow = getattr(relation, "to_arrow_table", None) or relation.arrow  # duckdb >= 1.4 / older

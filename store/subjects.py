@@ -4,6 +4,7 @@ and subject lists read from text files."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from features.errors import InputError, StoreError
 from features.splits import SubjectSplit, split_subjects, subject_labels
@@ -23,7 +24,9 @@ def dataset_subject_split(store: Store, dataset: str, *, test_fraction: float = 
     from store.tables import table_exists
 
     if not table_exists(store, "scans"):
-        raise StoreError(f"The store {store.root} has no 'scans' table; run 'python cli.py ingest --dataset {dataset}' first.")
+        raise StoreError(
+            f"The store {store.root} has no 'scans' table; run 'python cli.py ingest --dataset {dataset}' first."
+        )
     con = connect(store)
     try:
         scans = con.sql("SELECT subject, label FROM scans WHERE dataset = ?", params=[dataset]).to_arrow_table()
@@ -47,9 +50,11 @@ def dataset_subject_split(store: Store, dataset: str, *, test_fraction: float = 
 def read_subject_list(path: str | os.PathLike) -> tuple[str, ...]:
     """Subject keys from a text file, one per line (blank lines and ``#`` comments ignored)."""
     try:
-        text = open(path, encoding="utf-8").read()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise InputError(f"Cannot read the subject list {path}: {exc.strerror}. Give a text file with one subject key per line.") from None
+        raise InputError(
+            f"Cannot read the subject list {path}: {exc.strerror}. Give a text file with one subject key per line."
+        ) from None
     subjects = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()

@@ -110,7 +110,9 @@ def _write_options(schema: pa.Schema) -> dict:
     them byte-stream-split).
     """
     leaves = [leaf for field in schema for leaf in _leaf_columns(field.name, field.type)]
-    split = {path for path, dtype, nested in leaves if nested and (pa.types.is_float32(dtype) or pa.types.is_float64(dtype))}
+    split = {
+        path for path, dtype, nested in leaves if nested and (pa.types.is_float32(dtype) or pa.types.is_float64(dtype))
+    }
     if not split:
         return {"compression": "zstd"}
     return {
@@ -262,14 +264,16 @@ def read_table(store: Store, name: str, *, columns: list[str] | None = None) -> 
     try:
         combined = pa.concat_tables(tables, promote_options="default")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise damaged_part_error(_conflicting_part(parts, tables), f"its schema conflicts with the table's: {exc}") from None
+        raise damaged_part_error(
+            _conflicting_part(parts, tables), f"its schema conflicts with the table's: {exc}"
+        ) from None
     return combined.replace_schema_metadata(None)
 
 
 def _conflicting_part(parts: list[Path], tables: list[pa.Table]) -> Path:
     """The first part whose schema cannot be unified with those of the parts before it."""
     schema = tables[0].schema
-    for part, table in zip(parts[1:], tables[1:]):
+    for part, table in zip(parts[1:], tables[1:], strict=True):
         try:
             schema = pa.unify_schemas([schema, table.schema], promote_options="default")
         except (pa.ArrowInvalid, pa.ArrowTypeError):

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 from features.errors import ParameterError, StoreError, WeightsError
@@ -55,6 +56,7 @@ __all__ = [
     "weights_table",
     "file_sha256",
     "load_checkpoint",
+    "LoadedCheckpoint",
     "check_state_dict",
     "resolve_weights",
     "load_weights_into",
@@ -99,7 +101,9 @@ class WeightsRecord:
 
     def summary_line(self) -> str:
         """One line for ``weights import``: what was stored and how it was matched."""
-        how = "keys matched by name" if self.mapping == "names" else "tensors mapped by order and shape (--map-by-order)"
+        how = (
+            "keys matched by name" if self.mapping == "names" else "tensors mapped by order and shape (--map-by-order)"
+        )
         head = "with classifier" if self.classifier else "without classifier (embeddings only)"
         return (
             f"imported {self.source_filename} as {self.model} weights {self.short} ({self.keys} tensors, {how}, "
@@ -210,32 +214,36 @@ def _is_classifier(key: str, prefixes: tuple[str, ...]) -> bool:
 
 
 # --- reading checkpoint files ---------------------------------------------------------------
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict, str]:
-    """Read a checkpoint file into ``(state_dict, wrapper_key)`` of CPU tensors.
+class LoadedCheckpoint(NamedTuple):
+    """A checkpoint file's state dict (CPU tensors, prefixes stripped) and the dotted wrapper key it sat
+    under (``''`` when it was not wrapped)."""
 
-    ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``
-    (no arbitrary code is unpickled). A dict wrapping the state dict under one of ``WRAPPER_KEYS``
-    is unwrapped (timm's order: EMA weights first); ``_orig_mod.`` / ``module.`` prefixes are stripped.
-    Raises ``WeightsError`` naming the file when it cannot be read or holds no tensors.
-    """
+    state: dict
+    wrapper: str
+
+
+def _read_checkpoint_file(path: Path):
+    """The object a checkpoint file holds: safetensors for ``.safetensors``, else ``torch.load(weights_only=True)``."""
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"Weights file {path} does not exist (or is not a file); give the path of a .pth/.pt/.safetensors file.")
     try:
         if path.suffix == ".safetensors":
             import safetensors.torch
 
-            checkpoint = safetensors.torch.load_file(str(path), device="cpu")
-        else:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            return safetensors.torch.load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch/safetensors raise many types for a bad file
         raise WeightsError(
             f"Weights file {path.name} could not be read ({type(exc).__name__}: {str(exc)[:300]}). "
             "It must be a PyTorch state dict saved with torch.save (loaded with weights_only=True: no "
             "pickled classes) or a .safetensors file; re-save it with torch.save(model.state_dict(), FILE)."
         ) from exc
+
+
+def _unwrap(checkpoint) -> LoadedCheckpoint:
+    """The state dict inside ``checkpoint`` (at most three ``WRAPPER_KEYS`` deep, timm's order) as stored."""
+    import torch
+
     wrapper = ""
     for _ in range(3):
         if not isinstance(checkpoint, Mapping):
@@ -247,6 +255,32 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, str]:
             break
         wrapper = f"{wrapper}.{inner}" if wrapper else inner
         checkpoint = checkpoint[inner]
+    return LoadedCheckpoint(checkpoint, wrapper)
+
+
+def _stripped(key: str) -> str:
+    for prefix in STRIP_PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
+    """Read a checkpoint file into ``(state_dict, wrapper_key)`` of CPU tensors (a ``LoadedCheckpoint``).
+
+    ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``
+    (no arbitrary code is unpickled). A dict wrapping the state dict under one of ``WRAPPER_KEYS``
+    is unwrapped (timm's order: EMA weights first); ``_orig_mod.`` / ``module.`` prefixes are stripped.
+    Raises ``WeightsError`` naming the file when it cannot be read or holds no tensors.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(
+            f"Weights file {path} does not exist (or is not a file); give the path of a .pth/.pt/.safetensors file."
+        )
+    checkpoint, wrapper = _unwrap(_read_checkpoint_file(path))
     if not isinstance(checkpoint, Mapping) or not checkpoint:
         raise WeightsError(f"Weights file {path.name} holds no state dict (found {type(checkpoint).__name__}).")
     non_tensors = [k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
@@ -255,13 +289,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, str]:
             f"Weights file {path.name} is a dict whose entries are not all tensors (e.g. {non_tensors[:5]}); "
             f"expected a state dict, or one wrapped under one of {', '.join(WRAPPER_KEYS)}."
         )
-    state = {}
-    for key, value in checkpoint.items():
-        for prefix in STRIP_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        state[key] = value
-    return state, wrapper
+    return LoadedCheckpoint({_stripped(key): value for key, value in checkpoint.items()}, wrapper)
 
 
 def _fmt_list(items: list[str], limit: int = 12) -> str:
@@ -288,7 +316,7 @@ def check_state_dict(model: str, state: Mapping) -> KeyReport:
 def _order_matches(model: str, state: Mapping) -> bool:
     expected = meta_model(model).state_dict()
     return len(expected) == len(state) and all(
-        tuple(a.shape) == tuple(b.shape) for a, b in zip(expected.values(), state.values())
+        tuple(a.shape) == tuple(b.shape) for a, b in zip(expected.values(), state.values(), strict=True)
     )
 
 
@@ -320,13 +348,16 @@ def _fit_state(model: str, state: dict, filename: str, *, map_by_order: bool) ->
         if not _order_matches(model, state):
             shapes_f = [tuple(v.shape) for v in state.values()]
             shapes_m = [tuple(v.shape) for v in expected.values()]
-            first = next((i for i, (a, b) in enumerate(zip(shapes_f, shapes_m)) if a != b), min(len(shapes_f), len(shapes_m)))
+            first = next(
+                (i for i, (a, b) in enumerate(zip(shapes_f, shapes_m, strict=False)) if a != b),
+                min(len(shapes_f), len(shapes_m)),
+            )
             raise WeightsError(
                 f"Weights file {filename} cannot be mapped by order onto timm's {model!r}: the file has "
                 f"{len(state)} tensors, the model {len(expected)}; the first difference is at position {first}. "
                 "Mapping by order needs the same tensors in the same order with the same shapes."
             )
-        state = dict(zip(expected.keys(), state.values()))
+        state = dict(zip(expected.keys(), state.values(), strict=True))
         mapping = "order"
     report = check_state_dict(model, state)
     if not report.ok and not report.classifier_only:
@@ -442,7 +473,17 @@ def weights_table(store: Store):
     import pyarrow as pa
 
     records = list_weights(store)
-    columns = ("sha256", "model", "keys", "classifier", "mapping", "source_filename", "source_sha256", "tensor_sha256", "imported_at")
+    columns = (
+        "sha256",
+        "model",
+        "keys",
+        "classifier",
+        "mapping",
+        "source_filename",
+        "source_sha256",
+        "tensor_sha256",
+        "imported_at",
+    )
     return pa.table(
         {
             "sha256": pa.array([r.short for r in records], pa.string()),
@@ -468,7 +509,7 @@ def format_records(records: list[WeightsRecord]) -> str:
         for r in records
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
     return "\n".join(lines)
 
 
@@ -581,7 +622,9 @@ def _download(model: str, cfg: dict) -> Path:
             repo, revision, names = _hf_candidates(cfg)
             for name in names:
                 try:
-                    return Path(hf_hub_download(repo, name, revision=revision, cache_dir=str(_hf_cache_dir()), etag_timeout=10))
+                    return Path(
+                        hf_hub_download(repo, name, revision=revision, cache_dir=str(_hf_cache_dir()), etag_timeout=10)
+                    )
                 except EntryNotFoundError:
                     continue
             raise WeightsError(f"{_wanted(cfg)} has none of those files.")

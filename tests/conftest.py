@@ -12,6 +12,18 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small networks train faster on one thread, and a busy CI machine cannot make them crawl
+    (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tmp_store(tmp_path):
     """An empty feature store in a temporary directory."""

@@ -64,7 +64,9 @@ def _violations() -> list[str]:
 
 def test_imports_point_down_and_stay_public():
     problems = _violations()
-    assert not problems, "Imports against the layering (features -> store -> extractors -> classifiers -> cli):\n" + "\n".join(problems)
+    assert not problems, (
+        "Imports against the layering (features -> store -> extractors -> classifiers -> cli):\n" + "\n".join(problems)
+    )
 
 
 def test_no_import_cycles_between_modules():
@@ -103,3 +105,24 @@ def test_the_checker_sees_a_bad_import(tmp_path, monkeypatch, bad, expected):
         assert any(expected in p for p in _violations())
     finally:
         fake.unlink()
+
+
+MAX_COMPLEXITY = 20  # radon's cyclomatic complexity (branches, loops, boolean operators, comprehensions)
+MAX_LINES = 80  # from ``def`` to the last line, docstring included
+
+
+def test_every_library_function_stays_readable():
+    from radon.complexity import cc_visit
+    from radon.visitors import Function
+
+    problems = []
+    for _module, path in _modules().items():
+        source = path.read_text(encoding="utf-8")
+        for block in cc_visit(source):
+            for item in [b for b in [block, *getattr(block, "methods", [])] if isinstance(b, Function)]:
+                where = f"{path.relative_to(ROOT)}:{item.lineno} {item.name}"
+                if item.complexity > MAX_COMPLEXITY:
+                    problems.append(f"{where}: complexity {item.complexity} > {MAX_COMPLEXITY}")
+                if item.endline - item.lineno + 1 > MAX_LINES:
+                    problems.append(f"{where}: {item.endline - item.lineno + 1} lines > {MAX_LINES}")
+    assert not problems, "Functions to split (named results, one job each):\n" + "\n".join(sorted(set(problems)))

@@ -59,7 +59,9 @@ def test_benchmarks_table_accumulates_runs_queryable_with_sql(tmp_store):
     second = append_benchmarks(tmp_store, rows[:1], machine={**machine, "cpu_model": "Other CPU"}, quick=False)
     table = read_benchmarks(tmp_store)
     assert table.schema == BENCHMARKS and table.num_rows == 3 and first != second
-    found = query(tmp_store, "SELECT cpu_model, quick, ratio FROM benchmarks WHERE stage = 'fit' ORDER BY quick").to_pylist()
+    found = query(
+        tmp_store, "SELECT cpu_model, quick, ratio FROM benchmarks WHERE stage = 'fit' ORDER BY quick"
+    ).to_pylist()
     assert found == [{"cpu_model": "Other CPU", "quick": False, "ratio": 0.5},
                      {"cpu_model": machine["cpu_model"], "quick": True, "ratio": 0.5}]
     packages = query(tmp_store, "SELECT packages FROM benchmarks LIMIT 1").column(0)[0].as_py()

@@ -155,7 +155,9 @@ def test_table_names_and_parameter_validation():
     assert BoVW(descriptor="orb", vocab_size=500, workers=2).table_name() == "orb_bovw500"
     assert BoVW(descriptor="kaze", vocab_size=50, tfidf=True).table_name().startswith("kaze_bovw50_")
     assert str(BoVW(vocab_size=7).output_schema().field("histogram").type) == "fixed_size_list<item: float>[7]"
-    with pytest.raises(ParameterError, match=r"^The 'vocab_size' parameter of BoVW must be an int in \[2, inf\)\. Got 1 instead\.$"):
+    with pytest.raises(
+        ParameterError, match=r"^The 'vocab_size' parameter of BoVW must be an int in \[2, inf\)\. Got 1 instead\.$"
+    ):
         create_extractor("bovw", vocab_size=1)
     with pytest.raises(ParameterError, match="descriptor"):
         create_extractor("bovw", descriptor="harris")
@@ -166,7 +168,9 @@ def test_table_names_and_parameter_validation():
 
 
 def test_cli_aliases_build_bovw(tmp_path):
-    built = build_from_options("orb_bovw", {"vocab_size": 500, "vocab_subjects": None, "vocab_split": None, "workers": 2})
+    built = build_from_options(
+        "orb_bovw", {"vocab_size": 500, "vocab_subjects": None, "vocab_split": None, "workers": 2}
+    )
     assert built.table_name() == "orb_bovw500" and built.workers == 2 and built.vocab_split == "train"
     assert build_from_options("kaze_bovw", {}).table_name() == "kaze_bovw50"
     listing = tmp_path / "subjects.txt"
@@ -184,7 +188,7 @@ def test_cli_aliases_build_bovw(tmp_path):
 def test_vocabulary_never_sees_held_out_subjects(toy, monkeypatch):
     store = toy
     scans = _scans(store)
-    subject_of = dict(zip(scans.column("scan_id").to_pylist(), scans.column("subject").to_pylist()))
+    subject_of = dict(zip(scans.column("scan_id").to_pylist(), scans.column("subject").to_pylist(), strict=True))
     split = dataset_subject_split(store, "toy")
     assert len(split.test) == 2 and len(split.train) == 6  # one held-out subject per label
 
@@ -213,8 +217,11 @@ def test_vocabulary_never_sees_held_out_subjects(toy, monkeypatch):
     np.testing.assert_array_equal(seen["fitted"], expected)
     # 3. content check: no vector k-means saw is a descriptor of a held-out subject's image
     #    (every scan, held-out ones included, is described in orb_descriptors for its histogram)
-    held_out = {k: sha for k, sha in zip(scans.column("scan_id").to_pylist(), scans.column("pixel_sha256").to_pylist())
-                if subject_of[k] in split.test}
+    held_out = {
+        k: sha
+        for k, sha in zip(scans.column("scan_id").to_pylist(), scans.column("pixel_sha256").to_pylist(), strict=True)
+        if subject_of[k] in split.test
+    }
     held_out_rows = {row.tobytes() for _, raw in read_descriptors(store, "orb_descriptors", "orb", held_out)
                      for row in descriptor_vectors(raw, "orb")}
     assert len(held_out_rows) > 100
@@ -278,13 +285,13 @@ def test_descriptor_table_is_the_same_with_two_worker_processes(toy):
     summary = run_extraction(extractor, store, dataset="toy", progress=False)
     assert summary.written == 16 and summary.table.startswith("brisk_descriptors_")
     scans = _scans(store)
-    wanted = dict(zip(scans.column("scan_id").to_pylist(), scans.column("pixel_sha256").to_pylist()))
+    wanted = dict(zip(scans.column("scan_id").to_pylist(), scans.column("pixel_sha256").to_pylist(), strict=True))
     stored = dict(read_descriptors(store, summary.table, "brisk", wanted))
     assert len(stored) == 16
     from store.pixels import PixelReader
 
     reader = PixelReader(store, "toy")
-    for scan_id, path in zip(scans.column("scan_id").to_pylist(), scans.column("path").to_pylist()):
+    for scan_id, path in zip(scans.column("scan_id").to_pylist(), scans.column("path").to_pylist(), strict=True):
         np.testing.assert_array_equal(stored[scan_id], describe(reader.read(path), "brisk", max_keypoints=200))
 
 

@@ -10,14 +10,7 @@ from extractors.cae import reconstruction_scores
 from extractors.nets import ConvAutoencoder, network_from_bytes, network_to_bytes
 from features.errors import WeightsError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small networks train faster on one thread, and a busy CI machine cannot make them crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_reconstruction_scores_of_perfect_and_poor_copies():
@@ -33,7 +26,11 @@ def test_autoencoder_shapes_and_serialisation():
     model = ConvAutoencoder(base=8, depth=3, latent_channels=4).eval()
     x = torch.rand(2, 1, 32, 32)
     assert model(x).shape == x.shape and model.encode(x).shape == (2, 4, 4, 4)
-    config = {"family": "cae", "arch": {"in_chans": 1, "base": 8, "depth": 3, "latent_channels": 4}, "value": np.float32(0.5)}
+    config = {
+        "family": "cae",
+        "arch": {"in_chans": 1, "base": 8, "depth": 3, "latent_channels": 4},
+        "value": np.float32(0.5),
+    }
     restored_config, restored = network_from_bytes(network_to_bytes(config, model))
     assert restored_config["value"] == 0.5
     assert torch.equal(restored(x), model(x))
@@ -52,14 +49,14 @@ def spine_store(tmp_path_factory):
 
 
 def test_train_cae_extract_and_fit(spine_store):
-    from classifiers.evaluate import fit_command
+    from classifiers.evaluate import fit_model
     from extractors import build_from_options
     from extractors.cae import train_cae
     from extractors.runner import run_extraction
     from store.tables import read_table
 
     result = train_cae(spine_store, "spine", epochs=3, image_size=32, base=8, depth=2, latent_channels=4, seed=0,
-                       device="cpu", progress=False, out=lambda _: None)
+                       device="cpu", progress=False)
     scores = result.metrics
     assert scores["images"] > 50  # held-out subjects' scans
     assert 0 < scores["reconstruction MSE"] < 0.05
@@ -73,8 +70,7 @@ def test_train_cae_extract_and_fit(spine_store):
     table = read_table(spine_store, summary.table)
     assert table.schema.field("embedding").type.list_size == 4 * 8 * 8
 
-    lines: list[str] = []
-    fit = fit_command(spine_store, "logistic", dataset="spine", target="level", features=summary.table, folds=3,
-                      n_boot=100, progress=False, out=lines.append)
+    fit = fit_model(spine_store, "logistic", dataset="spine", target="level", features=summary.table, folds=3,
+                      n_boot=100, progress=False)
     test = fit.summary[0]["test"]
     assert test["accuracy"][0] > 0.3  # seven vertebral levels: chance is 1/7

@@ -31,7 +31,7 @@ TRAINING_SCRIPT = textwrap.dedent(
     import numpy as np, torch
     torch.set_num_threads(1)
     from extractors.nets import SmallCNN
-    from extractors.training import deterministic, epoch_rng, train_epochs
+    from extractors.training import deterministic, fit_minibatches
     from features.augment import augment_batch, sample_params
     from store.layout import open_store
 
@@ -44,22 +44,21 @@ TRAINING_SCRIPT = textwrap.dedent(
         net = torch.nn.Sequential(SmallCNN(1, (8, 16)), torch.nn.Dropout(0.3), torch.nn.Linear(16, 2))
         opt = torch.optim.Adam(net.parameters(), lr=1e-2)
 
-        def run_epoch(epoch):
-            rng = epoch_rng(7, epoch)
-            order = rng.permutation(len(x))
-            for start in range(0, len(x), 16):
-                idx = torch.from_numpy(order[start:start + 16])
-                batch = augment_batch(x[idx], sample_params(rng, len(idx)))
-                loss = torch.nn.functional.cross_entropy(net(batch), y[idx])
-                opt.zero_grad(); loss.backward(); opt.step()
-            time.sleep(pause)
-            return {"loss": float(loss.detach())}
+        def inputs(batch):
+            idx = torch.from_numpy(batch.rows)
+            return augment_batch(x[idx], sample_params(batch.rng, len(idx))), y[idx]
+
+        def loss(prepared):
+            images, labels = prepared
+            return torch.nn.functional.cross_entropy(net(images), labels)
 
         def validate(epoch):
+            time.sleep(pause)  # a slow epoch: the test kills the run here, after the first checkpoint
             return {"val_loss": float(torch.nn.functional.cross_entropy(net(x[:32]), y[:32]))}
 
-        result = train_epochs(model=net, optimizer=opt, run_epoch=run_epoch, validate=validate, epochs=epochs,
-                              seed=7, patience=100, store=store, name="resume-test", key="k1", progress=False)
+        result = fit_minibatches(model=net, optimizer=opt, loss=loss, inputs=inputs, samples=np.arange(len(x)),
+                                 batch_size=16, validate=validate, epochs=epochs, seed=7, patience=100, store=store,
+                                 name="resume-test", key="k1", progress=False)
     torch.save(net.state_dict(), out_file)
     print("START", result.start_epoch, "RUN", result.epochs_run, flush=True)
     """
@@ -107,7 +106,7 @@ def test_sigkilled_training_resumes_to_identical_weights(tmp_path):
     assert ref.returncode == 0, ref_err
     assert "START 0 RUN 6" in ref_out
 
-    # interrupted run: SIGKILL as soon as the first checkpoint exists (mid-way through epoch 2)
+    # interrupted run: SIGKILL as soon as the first checkpoint exists (while epoch 2 is validated)
     store = tmp_path / "store"
     ckpt = store / "checkpoints" / "resume-test" / "k1.pt"
     victim = _run(script, store, tmp_path / "never.pt", epochs, 1.0)

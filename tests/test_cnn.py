@@ -81,7 +81,9 @@ def test_policy_uses_the_window_only_when_the_scan_has_one():
     windowed = to_unit_range(image, window_center=0.0, window_width=200.0)
     assert np.isclose(windowed.mean(), 0.5, atol=0.02) and (windowed == 0).mean() > 0.4
     for center, width in [(None, None), (float("nan"), float("nan")), (0.0, None)]:
-        np.testing.assert_array_equal(to_unit_range(image, window_center=center, window_width=width), percentile_to_unit(image))
+        np.testing.assert_array_equal(
+            to_unit_range(image, window_center=center, window_width=width), percentile_to_unit(image)
+        )
     np.testing.assert_array_equal(
         to_unit_range(image, window_center=0.0, window_width=200.0, mode="percentile"), percentile_to_unit(image)
     )
@@ -163,7 +165,10 @@ def test_table_names_spell_the_configuration():
     assert name(model="efficientnet_b0", layer="blocks.2.1.conv_dw") == "efficientnet_b0_blocks_2_1_conv_dw"
     assert name(model="convnext_tiny.fb_in22k") == "convnext_tiny_fb_in22k"
     # settings that only reorder floating-point work keep the table; precision does not
-    same = {name(model="efficientnet_b0", batch_size=b, workers=w, device="cpu", compile=c) for b, w, c in [(1, 0, False), (64, 3, True)]}
+    same = {
+        name(model="efficientnet_b0", batch_size=b, workers=w, device="cpu", compile=c)
+        for b, w, c in [(1, 0, False), (64, 3, True)]
+    }
     assert same == {"efficientnet_b0"} == {name(model="efficientnet_b0", precision="fp32", device="cpu")}
     assert name(model="efficientnet_b0", precision="bf16") == "efficientnet_b0_bf16"
     hashed = name(model="efficientnet_b0", intensity="percentile")
@@ -200,7 +205,9 @@ def test_cli_builders_map_short_names_and_refuse_what_they_cannot_honour():
     expected = {"inception": "inception_v3", "efficientnet": "efficientnet_b0", "convnext": "convnext_tiny"}
     for alias, model in expected.items():
         assert build_from_options(alias, {"extractor": alias}).model == model
-    built = build_from_options("efficientnet", {"model": "convnext_small", "batch_size": 8, "compile": None, "weights": "random"})
+    built = build_from_options(
+        "efficientnet", {"model": "convnext_small", "batch_size": 8, "compile": None, "weights": "random"}
+    )
     assert (built.model, built.batch_size, built.weights) == ("convnext_small", 8, "random")
     with pytest.raises(ParameterError, match="--model"):
         build_from_options("cnn", {})
@@ -245,7 +252,9 @@ def full_runs(demos, tmp_path_factory):
     store = core_copy(demos, tmp_path_factory.mktemp("full-runs"))
     summaries = []
     for dataset, kind, extra in FULL_RUNS:
-        extractor = create_extractor("cnn", model=TINY, weights="random", input=kind, batch_size=8, device="cpu", **extra)
+        extractor = create_extractor(
+            "cnn", model=TINY, weights="random", input=kind, batch_size=8, device="cpu", **extra
+        )
         summaries.append(run_extraction(extractor, store, dataset=dataset, progress=False))
     return store, summaries
 
@@ -255,7 +264,9 @@ def full_runs(demos, tmp_path_factory):
 @pytest.mark.parametrize("dataset, kind, extra", SHORT_RUNS)
 def test_short_names_on_each_demo(demos, tmp_path, short, width, dataset, kind, extra):
     store = core_copy(demos, tmp_path / "store")
-    extractor = build_from_options(short, {"input": kind, "weights": "random", "batch_size": 3, "device": "cpu", **extra})
+    extractor = build_from_options(
+        short, {"input": kind, "weights": "random", "batch_size": 3, "device": "cpu", **extra}
+    )
     summary = run_extraction(extractor, store, dataset=dataset, limit=3, progress=False)
     assert (summary.units, summary.written, summary.failed) == (_unit_count(store, dataset, kind, extra), 3, 0)
     table = read_table(store, summary.table)
@@ -271,7 +282,7 @@ def test_short_names_on_each_demo(demos, tmp_path, short, width, dataset, kind, 
 @pytest.mark.slow
 def test_whole_demos_give_one_row_per_unit_and_a_second_run_does_nothing(full_runs):
     store, summaries = full_runs
-    for (dataset, kind, extra), summary in zip(FULL_RUNS, summaries):
+    for (dataset, kind, extra), summary in zip(FULL_RUNS, summaries, strict=True):
         units = _unit_count(store, dataset, kind, extra)
         assert (summary.units, summary.written, summary.failed, summary.skipped) == (units, units, 0, 0)
         table = read_table(store, summary.table)
@@ -282,7 +293,9 @@ def test_whole_demos_give_one_row_per_unit_and_a_second_run_does_nothing(full_ru
         raise AssertionError("a second run must not even load the network")
 
     for dataset, kind, extra in FULL_RUNS:
-        extractor = create_extractor("cnn", model=TINY, weights="random", input=kind, batch_size=8, device="cpu", **extra)
+        extractor = create_extractor(
+            "cnn", model=TINY, weights="random", input=kind, batch_size=8, device="cpu", **extra
+        )
         before = table_parts(store, extractor.table_name())
         extractor.prepare = must_not_load
         again = run_extraction(extractor, store, dataset=dataset, progress=False)
@@ -296,13 +309,13 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_table(full_runs, demo
     store = core_copy(demos, tmp_path / "killed")
     table, total = summaries[0].table, summaries[0].units  # crmo, every scan, batches of 8
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
         "from store.layout import open_store\n"
         "from extractors import create_extractor\n"
         "from extractors.runner import run_extraction\n"
-        "e = create_extractor('cnn', model=%r, weights='random', batch_size=8, device='cpu', workers=0)\n"
-        "run_extraction(e, open_store(%r), dataset='crmo', rows_per_part=16, progress=False)\n"
-    ) % (str(REPO), TINY, str(store.root))
+        f"e = create_extractor('cnn', model={TINY!r}, weights='random', batch_size=8, device='cpu', workers=0)\n"
+        f"run_extraction(e, open_store({str(store.root)!r}), dataset='crmo', rows_per_part=16, progress=False)\n"
+    )
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     try:
@@ -323,7 +336,8 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_table(full_runs, demo
     assert got.column("scan_id").equals(want.column("scan_id"))
     assert got.column("source_sha256").equals(want.column("source_sha256"))
     np.testing.assert_array_equal(
-        np.asarray(got.column("embedding").to_pylist(), np.float32), np.asarray(want.column("embedding").to_pylist(), np.float32)
+        np.asarray(got.column("embedding").to_pylist(), np.float32),
+        np.asarray(want.column("embedding").to_pylist(), np.float32),
     )
 
 
@@ -366,7 +380,9 @@ def test_precision_is_part_of_the_identity_and_bf16_stays_close(demos, tmp_path)
         extractor = create_extractor("cnn", model=TINY, weights="random", precision=precision, device="cpu")
         tables[precision] = run_extraction(extractor, store, dataset="crmo", limit=4, progress=False).table
     assert tables == {"fp32": f"{TINY}_random", "bf16": f"{TINY}_random_bf16"}
-    fp32, bf16 = (np.asarray(read_table(store, t).sort_by("scan_id").column("embedding").to_pylist()) for t in tables.values())
+    fp32, bf16 = (
+        np.asarray(read_table(store, t).sort_by("scan_id").column("embedding").to_pylist()) for t in tables.values()
+    )
     assert not np.array_equal(fp32, bf16)
     np.testing.assert_allclose(bf16, fp32, rtol=0.1, atol=0.05 * np.abs(fp32).max())
 
@@ -410,7 +426,9 @@ def test_offline_inception_fails_fast_before_any_image_and_writes_nothing(demos,
     subprocess.run([sys.executable, "-c", "import torch, timm, duckdb, pyarrow.parquet, sklearn"], check=True)
     imports = time.monotonic() - started
     started = time.monotonic()
-    result = cli("extract", "--extractor", "inception", "--dataset", "crmo", "--store", str(store.root), env=_offline_env(empty))
+    result = cli(
+        "extract", "--extractor", "inception", "--dataset", "crmo", "--store", str(store.root), env=_offline_env(empty)
+    )
     assert time.monotonic() - started < imports + 10
     assert result.returncode == 2, result.stderr
     assert "timm/inception_v3.tv_in1k" in result.stderr and "weights import inception_v3 FILE" in result.stderr

@@ -38,6 +38,7 @@ from store.layout import open_store
 
 @pytest.fixture(scope="module")
 def demo_store(tmp_path_factory):
+    """All four demos generated once (~35 s): every test that takes this store is marked slow."""
     store = open_store(tmp_path_factory.mktemp("demo_store"))
     for name in DEMO_NAMES:
         ensure_demo(store, name, progress=False)
@@ -120,6 +121,7 @@ def test_unknown_name_is_a_dataset_error(tmp_path):
         ensure_demo(open_store(tmp_path), "knees")
 
 
+@pytest.mark.slow
 def test_generation_is_deterministic_and_redoes_interrupted_runs(demo_store, tmp_path):
     other = open_store(tmp_path / "second")
     # Leftovers of interrupted generations: a partial temp folder and a final folder without marker.
@@ -136,6 +138,7 @@ def test_generation_is_deterministic_and_redoes_interrupted_runs(demo_store, tmp
     assert not (other.datasets_dir / ".crmo.partial").exists()
 
 
+@pytest.mark.slow
 def test_complete_dataset_is_returned_without_regenerating(demo_store, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a complete demo must not be generated again")
@@ -148,6 +151,7 @@ def test_complete_dataset_is_returned_without_regenerating(demo_store, monkeypat
 # ---------------------------------------------------------------- crmo
 
 
+@pytest.mark.slow
 def test_crmo_layout_pairs_and_tags(demo_store):
     root = _root(demo_store, "crmo")
     rows = _manifest(root)
@@ -183,6 +187,7 @@ def test_crmo_layout_pairs_and_tags(demo_store):
     assert slice_locations == sorted(slice_locations)
 
 
+@pytest.mark.slow
 def test_crmo_lesion_change_orders_the_labels(demo_store):
     root = _root(demo_store, "crmo")
     with open(root / "pairs.csv", newline="") as handle:
@@ -206,6 +211,7 @@ def test_crmo_lesion_change_orders_the_labels(demo_store):
 # ---------------------------------------------------------------- chronomid
 
 
+@pytest.mark.slow
 def test_chronomid_layout_weeks_and_tags(demo_store):
     root = _root(demo_store, "chronomid")
     rows = _manifest(root)
@@ -241,6 +247,7 @@ def test_chronomid_layout_weeks_and_tags(demo_store):
     _check_dicom(root / rows[0]["path"], sop_class=CTImageStorage, modality="CT")
 
 
+@pytest.mark.slow
 def test_chronomid_pth_gains_bone_after_treatment(demo_store):
     root = _root(demo_store, "chronomid")
     bone = defaultdict(list)
@@ -264,6 +271,33 @@ def test_chronomid_pth_gains_bone_after_treatment(demo_store):
 # ---------------------------------------------------------------- impc
 
 
+def _check_impc_specimen(items: list[dict[str, str]], headers: dict[str, pydicom.Dataset]) -> bool:
+    """One specimen's images: both views, one identity, study and label set; True when a view repeats."""
+    views = Counter(headers[r["path"]].ViewPosition for r in items)
+    assert set(views) == {"DV", "LAT"}
+    for r in items:
+        assert r["path"].split("/")[1].startswith(headers[r["path"]].ViewPosition + "_")
+    assert len({headers[r["path"]].PatientID for r in items}) == 1
+    assert len({headers[r["path"]].StudyDate for r in items}) == 1
+    assert len({headers[r["path"]].StudyInstanceUID for r in items}) == 1
+    assert len({(r["label"], r["labels"], r["level2"], r["level3"]) for r in items}) == 1
+    return max(views.values()) > 1
+
+
+def _check_impc_levels(r: dict[str, str]) -> None:
+    """A specimen's label columns agree: labels = level2 + level3, level 3 under its level-2 parents."""
+    assert r["label"] == r["level1"] in ("normal", "abnormal")
+    level2 = r["level2"].split(";") if r["level2"] else []
+    level3 = r["level3"].split(";") if r["level3"] else []
+    assert r["labels"] == ";".join(level2 + level3)
+    if r["level1"] == "normal":
+        assert not level2 and not level3
+        return
+    assert set(level2) <= set(impc_module.LEVEL2) and set(level3) <= set(impc_module.LEVEL3)
+    assert {impc_module.LEVEL3_PARENT[name] for name in level3} == set(level2)
+
+
+@pytest.mark.slow
 def test_impc_specimens_views_and_labels(demo_store):
     root = _root(demo_store, "impc")
     rows = _manifest(root)
@@ -275,32 +309,14 @@ def test_impc_specimens_views_and_labels(demo_store):
     for row in rows:
         by_specimen[row["path"].split("/")[0]].append(row)
     assert len(by_specimen) == 300
-    n_multi = 0
-    for specimen, items in by_specimen.items():
-        views = Counter(headers[r["path"]].ViewPosition for r in items)
-        assert set(views) == {"DV", "LAT"}
-        n_multi += max(views.values()) > 1
-        for r in items:
-            assert r["path"].split("/")[1].startswith(headers[r["path"]].ViewPosition + "_")
-        assert len({headers[r["path"]].PatientID for r in items}) == 1
-        assert len({headers[r["path"]].StudyDate for r in items}) == 1
-        assert len({headers[r["path"]].StudyInstanceUID for r in items}) == 1
-        assert len({(r["label"], r["labels"], r["level2"], r["level3"]) for r in items}) == 1
+    n_multi = sum(_check_impc_specimen(items, headers) for items in by_specimen.values())
     assert 10 <= n_multi <= 100
 
     specimens = [items[0] for items in by_specimen.values()]
     abnormal = [r for r in specimens if r["level1"] == "abnormal"]
     assert 0.3 <= len(abnormal) / len(specimens) <= 0.4
     for r in specimens:
-        assert r["label"] == r["level1"] in ("normal", "abnormal")
-        level2 = r["level2"].split(";") if r["level2"] else []
-        level3 = r["level3"].split(";") if r["level3"] else []
-        assert r["labels"] == ";".join(level2 + level3)
-        if r["level1"] == "normal":
-            assert not level2 and not level3
-            continue
-        assert set(level2) <= set(impc_module.LEVEL2) and set(level3) <= set(impc_module.LEVEL3)
-        assert {impc_module.LEVEL3_PARENT[name] for name in level3} == set(level2)
+        _check_impc_levels(r)
     # Level-2 combinations in the proportions of the paper's Table 2 (1651 abnormal specimens there).
     combos = Counter(frozenset(r["level2"].split(";")) for r in abnormal)
     for combo, count in impc_module.TABLE2_COMBINATIONS:
@@ -344,6 +360,7 @@ def _cv_auc(x: np.ndarray, y: np.ndarray) -> float:
     return float(roc_auc_score(y, scores))
 
 
+@pytest.mark.slow
 def test_impc_abnormalities_are_visible_and_view_specific(demo_store):
     features, meta = _impc_features(_root(demo_store, "impc"))
     abnormal = np.array([r["level1"] == "abnormal" for r in meta], dtype=int)
@@ -360,6 +377,7 @@ def test_impc_abnormalities_are_visible_and_view_specific(demo_store):
 # ---------------------------------------------------------------- spine
 
 
+@pytest.mark.slow
 def test_spine_subjects_levels_visits_and_grades(demo_store):
     root = _root(demo_store, "spine")
     rows = _manifest(root)
@@ -391,11 +409,12 @@ def test_spine_subjects_levels_visits_and_grades(demo_store):
 
     for subject, names in visits.items():
         dates = [_date(headers[f"{subject}/visit_{v}/L3.dcm"].StudyDate) for v in range(1, len(names) + 1)]
-        assert all((b - a).days >= 3 * 365 for a, b in zip(dates, dates[1:]))
+        assert all((b - a).days >= 3 * 365 for a, b in zip(dates, dates[1:], strict=False))
     ds = _check_dicom(root / rows[0]["path"], sop_class=MRImageStorage, modality="MR")
     assert (ds.Rows, ds.Columns) == (64, 64)
 
 
+@pytest.mark.slow
 def test_spine_same_subject_crops_look_alike(demo_store):
     root = _root(demo_store, "spine")
     rows = _manifest(root)

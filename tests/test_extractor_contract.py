@@ -40,10 +40,6 @@ class Contract:
     bad: dict  # a parameter value validate_params must refuse
 
 
-def _quiet(_line: str) -> None:
-    pass
-
-
 def _bovw(store) -> dict:
     from store.sql import query
 
@@ -58,7 +54,7 @@ def _cae(store) -> dict:
     from extractors.cae import train_cae
 
     result = train_cae(store, "crmo", epochs=1, image_size=32, base=8, depth=2, latent_channels=2, seed=0,
-                       device="cpu", progress=False, out=_quiet)
+                       device="cpu", progress=False)
     return {"artifact": result.artifact.short, "batch_size": 8, "device": "cpu"}
 
 
@@ -66,21 +62,31 @@ def _siamese(store) -> dict:
     from extractors.siamese import train_siamese
 
     result = train_siamese(store, "crmo", epochs=1, batch_size=32, image_size=32, seed=0, device="cpu",
-                           progress=False, out=_quiet)
+                           progress=False)
     return {"artifact": result.artifact.short, "batch_size": 8, "device": "cpu"}
 
 
 CONTRACTS = {
     "cnn": Contract(
         "crmo",
-        lambda store: {"model": "test_efficientnet", "weights": "random", "batch_size": 2, "device": "cpu", "workers": 1},
+        lambda store: {
+            "model": "test_efficientnet",
+            "weights": "random",
+            "batch_size": 2,
+            "device": "cpu",
+            "workers": 1,
+        },
         {"batch_size": 0},
     ),
     "bovw": Contract("crmo", _bovw, {"vocab_size": 1}),
     "descriptors": Contract(
-        "crmo", lambda store: {"descriptor": "orb", "max_keypoints": 100, "workers": 1, "progress": False}, {"max_keypoints": 0}
+        "crmo",
+        lambda store: {"descriptor": "orb", "max_keypoints": 100, "workers": 1, "progress": False},
+        {"max_keypoints": 0},
     ),
-    "diffstats": Contract("chronomid", lambda store: {"reference": "absolute", "n_bins": 8, "workers": 1}, {"n_bins": 0}),
+    "diffstats": Contract(
+        "chronomid", lambda store: {"reference": "absolute", "n_bins": 8, "workers": 1}, {"n_bins": 0}
+    ),
     "cae": Contract("crmo", _cae, {"batch_size": 0}),
     "siamese": Contract("crmo", _siamese, {"batch_size": 0}),
 }
@@ -133,14 +139,14 @@ def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
 
 def _assert_schema(actual: pa.Schema, expected: pa.Schema) -> None:
     assert actual.names == expected.names
-    for a, b in zip(actual, expected):
+    for a, b in zip(actual, expected, strict=True):
         assert _same_type(a.type, b.type), (a.name, a.type, b.type)
 
 
 def _close(a, b) -> bool:
     """Equal values, floats to 1e-6 relative (threaded reductions may reorder sums), lists element-wise."""
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, float) and isinstance(b, float):
         return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7)
     return a == b
@@ -160,8 +166,12 @@ def test_parameters_survive_clone(name, params_of):
     assert twin is not extractor
     assert twin.get_params(deep=False) == extractor.get_params(deep=False)
     rebuilt = type(extractor)(**extractor.get_params(deep=False))
-    assert rebuilt.config() == extractor.config() and rebuilt.table_name() == twin.table_name() == extractor.table_name()
-    assert not [k for k in vars(rebuilt) if k.endswith("_") and not k.startswith("_")], "__init__ must not set learned state"
+    assert (
+        rebuilt.config() == extractor.config() and rebuilt.table_name() == twin.table_name() == extractor.table_name()
+    )
+    assert not [k for k in vars(rebuilt) if k.endswith("_") and not k.startswith("_")], (
+        "__init__ must not set learned state"
+    )
     defaults = type(extractor)()
     assert set(defaults.get_params(deep=False)) == set(extractor.get_params(deep=False))
 
@@ -186,8 +196,10 @@ def test_output_is_deterministic_and_matches_the_schema(name, params_of, base_st
 
         table = read_table(store, summary.table)
         _assert_schema(table.schema, schema)
-        expected_sources = dict(zip(units.column(key).to_pylist(), units.column("source_sha256").to_pylist()))
-        for k, source in zip(table.column(key).to_pylist(), table.column("source_sha256").to_pylist()):
+        expected_sources = dict(
+            zip(units.column(key).to_pylist(), units.column("source_sha256").to_pylist(), strict=True)
+        )
+        for k, source in zip(table.column(key).to_pylist(), table.column("source_sha256").to_pylist(), strict=True):
             assert expected_sources[k] == source
         numeric = [f.name for f in schema if pa.types.is_floating(f.type)]
         for column in numeric:
@@ -220,9 +232,16 @@ def test_bad_input_raises_the_projects_errors(name, params_of, base_store, tmp_p
     root = Path(datasets.filter(pc.equal(datasets.column("dataset"), contract.dataset)).column("root")[0].as_py())
     copied = tmp_path / "copy" / contract.dataset
     shutil.copytree(root, copied)
-    roots = [str(copied) if d == contract.dataset else r for d, r in zip(datasets.column("dataset").to_pylist(), datasets.column("root").to_pylist())]
-    replace_table(store, "datasets", datasets.set_column(datasets.schema.get_field_index("root"), "root", pa.array(roots, pa.string())),
-                  metadata=part_metadata(producer="test"))
+    roots = [
+        str(copied) if d == contract.dataset else r
+        for d, r in zip(datasets.column("dataset").to_pylist(), datasets.column("root").to_pylist(), strict=True)
+    ]
+    replace_table(
+        store,
+        "datasets",
+        datasets.set_column(datasets.schema.get_field_index("root"), "root", pa.array(roots, pa.string())),
+        metadata=part_metadata(producer="test"),
+    )
     extractor = create_extractor(name, **params)
     units = extractor.units(store, contract.dataset)
     broken_key = units.column(extractor.key_column())[0].as_py()

@@ -57,7 +57,9 @@ def write_scans(store, rows: list[dict], extra=()) -> None:
 def write_pairs(store, rows: list[dict]) -> None:
     """Append ``rows`` to ``pairs`` (core schema)."""
     full = [{**{f.name: None for f in PAIRS_CORE}, **r} for r in rows]
-    write_part(store, "pairs", pa.Table.from_pylist(full, schema=PAIRS_CORE), metadata=part_metadata(producer="test:pairs"))
+    write_part(
+        store, "pairs", pa.Table.from_pylist(full, schema=PAIRS_CORE), metadata=part_metadata(producer="test:pairs")
+    )
 
 
 def write_features(store, table: str, key: str, keys, hashes, column: str, matrix, *, dataset: str,
@@ -74,9 +76,20 @@ def write_features(store, table: str, key: str, keys, hashes, column: str, matri
     write_part(store, table, pa.table(columns), metadata=meta)
 
 
-def build_crmo_like(store, *, n_subjects: int = 30, dim: int = 2048, vocab: int = 500, seed: int = 0,
-                    dataset: str = "crmo", cnn_table: str | None = "inception_v3", bovw_table: str | None = "sift_bovw500",
-                    split_column: bool = False, signal: float = 1.0, one_class: bool = False) -> dict:
+def build_crmo_like(
+    store,
+    *,
+    n_subjects: int = 30,
+    dim: int = 2048,
+    vocab: int = 500,
+    seed: int = 0,
+    dataset: str = "crmo",
+    cnn_table: str | None = "inception_v3",
+    bovw_table: str | None = "sift_bovw500",
+    split_column: bool = False,
+    signal: float = 1.0,
+    one_class: bool = False,
+) -> dict:
     """A CRMO-shaped store: subjects with 2-3 studies (one slice each), 'given' before/after pairs labelled
     improved / persisted / regressed, a ``cnn_table`` (2048-d embedding per scan) whose pair difference
     carries the label, and a ``bovw_table`` histogram per scan whose lesion words grow or shrink with it.
@@ -184,8 +197,16 @@ def build_specimens_like(store, *, dataset: str = "impc", n_subjects: int = 60, 
         for region in level2:
             vector[1 + codes[region]] += 2.5
         emb.append(vector)
-    write_features(store, table, "specimen_id", units.column("key").to_pylist(), units.column("source_sha256").to_pylist(),
-                   "embedding", np.array(emb), dataset=dataset)
+    write_features(
+        store,
+        table,
+        "specimen_id",
+        units.column("key").to_pylist(),
+        units.column("source_sha256").to_pylist(),
+        "embedding",
+        np.array(emb),
+        dataset=dataset,
+    )
     return {"units": units}
 
 
@@ -283,7 +304,9 @@ def test_pair_diff_and_concat_match_the_stored_rows(tmp_store):
     units = load_units(tmp_store, "crmo", "pairs")
     position = {r["scan_id"]: i for i, r in enumerate(data["scans"])}
     emb, hist = data["embeddings"], data["histograms"]
-    loaded = load_feature_set(tmp_store, parse_feature_set("inception_v3:diff+sift_bovw500:concat+time"), units, "pairs")
+    loaded = load_feature_set(
+        tmp_store, parse_feature_set("inception_v3:diff+sift_bovw500:concat+time"), units, "pairs"
+    )
     assert loaded.present.all() and loaded.width == 8 + 20 + 1
     X = assemble(loaded.blocks, loaded.time)
     for i, row in enumerate(units.to_pylist()):
@@ -311,8 +334,17 @@ def test_rows_from_older_pixels_never_enter(tmp_store):
 def test_duplicate_feature_rows_are_read_once(tmp_store):
     data = build_crmo_like(tmp_store, n_subjects=4, dim=4, vocab=5)
     scans = data["scans"][:3]
-    write_features(tmp_store, "inception_v3", "scan_id", [r["scan_id"] for r in scans], [r["pixel_sha256"] for r in scans],
-                   "embedding", np.zeros((3, 4)), dataset="crmo", params={"extractor": "cnn", "architecture": "inception_v3"})
+    write_features(
+        tmp_store,
+        "inception_v3",
+        "scan_id",
+        [r["scan_id"] for r in scans],
+        [r["pixel_sha256"] for r in scans],
+        "embedding",
+        np.zeros((3, 4)),
+        dataset="crmo",
+        params={"extractor": "cnn", "architecture": "inception_v3"},
+    )
     keys, matrix, duplicates = load_matrix(tmp_store, "inception_v3", "scan_id", ["embedding"])
     assert duplicates == 3 and len(keys) == len(data["scans"]) == len(set(keys.tolist()))
 
@@ -336,15 +368,18 @@ def test_specimen_keys_and_hashes_match_the_extractors_units(tmp_store):
     build_specimens_like(tmp_store, n_subjects=6)
     mine = load_units(tmp_store, "impc", "specimens")
     theirs = specimen_units(tmp_store, "impc")
-    assert sorted(zip(mine.column("key").to_pylist(), mine.column("source_sha256").to_pylist())) == \
-        sorted(zip(theirs.column("specimen_id").to_pylist(), theirs.column("source_sha256").to_pylist()))
+    assert sorted(zip(mine.column("key").to_pylist(), mine.column("source_sha256").to_pylist(), strict=True)) == \
+        sorted(zip(theirs.column("specimen_id").to_pylist(), theirs.column("source_sha256").to_pylist(), strict=True))
     assert "level2" in mine.column_names
 
 
 def test_datasets_with_features_and_feature_table_info(tmp_store):
     build_crmo_like(tmp_store, n_subjects=4, dim=4, vocab=5)
     build_scans_like(tmp_store, n_per_class=2, weeks=(0, 1))
-    assert datasets_with_features(tmp_store) == {"chronomid": ["efficientnet_b0"], "crmo": ["inception_v3", "sift_bovw500"]}
+    assert datasets_with_features(tmp_store) == {
+        "chronomid": ["efficientnet_b0"],
+        "crmo": ["inception_v3", "sift_bovw500"],
+    }
     info = feature_tables(tmp_store)["sift_bovw500"]
     assert info.key == "scan_id" and info.columns == ("histogram",) and info.unit == "scans" and info.params_hash
 

@@ -12,7 +12,8 @@ from features.errors import DecodeError
 from store._frame_hasher import FrameHasher
 from store.dicom import read_dicom_contents
 from store.digest import FileFrameContent, FrameContent
-from store.ingest import _decode_chunk, _Item
+from store.ingest import _decode_chunk
+from store.ingest_inputs import InputFile
 from tests._ingest_samples import write_dicom
 
 SIZE = (300, 260)  # 156,000 bytes at 16 bits: above the size from which pixel data is deferred
@@ -45,7 +46,7 @@ def test_deferred_frames_hash_exactly_as_decoded_ones(tmp_path):
         assert [c.sha256() for c in deferred.contents] == [c.sha256() for c in eager.contents], kind
         # and the stored integers read from the file are pydicom's own
         stack = pydicom.dcmread(path).pixel_array.reshape(eager.shape)
-        for frame, content in zip(stack, deferred.contents):
+        for frame, content in zip(stack, deferred.contents, strict=True):
             assert np.array_equal(content.read().reshape(frame.shape), frame), kind
 
 
@@ -80,7 +81,7 @@ def test_decode_chunk_records_a_file_changed_under_it_and_keeps_the_rest(tmp_pat
         return found
 
     monkeypatch.setattr(store.ingest, "read_contents", read_then_truncate)
-    items = [_Item(f"s{k}.dcm", f"key{k}", "file", False) for k in range(6)]
+    items = [InputFile(f"s{k}.dcm", f"key{k}", "file", False) for k in range(6)]
     with FrameHasher(helper=True) as hasher:
         rows, failures = _decode_chunk(items, root=str(tmp_path), dataset="d", secret=b"k" * 32, hasher=hasher)
     assert sorted(r["path"] for r in rows) == ["s0.dcm", "s1.dcm", "s3.dcm", "s4.dcm", "s5.dcm"]
@@ -98,7 +99,7 @@ def test_rows_are_complete_when_the_helper_process_dies(tmp_path):
     expected = [c.sha256() for c in contents]
     rows = [{} for _ in contents]
     with FrameHasher(helper=True) as hasher:
-        for k, (row, content) in enumerate(zip(rows, contents)):
+        for k, (row, content) in enumerate(zip(rows, contents, strict=True)):
             hasher.add(row, content)
             if k == 9:
                 hasher._process.kill()  # as the OOM killer would

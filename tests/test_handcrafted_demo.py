@@ -83,7 +83,9 @@ def test_absolute_diffstats_separate_pth_from_wild_type_in_late_weeks(demo_store
     subjects = np.array([r["subject"] for r in rows])
     assert np.isfinite(features).all()
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    scores = cross_val_predict(model, features, labels, groups=subjects, cv=LeaveOneGroupOut(), method="predict_proba")[:, 1]
+    scores = cross_val_predict(model, features, labels, groups=subjects, cv=LeaveOneGroupOut(), method="predict_proba")[
+        :, 1
+    ]
     auc = roc_auc_score(labels, scores)
     print(f"\nchronomid late weeks (>= {LATE_WEEKS}): {len(rows)} pairs of {len(set(subjects))} mice, "
           f"leave-one-mouse-out logistic regression on diffstats_absolute: AUC = {auc:.3f}")

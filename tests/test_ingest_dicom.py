@@ -17,6 +17,7 @@ from store.dicom import read_dicom
 from store.ingest import ingest_dataset
 from store.layout import open_store
 from store.pixels import PixelReader, frame_sha256s, load_pixels
+from store.secret import load_secret
 from store.tables import read_table
 from tests._ingest_samples import write_dicom
 
@@ -63,7 +64,11 @@ def test_compressed_syntaxes_decode_to_the_uncompressed_pixels(pydicom_ingest):
         "MR_small_implicit.dcm",
     ):
         assert by_path[name]["pixel_sha256"] == reference, name
-    for name, shape in (("JPEG2000.dcm", (1024, 256)), ("JPGExtended.dcm", (1024, 256)), ("JPEGLSNearLossless_16.dcm", (50, 10))):
+    for name, shape in (
+        ("JPEG2000.dcm", (1024, 256)),
+        ("JPGExtended.dcm", (1024, 256)),
+        ("JPEGLSNearLossless_16.dcm", (50, 10)),
+    ):
         assert (by_path[name]["rows"], by_path[name]["cols"]) == shape, name
 
     # JPEG baseline in YBR_FULL: kept in colour and converted to RGB (close to the lossless RGB original)
@@ -100,7 +105,7 @@ def test_stored_hash_identifies_the_pixels_read_back(pydicom_ingest):
         assert (pixels.shape[2] if pixels.ndim == 3 else 1) == row["channels"]
         # a folder named after its files' PatientID is stored redacted; the reader still finds the file
         file = reader.locate(row["path"])
-        assert frame_sha256s(file, secret=store.secret())[row["frame"]] == row["pixel_sha256"], row["path"]
+        assert frame_sha256s(file, secret=load_secret(store))[row["frame"]] == row["pixel_sha256"], row["path"]
         # equal digests mean equal arrays (the lossless re-encodings of MR_small share one digest)
         first = by_digest.setdefault(row["pixel_sha256"], (row["path"], pixels))
         assert np.array_equal(first[1], pixels), (first[0], row["path"])
@@ -120,7 +125,8 @@ def test_digest_changes_with_any_pixel_or_the_rescale(tmp_path):
     ds.PhotometricInterpretation = "MONOCHROME1"
     ds.save_as(tmp_path / "inverted.dcm")
     digests = {
-        name: frame_sha256s(tmp_path / f"{name}.dcm", secret=b"k" * 32)[0] for name in ("a", "same", "pixel", "rescaled", "inverted")
+        name: frame_sha256s(tmp_path / f"{name}.dcm", secret=b"k" * 32)[0]
+        for name in ("a", "same", "pixel", "rescaled", "inverted")
     }
     assert digests["a"] == digests["same"]
     assert len({digests[k] for k in ("a", "pixel", "rescaled", "inverted")}) == 4
@@ -194,7 +200,8 @@ def test_chronomid_weeks_missing_week_kth_slice_pairs(tmp_path):
     _volume(root, "MOUSE-B", 0, 2)
     _volume(root, "MOUSE-B", 1, 2)
     lines = ["path,label"] + [
-        f"{p.relative_to(root).as_posix()},{'pth' if 'MOUSE-B' in str(p) else 'wild_type'}" for p in sorted(root.rglob("*.dcm"))
+        f"{p.relative_to(root).as_posix()},{'pth' if 'MOUSE-B' in str(p) else 'wild_type'}"
+        for p in sorted(root.rglob("*.dcm"))
     ]
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
     store = open_store(tmp_path / "store")
@@ -217,7 +224,9 @@ def test_chronomid_weeks_missing_week_kth_slice_pairs(tmp_path):
         for p in pairs:
             ref, cmp = scans[p["reference_scan_id"]], scans[p["comparison_scan_id"]]
             if p["reference_mode"] == mode and cmp["path"].startswith(subject_path):
-                out.append((ref["path"].split("/", 1)[1], cmp["path"].split("/", 1)[1], p["interval_days"], p["time_index"]))
+                out.append(
+                    (ref["path"].split("/", 1)[1], cmp["path"].split("/", 1)[1], p["interval_days"], p["time_index"])
+                )
         return sorted(out)
 
     assert described("absolute", "MOUSE-A") == [
@@ -281,7 +290,10 @@ def test_impc_views_lists_and_constant_time(tmp_path):
     scans = {r["path"]: r for r in _rows(store, "scans", "impc_test")}
     assert {r["view"] for r in scans.values()} == {"DV", "LAT"}
     assert {r["time_index"] for r in scans.values()} == {0}
-    assert scans["SPEC-1/DV.dcm"]["level2"] == ["Spine", "Ribcage"] and scans["SPEC-1/DV.dcm"]["labels"] == ["abnormal", "spine"]
+    assert scans["SPEC-1/DV.dcm"]["level2"] == ["Spine", "Ribcage"] and scans["SPEC-1/DV.dcm"]["labels"] == [
+        "abnormal",
+        "spine",
+    ]
     assert scans["SPEC-2/LAT.dcm"]["level2"] == [] and scans["SPEC-2/LAT.dcm"]["labels"] == []
     assert scans["SPEC-1/LAT.dcm"]["level3"] == ["scoliosis"] and scans["SPEC-2/DV.dcm"]["level1"] == "normal"
     assert np.array_equal(load_pixels(store, "impc_test", "SPEC-1/DV.dcm"), np.full((5, 5), 65535.0, dtype=np.float32))
@@ -348,5 +360,5 @@ def test_hashing_on_a_helper_process_gives_the_same_rows(tmp_path, monkeypatch):
         ingest_dataset(store_, "large", root=root, progress=False, chunk_size=3)
         tables.append(read_table(store_, "scans").sort_by("scan_id"))
         for row in tables[-1].to_pylist():
-            assert row["pixel_sha256"] == frame_sha256s(root / row["path"], secret=store_.secret())[row["frame"]]
+            assert row["pixel_sha256"] == frame_sha256s(root / row["path"], secret=load_secret(store_))[row["frame"]]
     assert tables[0].num_rows == 12 and tables[0].equals(tables[1])

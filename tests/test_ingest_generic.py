@@ -12,6 +12,7 @@ from features.errors import DatasetError, ParameterError
 from store.ingest import ingest_dataset
 from store.layout import open_store
 from store.pixels import load_pixels, pixel_sha256
+from store.secret import load_secret
 from store.tables import read_table
 
 
@@ -72,7 +73,7 @@ def test_manifest_images_with_labels_and_list_columns(tmp_path, image_folder):
             continue
         pixels = load_pixels(store, "imgs", rel)
         assert np.array_equal(pixels, array.astype(np.float32)), rel
-        assert pixel_sha256(pixels, secret=store.secret()) == scans[(rel, 0)]["pixel_sha256"]
+        assert pixel_sha256(pixels, secret=load_secret(store)) == scans[(rel, 0)]["pixel_sha256"]
         assert scans[(rel, 0)]["channels"] == (3 if array.ndim == 3 else 1)
 
     grey8, grey16 = scans[("png/grey8.png", 0)], scans[("png/grey16.png", 0)]
@@ -99,7 +100,9 @@ def test_manifest_edit_relabels_without_decoding(tmp_path, image_folder):
     root, _ = image_folder
     store = open_store(tmp_path / "store")
     ingest_dataset(store, "imgs", root=root, progress=False)
-    text = (root / "manifest.csv").read_text().replace("png/grey8.png,S1,0,AP,healthy", "png/grey8.png,S1,0,AP,relabelled")
+    text = (
+        (root / "manifest.csv").read_text().replace("png/grey8.png,S1,0,AP,healthy", "png/grey8.png,S1,0,AP,relabelled")
+    )
     (root / "manifest.csv").write_text(text)
     again = ingest_dataset(store, "imgs", root=root / "manifest.csv", progress=False)  # --root may name the manifest
     assert (again.ingested, again.skipped) == (0, 7)

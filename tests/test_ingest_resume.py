@@ -17,6 +17,7 @@ import pytest
 
 from store.ingest import index_location, ingest_dataset
 from store.layout import open_store
+from store.secret import load_secret
 from store.tables import read_table, table_exists, table_parts
 from tests._ingest_samples import write_dicom
 
@@ -46,8 +47,13 @@ def folder(tmp_path_factory):
     for subject in range(8):
         for visit, date in enumerate(("20220103", "20220117", "20220207")):
             for k in range(10 + (subject + visit) % 3):  # slice counts differ between visits
-                write_dicom(root / f"s{subject}" / f"v{visit}" / f"{k:02d}.dcm", rng.integers(0, 999, (6, 6), dtype=np.uint16),
-                            patient_id=f"RESUME-{subject}", study_date=date, instance=k + 1)
+                write_dicom(
+                    root / f"s{subject}" / f"v{visit}" / f"{k:02d}.dcm",
+                    rng.integers(0, 999, (6, 6), dtype=np.uint16),
+                    patient_id=f"RESUME-{subject}",
+                    study_date=date,
+                    instance=k + 1,
+                )
     (root / "s0" / "notes.txt").write_text("not an image")
     truncated = root / "s1" / "v0" / "zz_truncated.dcm"
     write_dicom(truncated, np.zeros((40, 40), np.uint16), patient_id="RESUME-1")
@@ -92,8 +98,11 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted_run(tmp_path, folder):
     assert resumed.skipped >= 4 * parts_at_kill - 2 and resumed.ingested > 0
     assert resumed.files == resumed.ingested + resumed.skipped + resumed.failed
     reference, full = _uninterrupted(tmp_path, store_dir, folder, chunk_size=64)
-    assert (resumed.scans_rows, resumed.pairs_rows, resumed.failed) == (full.scans_rows, full.pairs_rows, full.failed) == (
-        full.scans_rows, full.pairs_rows, 2)
+    assert (
+        (resumed.scans_rows, resumed.pairs_rows, resumed.failed)
+        == (full.scans_rows, full.pairs_rows, full.failed)
+        == (full.scans_rows, full.pairs_rows, 2)
+    )
     assert resumed.unpaired_slices == full.unpaired_slices > 0
 
     scans, expected = _dataset_rows(store, "scans"), _dataset_rows(reference, "scans")
@@ -114,7 +123,7 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted_run(tmp_path, folder):
 
 def test_worker_processes_give_the_same_rows(tmp_path, folder):
     seed = open_store(tmp_path / "seed")
-    seed.secret()
+    load_secret(seed)
     first, single = _uninterrupted(tmp_path, seed.root, folder, chunk_size=32)
     second, pooled = _uninterrupted(tmp_path, seed.root, folder, chunk_size=32, workers=2)
     assert (pooled.ingested, pooled.failed) == (single.ingested, single.failed) and single.ingested > 200

@@ -131,7 +131,9 @@ def _ensemble_data():
 def test_voting_members_read_only_their_columns(voting):
     X, y, groups = _ensemble_data()
     members = [("signal", create_model("logistic"), (0, 4)), ("noise", create_model("knn", n_neighbors=3), (4, 8))]
-    ensemble = create_model("ensemble", members=members, voting=voting, weights=[0.7, 0.3]).fit(X[::2], y[::2], groups[::2])
+    ensemble = create_model("ensemble", members=members, voting=voting, weights=[0.7, 0.3]).fit(
+        X[::2], y[::2], groups[::2]
+    )
     assert ensemble.members_["signal"].n_features_in_ == 4
     signal = accuracy_score(y[1::2], ensemble.member_predict("signal", X[1::2]))
     noise = accuracy_score(y[1::2], ensemble.member_predict("noise", X[1::2]))
@@ -165,7 +167,9 @@ def test_metrics_match_scikit_learn_and_intervals_bracket_them():
     proba /= proba.sum(axis=1, keepdims=True)
     pred = classes[proba.argmax(axis=1)]
     groups = np.array([f"s{i // 3}" for i in range(120)])
-    rows = {(m.metric, m.cls): m for m in classification_metrics(y, pred, proba, classes, groups=groups, n_boot=300, seed=1)}
+    rows = {
+        (m.metric, m.cls): m for m in classification_metrics(y, pred, proba, classes, groups=groups, n_boot=300, seed=1)
+    }
     assert rows[("accuracy", None)].value == pytest.approx(accuracy_score(y, pred))
     assert rows[("balanced_accuracy", None)].value == pytest.approx(balanced_accuracy_score(y, pred))
     assert rows[("mean_class_accuracy", None)].value == rows[("balanced_accuracy", None)].value

@@ -138,7 +138,9 @@ def test_a_folder_found_to_identify_later_is_redacted_in_earlier_rows_too(tmp_pa
     root = tmp_path / "site"
     (root / pid).mkdir(parents=True)
     (root / pid / "0-junk.dcm").write_bytes(b"no header " * 30)  # decoded (and failed) before the folder is known
-    write_dicom(root / pid / "a.dcm", np.full((4, 4), 3, np.uint16), patient_id=pid, patient_name=name, birth_date=birth)
+    write_dicom(
+        root / pid / "a.dcm", np.full((4, 4), 3, np.uint16), patient_id=pid, patient_name=name, birth_date=birth
+    )
     store = open_store(tmp_path / "store")
     summary = ingest_dataset(store, "site", root=root, progress=False, chunk_size=1)
     assert summary.failed == 1

@@ -57,7 +57,11 @@ def _assert_same_rows(a: pa.Table, b: pa.Table, *, rtol: float = 1e-12) -> None:
     assert a.schema == b.schema and a.num_rows == b.num_rows
     for name in a.column_names:
         kind = a.schema.field(name).type
-        if pa.types.is_floating(kind) or (pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind)) and pa.types.is_floating(kind.value_type):
+        if (
+            pa.types.is_floating(kind)
+            or (pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind))
+            and pa.types.is_floating(kind.value_type)
+        ):
             x = np.array(a.column(name).to_pylist(), dtype=np.float64)
             y = np.array(b.column(name).to_pylist(), dtype=np.float64)
             np.testing.assert_allclose(y, x, rtol=rtol, atol=0, err_msg=name)
@@ -75,7 +79,9 @@ def _same_metadata(local: dict, remote: dict, *, ignore: tuple[str, ...] = ()) -
 def test_diffstats_on_ray_equals_local_row_for_row_and_resumes(ray_cluster, chronomid, tmp_path):
     local, remote = core_copy(chronomid, tmp_path / "local"), core_copy(chronomid, tmp_path / "ray")
     n = 20
-    done = run_extraction(DiffStats(reference="absolute", workers=1), local, dataset="chronomid", limit=n, progress=False)
+    done = run_extraction(
+        DiffStats(reference="absolute", workers=1), local, dataset="chronomid", limit=n, progress=False
+    )
     first = run_extraction_ray(DiffStats(reference="absolute"), remote, dataset="chronomid", limit=n // 2,
                                block_rows=4, progress=False)
     second = run_extraction_ray(DiffStats(reference="absolute"), remote, dataset="chronomid", limit=n // 2,
@@ -88,12 +94,17 @@ def test_diffstats_on_ray_equals_local_row_for_row_and_resumes(ray_cluster, chro
     firsts = np.array(a.column("shift_confidence").to_pylist()) == 1.0
     assert firsts.any() and not firsts.all()  # both first-time-point and registered pairs were compared
 
-    meta_local, meta_ray = table_kv_metadata(local, "diffstats_absolute"), table_kv_metadata(remote, "diffstats_absolute")
+    meta_local, meta_ray = (
+        table_kv_metadata(local, "diffstats_absolute"),
+        table_kv_metadata(remote, "diffstats_absolute"),
+    )
     _same_metadata(meta_local, meta_ray)
     assert '"engine":"ray"' in meta_ray["chronofeat.engine"] and '"cluster_cpus":2' in meta_ray["chronofeat.engine"]
 
     # rows of both engines mix in one table: the local engine resumes what Ray started, and vice versa
-    more = run_extraction(DiffStats(reference="absolute", workers=1), remote, dataset="chronomid", limit=3, progress=False)
+    more = run_extraction(
+        DiffStats(reference="absolute", workers=1), remote, dataset="chronomid", limit=3, progress=False
+    )
     assert more.written == 3 and more.skipped == n
 
 
@@ -109,7 +120,9 @@ def test_cnn_on_ray_equals_local_within_float_noise(ray_cluster, chronomid, tmp_
     assert summary.table == table and summary.key == "scan_id" and summary.written == 10 and summary.failed == 0
     a, b = _sorted(local, table, "scan_id"), _sorted(remote, table, "scan_id")
     assert a.schema == b.schema and a.num_rows == 10
-    assert a.column("scan_id").equals(b.column("scan_id")) and a.column("source_sha256").equals(b.column("source_sha256"))
+    assert a.column("scan_id").equals(b.column("scan_id")) and a.column("source_sha256").equals(
+        b.column("source_sha256")
+    )
     ea = np.stack(a.column("embedding").to_numpy(zero_copy_only=False))
     eb = np.stack(b.column("embedding").to_numpy(zero_copy_only=False))
     assert ea.shape == (10, 256) and np.abs(ea).max() > 0

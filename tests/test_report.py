@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from classifiers.evaluate import fit_command
+from classifiers.evaluate import fit_model
 from classifiers.report import format_runs, format_summary, write_report
 from features.errors import StoreError
 from store.runs import list_runs
@@ -15,13 +15,9 @@ from tests.test_featuresets import build_crmo_like, build_specimens_like
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _quiet(line: str) -> None:
-    pass
-
-
 def test_report_writes_html_and_the_pngs_it_shows(tmp_store, tmp_path):
     build_crmo_like(tmp_store, n_subjects=18, dim=16, vocab=20)
-    result = fit_command(tmp_store, "ensemble", folds=3, progress=False, n_boot=100, out=_quiet)
+    result = fit_model(tmp_store, "ensemble", folds=3, progress=False, n_boot=100)
     path = write_report(tmp_store, result.run_id[:12])  # a unique prefix is enough
     assert path == tmp_store.root / "reports" / result.run_id / "index.html"
     page = path.read_text()
@@ -41,7 +37,7 @@ def test_report_writes_html_and_the_pngs_it_shows(tmp_store, tmp_path):
 
 def test_report_of_a_multilabel_run_has_roc_curves_per_label(tmp_store):
     build_specimens_like(tmp_store, n_subjects=48)
-    result = fit_command(tmp_store, "logistic", target="level2", folds=3, progress=False, n_boot=50, out=_quiet)
+    result = fit_model(tmp_store, "logistic", target="level2", folds=3, progress=False, n_boot=50)
     path = write_report(tmp_store, result.run_id)
     images = re.findall(r'<img src="([^"]+)"', path.read_text())
     assert "roc_logistic.png" in images and not any(i.startswith("confusion_") for i in images)
@@ -68,6 +64,6 @@ def test_summary_and_runs_text():
 
 def test_runs_list_shows_each_fit(tmp_store):
     build_crmo_like(tmp_store, n_subjects=12, dim=8, vocab=10)
-    result = fit_command(tmp_store, "logistic", folds=3, progress=False, n_boot=0, out=_quiet)
+    result = fit_model(tmp_store, "logistic", folds=3, progress=False, n_boot=0)
     text = format_runs(list_runs(tmp_store))
     assert result.run_id in text and "crmo" in text and "logistic" in text and "pairs" in text

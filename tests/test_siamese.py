@@ -17,14 +17,7 @@ from extractors.siamese import (
 from features.augment import AugmentConfig, augment_batch, sample_params
 from features.errors import ParameterError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small networks train faster on one thread, and a busy CI machine cannot make them crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- pure pieces ------------------------------------------------------------------------------------
@@ -58,7 +51,7 @@ def test_evaluation_pairs_are_balanced_and_fixed():
     again, _ = evaluation_pairs(subjects, times, levels, seed=3)
     assert same.sum() == len(same) - same.sum() == 8
     assert np.array_equal(pairs, again)
-    assert all((subjects[i] == subjects[j]) == bool(s) for (i, j), s in zip(pairs, same))
+    assert all((subjects[i] == subjects[j]) == bool(s) for (i, j), s in zip(pairs, same, strict=True))
 
 
 def test_contrastive_loss_matches_its_formula():
@@ -104,7 +97,9 @@ def test_augmentation_ranges_translation_and_flip():
 def test_augmentation_pads_with_the_image_minimum():
     image = np.full((1, 1, 32, 32), 5.0, np.float32)
     image[..., 8:24, 8:24] = 9.0
-    out = augment_batch(image, {"angle": [30.0], "tx": [0.3], "ty": [0.1], "scale": [0.9], "shift": [0.0], "flip": [False]})
+    out = augment_batch(
+        image, {"angle": [30.0], "tx": [0.3], "ty": [0.1], "scale": [0.9], "shift": [0.0], "flip": [False]}
+    )
     assert out.min() >= 5.0 - 1e-4 and out.max() <= 9.0 + 1e-4
     assert out[0, 0, 0, 0] == pytest.approx(5.0)
 
@@ -125,7 +120,7 @@ def trained(spine_store):
     from extractors.siamese import train_siamese
 
     return train_siamese(spine_store, "spine", epochs=3, batch_size=32, image_size=32, seed=0, device="cpu",
-                         progress=False, out=lambda _: None)
+                         progress=False)
 
 
 def test_train_siamese_reports_held_out_figures(spine_store, trained):
@@ -151,7 +146,7 @@ def test_rerun_resumes_from_the_finished_checkpoint(spine_store, trained):
     from extractors.siamese import train_siamese
 
     again = train_siamese(spine_store, "spine", epochs=3, batch_size=32, image_size=32, seed=0, device="cpu",
-                          progress=False, out=lambda _: None)
+                          progress=False)
     assert again.resumed_from == 3 and again.epochs_run == 3
     assert again.artifact.sha256 == trained.artifact.sha256 and again.auc == trained.auc
 
@@ -161,8 +156,16 @@ def test_extract_siamese_embeddings(spine_store, trained):
     from extractors.runner import run_extraction
     from store.tables import read_table, table_kv_metadata
 
-    extractor = build_from_options("siamese", {"extractor": "siamese", "artifact": trained.artifact.short, "device": "cpu",
-                                               "batch_size": None, "model": None})
+    extractor = build_from_options(
+        "siamese",
+        {
+            "extractor": "siamese",
+            "artifact": trained.artifact.short,
+            "device": "cpu",
+            "batch_size": None,
+            "model": None,
+        },
+    )
     summary = run_extraction(extractor, spine_store, dataset="spine", progress=False)
     assert summary.written == 707 and summary.failed == 0
     table = read_table(spine_store, summary.table)

@@ -37,12 +37,14 @@ def test_majority_labels_ignore_nulls_and_break_ties_alphabetically():
 
 def test_held_out_subjects_is_the_vocabulary_rule():
     subjects, labels = _rows(20)
-    majority = {str(s): str(l) for s, l in subject_majority_labels(subjects, labels).items()}
+    majority = {str(s): str(label) for s, label in subject_majority_labels(subjects, labels).items()}
     for seed in (0, 1, 2):
         mine = held_out_subjects(subjects, labels, rule="fraction", seed=seed, test_fraction=0.3)
         assert mine == frozenset(split_subjects(majority, test_fraction=0.3, seed=seed).test)
     assert held_out_subjects(subjects, labels, seed=0) != held_out_subjects(subjects, labels, seed=1)
-    assert held_out_subjects(subjects, labels, seed=3) == held_out_subjects(list(reversed(subjects)), list(reversed(labels)), seed=3)
+    assert held_out_subjects(subjects, labels, seed=3) == held_out_subjects(
+        list(reversed(subjects)), list(reversed(labels)), seed=3
+    )
 
 
 def test_per_class_rule_holds_out_one_subject_of_each_class():
@@ -67,7 +69,7 @@ def test_cv_folds_are_grouped_stratified_and_cover_every_row_once():
         assert not set(subjects[fold.train]) & set(subjects[fold.val])
         assert set(labels[fold.train]) == {"a", "b", "c"}
     again = cv_folds(labels, subjects, folds=5, seed=0)
-    assert all(np.array_equal(a.val, b.val) for a, b in zip(folds, again))
+    assert all(np.array_equal(a.val, b.val) for a, b in zip(folds, again, strict=True))
 
 
 def test_fewer_subjects_than_folds_names_the_fix():
@@ -94,7 +96,7 @@ def test_check_disjoint_and_holdout_split():
     with pytest.raises(EvaluationError, match="1 subject"):
         check_disjoint(groups, np.array([0]), np.array([2]), what="test")
     split = holdout_split(groups, frozenset({"a"}))
-    assert split.val.tolist() == [0, 2] and split.train.tolist() == [1, 3]
+    assert split.test.tolist() == [0, 2] and split.train.tolist() == [1, 3]
 
 
 def test_inner_splits_keep_every_class_in_training_and_fall_back_only_when_grouping_is_impossible():
@@ -123,7 +125,7 @@ def test_no_subject_on_both_sides_of_any_split(n_subjects, per_subject, n_classe
     subjects, labels = _rows(n_subjects, per_subject, classes, seed)
     held = held_out_subjects(subjects, labels, rule="fraction", seed=seed, test_fraction=0.25)
     split = holdout_split(subjects, held)
-    assert not set(subjects[split.train]) & set(subjects[split.val])
+    assert not set(subjects[split.train]) & set(subjects[split.test])
     train_subjects = subjects[split.train]
     try:
         cv = cv_folds(labels[split.train], train_subjects, folds=folds, seed=seed)

@@ -69,7 +69,9 @@ def test_statements_that_change_or_export_are_refused(store_with_scans, sql, tmp
 
 
 def test_temporary_objects_are_allowed(store_with_scans):
-    result = query(store_with_scans, "CREATE TEMP TABLE t AS SELECT subject FROM scans; SELECT count(DISTINCT subject) AS n FROM t")
+    result = query(
+        store_with_scans, "CREATE TEMP TABLE t AS SELECT subject FROM scans; SELECT count(DISTINCT subject) AS n FROM t"
+    )
     assert result.to_pylist() == [{"n": 7}]
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from features.errors import ConfigMismatchError, ParameterError, TableNotFoundError
 from store.provenance import part_metadata
+from store.secret import load_secret
 from store.tables import (
     existing_keys,
     list_tables,
@@ -109,8 +110,8 @@ def test_missing_table_and_bad_names_are_explained(tmp_store):
 
 
 def test_secret_is_created_once_with_mode_0600(tmp_store):
-    key = tmp_store.secret()
-    assert len(key) == 32 and tmp_store.secret() == key
+    key = load_secret(tmp_store)
+    assert len(key) == 32 and load_secret(tmp_store) == key
     assert (tmp_store.secret_path.stat().st_mode & 0o777) == 0o600
 
 
@@ -243,19 +244,19 @@ def test_check_finds_each_kind_of_damage_and_repair_moves_only_bad_parts(tmp_sto
 
 def test_secret_is_made_only_for_a_store_without_pseudonyms(tmp_store):
     from features.errors import SecretMismatchError
-    from store.layout import SECRET_FINGERPRINT_KEY, secret_fingerprint
+    from store.secret import SECRET_FINGERPRINT_KEY, secret_fingerprint
 
-    key = tmp_store.secret()
+    key = load_secret(tmp_store)
     assert tmp_store.secret_fingerprint_path.read_text().strip() == secret_fingerprint(key)
     scans_meta = {**part_metadata(producer="store.ingest"), SECRET_FINGERPRINT_KEY: secret_fingerprint(key)}
     write_part(tmp_store, "scans", _rows(["s1"]), metadata=scans_meta)
     tmp_store.secret_path.unlink()
     with pytest.raises(SecretMismatchError, match="missing.*backup"):
-        tmp_store.secret()
+        load_secret(tmp_store)
     assert not tmp_store.secret_path.exists()
     tmp_store.secret_fingerprint_path.unlink()  # even without the file, the parts remember the secret
     tmp_store.secret_path.write_bytes(b"x" * 32)
     with pytest.raises(SecretMismatchError, match="not the one"):
-        tmp_store.secret()
+        load_secret(tmp_store)
     tmp_store.secret_path.write_bytes(key)
-    assert tmp_store.secret() == key
+    assert load_secret(tmp_store) == key

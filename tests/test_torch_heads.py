@@ -7,7 +7,6 @@ import io
 import joblib
 import numpy as np
 import pytest
-import torch
 
 from classifiers._registry import create_model, list_models
 from classifiers.torch_heads import (
@@ -17,14 +16,7 @@ from classifiers.torch_heads import (
 )
 from features.errors import EvaluationError, ParameterError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small networks train faster on one thread, and a busy CI machine cannot make them crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _grouped_data(n_subjects=60, per_subject=4, seed=0):
@@ -112,7 +104,13 @@ def test_hierarchical_levels_feed_on_the_level_above():
 def test_hierarchical_targets_and_table_layout():
     Y, names = hierarchical_targets(["normal", "abnormal", "abnormal"], [[], ["Spine"], ["Spine", "Ribcage"]],
                                     [[], ["Lumbar"], ["Ribs", "Lumbar"]])
-    assert names == [("Level_1", "Binary"), ("Level_2", "Ribcage"), ("Level_2", "Spine"), ("Level_3", "Lumbar"), ("Level_3", "Ribs")]
+    assert names == [
+        ("Level_1", "Binary"),
+        ("Level_2", "Ribcage"),
+        ("Level_2", "Spine"),
+        ("Level_3", "Lumbar"),
+        ("Level_3", "Ribs"),
+    ]
     assert Y.tolist() == [[0, 0, 0, 0, 0], [1, 0, 1, 1, 0], [1, 1, 1, 1, 1]]
     aucs = np.array([[0.9, 0.8, np.nan, 0.7, 0.6], [0.95, 0.7, 0.9, 0.5, 0.8]])
     text = format_level_table(names, aucs, title="t")
@@ -132,20 +130,20 @@ def impc_with_features(tmp_path_factory):
     store = open_store(tmp_path_factory.mktemp("impc") / "store")
     ingest_dataset(store, "impc", progress=False)
     net = train_cae(store, "impc", epochs=1, image_size=32, base=8, depth=2, latent_channels=2, device="cpu",
-                    progress=False, out=lambda _: None)
+                    progress=False)
     summary = run_extraction(build_from_options("cae", {"artifact": net.artifact.short, "device": "cpu"}), store,
                              dataset="impc", progress=False)
     return store, summary.table
 
 
-def test_fit_hierarchical_command_on_impc(impc_with_features):
-    from classifiers.torch_heads import fit_hierarchical_command
-    from store.runs import run_metrics, run_predictions
+def test_fit_hierarchical_on_impc(impc_with_features):
+    from classifiers.torch_heads import fit_hierarchical
+    from store.runs import run_metrics, run_predictions, run_row
 
     store, table = impc_with_features
-    lines: list[str] = []
-    run_id, names, aucs = fit_hierarchical_command(store, dataset="impc", features=table, seeds=2, out=lines.append,
-                                                   device="cpu", max_epochs=40)
+    report = fit_hierarchical(store, dataset="impc", features=table, seeds=2, device="cpu", max_epochs=40)
+    run_id, names, aucs = report.run_id, report.names, report.aucs
+    lines = report.summary_lines()
     assert names[0] == ("Level_1", "Binary") and {n[0] for n in names} == {"Level_1", "Level_2", "Level_3"}
     assert aucs.shape == (2, len(names))
     assert np.isfinite(aucs[:, 0]).all() and (aucs[np.isfinite(aucs)] <= 1).all()
@@ -155,3 +153,16 @@ def test_fit_hierarchical_command_on_impc(impc_with_features):
     assert {m["seed"] for m in metrics} == {0, 1} and any(m["class"] == "Level_1:Binary" for m in metrics)
     predictions = run_predictions(store, run_id)
     assert predictions.num_rows > 0 and set(predictions.column("split").to_pylist()) == {"test"}
+    row = run_row(store, run_id)
+    assert row["model"] == "hierarchical" and row["feature_tables"] == [table] and row["seeds"] == [0, 1]
+    assert row["members"] == ["hierarchical"] and row["unit"] == "specimens"
+
+
+def test_hierarchical_through_fit_needs_features(impc_with_features):
+    from classifiers.fitting import FitRequest, fit
+
+    store, table = impc_with_features
+    with pytest.raises(ParameterError, match="--features"):
+        fit(store, FitRequest(model="hierarchical", dataset="impc"))
+    report = fit(store, FitRequest(model="hierarchical", dataset="impc", features=table, seeds=1, device="cpu"))
+    assert report.aucs.shape[0] == 1 and any("Mean AUC" in line for line in report.summary_lines())

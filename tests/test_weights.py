@@ -174,7 +174,9 @@ def test_cached_hub_weights_are_found_offline_and_loaded_through_timm(tmp_store,
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     (repo / "snapshots" / commit).mkdir(parents=True)
-    safetensors.torch.save_file({k: v.contiguous() for k, v in b0_state.items()}, str(repo / "snapshots" / commit / "model.safetensors"))
+    safetensors.torch.save_file(
+        {k: v.contiguous() for k, v in b0_state.items()}, str(repo / "snapshots" / commit / "model.safetensors")
+    )
 
     resolved = resolve_weights(tmp_store, SMALL, "hub")
     assert resolved.source == "hub-cache" and resolved.hub == "timm/efficientnet_b0.ra_in1k"

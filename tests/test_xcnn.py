@@ -15,14 +15,7 @@ from classifiers._xcnn_nets import (
 from classifiers.xcnn import select_variants
 from features.errors import ParameterError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small networks train faster on one thread, and a busy CI machine cannot make them crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(
@@ -88,17 +81,17 @@ def test_variant_selection():
 
 
 def test_fit_xcnn_on_the_chronomid_demo_writes_runs(tmp_store):
-    from classifiers.xcnn import fit_xcnn_command
+    from classifiers.xcnn import fit_xcnn
     from store.ingest import ingest_dataset
     from store.runs import list_runs, run_metrics, run_predictions
     from store.sql import query
 
     ingest_dataset(tmp_store, "chronomid", progress=False)
-    lines: list[str] = []
-    results = fit_xcnn_command(tmp_store, dataset="chronomid", reference="absolute", timestamps=False, epochs=1,
-                               image_size=32, device="cpu", progress=False, out=lines.append)
+    report = fit_xcnn(tmp_store, dataset="chronomid", reference="absolute", timestamps=False, epochs=1,
+                      image_size=32, device="cpu", progress=False)
+    results = report.results
     assert [r.label for r in results] == ["CNN", "X-CNN, abs. diff."]
-    text = "\n".join(lines)
+    text = "\n".join(report.summary_lines())
     assert "Accuracy %" in text and "X-CNN, abs. diff." in text and "s/epoch" in text
     runs = list_runs(tmp_store).to_pylist()
     assert {r["model"] for r in runs} == {"xcnn"} and len(runs) == 2
@@ -106,12 +99,46 @@ def test_fit_xcnn_on_the_chronomid_demo_writes_runs(tmp_store):
     assert len(test_subjects) == 2  # one mouse per class, as in ChronoMID
     for result in results:
         assert 0.0 <= result.accuracy <= 1.0 and result.parameters > 0 and result.seconds_per_epoch > 0
-        metrics = {r["metric"]: r["value"] for r in run_metrics(tmp_store, result.run_id).to_pylist() if r["class"] is None}
+        metrics = {
+            r["metric"]: r["value"] for r in run_metrics(tmp_store, result.run_id).to_pylist() if r["class"] is None
+        }
         assert metrics["accuracy"] == pytest.approx(result.accuracy)
         predictions = run_predictions(tmp_store, result.run_id)
         assert predictions.num_rows == result.n_test
-    labels = {r["subject"]: r["label"] for r in query(tmp_store, "SELECT subject, any_value(label) AS label FROM scans GROUP BY 1").to_pylist()}
+    labels = {
+        r["subject"]: r["label"]
+        for r in query(tmp_store, "SELECT subject, any_value(label) AS label FROM scans GROUP BY 1").to_pylist()
+    }
     assert sorted(labels[s] for s in test_subjects) == ["pth", "wild_type"]
     pairs_run = next(r for r in results if r.arch == "xcnn")
     keys = set(run_predictions(tmp_store, pairs_run.run_id).column("key").to_pylist())
-    assert keys <= set(query(tmp_store, "SELECT pair_id FROM pairs WHERE reference_mode = 'absolute'").column(0).to_pylist())
+    assert keys <= set(
+        query(tmp_store, "SELECT pair_id FROM pairs WHERE reference_mode = 'absolute'").column(0).to_pylist()
+    )
+
+
+def test_xcnn_is_a_registered_model_with_checked_parameters():
+    from classifiers._registry import create_model, list_models
+
+    assert "xcnn" in list_models()
+    with pytest.raises(ParameterError, match="'epochs' parameter of fit xcnn"):
+        create_model("xcnn", epochs=0)
+    with pytest.raises(ParameterError, match="'reference'"):
+        create_model("xcnn", reference="sideways")
+
+
+def test_fit_xcnn_through_the_fit_dispatch_applies_its_defaults(monkeypatch, tmp_store):
+    import classifiers.xcnn as xcnn
+    from classifiers.fitting import FitRequest, fit
+
+    calls = []
+    monkeypatch.setattr(xcnn, "fit_xcnn", lambda store, **options: calls.append(options) or "report")
+    assert fit(tmp_store, FitRequest(model="xcnn")) == "report"
+    assert calls[-1] == {"dataset": "chronomid", "reference": None, "timestamps": None, "epochs": 10, "seed": 0,
+                         "device": "auto", "image_size": 64, "batch_size": 32, "lr": 1e-3, "progress": True}
+    fit(tmp_store, FitRequest(model="xcnn", dataset="mice", reference="relative", timestamps=True, epochs=3,
+                              device="cpu"))
+    assert {k: calls[-1][k] for k in ("dataset", "reference", "timestamps", "epochs", "device")} == {
+        "dataset": "mice", "reference": "relative", "timestamps": True, "epochs": 3, "device": "cpu"}
+    with pytest.raises(ParameterError, match="'epochs'"):
+        fit(tmp_store, FitRequest(model="xcnn", epochs=-1))

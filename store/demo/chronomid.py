@@ -21,14 +21,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from pydicom.uid import CTImageStorage
 from scipy.ndimage import gaussian_filter
 from scipy.special import ndtri
 from tqdm import tqdm
 
-from store.demo._dicom import demo_uid, dicom_date, to_uint16, write_image
+from store.demo import dicom_writer as dicom
+from store.demo.drawing import sample, soft
 
 __all__ = ["generate", "N_MICE", "WEEKS", "LABELS", "SLICE_RANGE", "SIZE_RANGE", "TREATMENT_WEEK"]
 
@@ -134,18 +134,6 @@ def _week_state(mouse: _Mouse, week: int, rng: np.random.Generator) -> dict[str,
     }
 
 
-def _soft(distance: np.ndarray, width: float = 0.6) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(distance / (2.0 * width)))
-
-
-def _sample(texture: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Bilinear sample of ``texture`` at (x, y) measured from its centre (reflected at the borders)."""
-    cy, cx = texture.shape[0] / 2.0, texture.shape[1] / 2.0
-    map_x = np.asarray(x + cx, dtype=np.float32)
-    map_y = np.asarray(y + cy, dtype=np.float32)
-    return cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-
-
 def _render(
     mouse: _Mouse,
     state: dict[str, float],
@@ -168,19 +156,19 @@ def _render(
     radius = mouse.radius * state["growth"] * (1.25 - 0.35 * z)
     outline = radius * (1.0 + 0.18 * (1.0 - 0.5 * z) * np.cos(3.0 * phi + mouse.lobe_phase))
     thickness = state["thickness"] * (0.75 + 0.45 * z)
-    outer = _soft(outline - r)
-    inner = _soft(outline - thickness - r)
+    outer = soft(outline - r)
+    inner = soft(outline - thickness - r)
 
-    muscle = _soft(radius + 26.0 - np.hypot(xa / 1.15, ya))
-    hu = -1000.0 + 940.0 * _soft(radius + 30.0 - np.hypot(xa / 1.15, ya)) + 100.0 * muscle
+    muscle = soft(radius + 26.0 - np.hypot(xa / 1.15, ya))
+    hu = -1000.0 + 940.0 * soft(radius + 30.0 - np.hypot(xa / 1.15, ya)) + 100.0 * muscle
 
-    field = _sample(mouse.fields[k], xa, ya)
+    field = sample(mouse.fields[k], xa, ya)
     density = state["trabecular"] * (1.0 - 0.75 * z)
     # Trabeculae as a strut network: the zero-crossings of a smooth random field, thickened until they
     # cover ``density`` of the marrow, denser towards the endosteum.
     near_cortex = np.clip(r / np.maximum(outline - thickness, 1.0), 0.0, 1.0)
     half_width = ndtri(0.5 + 0.5 * min(max(density, 1e-3), 0.95)) * (0.5 + 0.8 * near_cortex)
-    trabeculae = _soft((half_width - np.abs(field)) / 0.12, 1.0) * inner
+    trabeculae = soft((half_width - np.abs(field)) / 0.12, 1.0) * inner
 
     marrow_hu = 30.0 + 620.0 * trabeculae
     hu = hu * (1.0 - outer) + state["cortex_hu"] * (outer - inner) + marrow_hu * inner
@@ -189,7 +177,7 @@ def _render(
         fib_dist = radius + 9.0 - 4.0 * z
         fx, fy = fib_dist * math.cos(mouse.fibula_angle), fib_dist * math.sin(mouse.fibula_angle)
         fr = np.hypot(xa - fx, ya - fy)
-        f_out, f_in = _soft(5.0 - fr), _soft(3.0 - fr)
+        f_out, f_in = soft(5.0 - fr), soft(3.0 - fr)
         hu = hu * (1.0 - f_out) + state["cortex_hu"] * (f_out - f_in) + 60.0 * f_in
 
     return hu + 55.0 * rng.standard_normal(hu.shape, dtype=np.float32)
@@ -201,52 +189,28 @@ def _write(path: Path, hu: np.ndarray, mouse: _Mouse, week: int, k: int) -> None
     slice_location = round(k * _SLICE_MM, 3)
     attributes = {
         "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"],
-        "StudyDate": dicom_date(day),
-        "SeriesDate": dicom_date(day),
-        "ContentDate": dicom_date(day),
-        "StudyTime": "110000",
-        "SeriesTime": "111500",
-        "ContentTime": "111500",
-        "AccessionNumber": f"W{mouse.index:02d}{week}",
-        "Modality": "CT",
-        "Manufacturer": "chronofeat synthetic",
-        "InstitutionName": "Synthetic Demo Bone Lab",
-        "ReferringPhysicianName": "",
-        "StudyDescription": "Longitudinal in vivo uCT, right tibia (synthetic)",
-        "SeriesDescription": f"Right tibia uCT week {week}",
-        "PatientName": mouse.patient_name,
-        "PatientID": mouse.patient_id,
-        "PatientBirthDate": dicom_date(mouse.birth_date),
-        "PatientSex": "F",
+        **dicom.study_attributes(
+            mouse, day, times=("110000", "111500", "111500"), accession=f"W{mouse.index:02d}{week}", modality="CT",
+            institution="Synthetic Demo Bone Lab",
+            descriptions=("Longitudinal in vivo uCT, right tibia (synthetic)", f"Right tibia uCT week {week}"),
+            birth_date=mouse.birth_date, sex="F",
+        ),
         "PatientSpeciesDescription": "Mus musculus",
         "BodyPartExamined": "LEG",
         "SliceThickness": str(_PIXEL_MM),
         "KVP": "55",
-        "StudyInstanceUID": demo_uid("chronomid", mouse.index, "study", week),
-        "SeriesInstanceUID": demo_uid("chronomid", mouse.index, "series", week),
-        "FrameOfReferenceUID": demo_uid("chronomid", mouse.index, "frame", week),
-        "PositionReferenceIndicator": "",
-        "StudyID": f"{week}",
-        "SeriesNumber": 1,
-        "InstanceNumber": k + 1,
-        "ImagePositionPatient": [
-            round(-cols / 2 * _PIXEL_MM, 4),
-            round(-rows / 2 * _PIXEL_MM, 4),
-            -slice_location if k else 0.0,
-        ],
-        "ImageOrientationPatient": [1, 0, 0, 0, 1, 0],
-        "SliceLocation": slice_location,
-        "PixelSpacing": [_PIXEL_MM, _PIXEL_MM],
-        "RescaleIntercept": str(int(_INTERCEPT)),
-        "RescaleSlope": "1",
-        "RescaleType": "HU",
-        "WindowCenter": "600",
-        "WindowWidth": "2400",
+        **dicom.series_attributes(
+            *(dicom.demo_uid("chronomid", mouse.index, what, week) for what in ("study", "series", "frame")),
+            study_id=f"{week}", series=1, instance=k + 1,
+        ),
+        **dicom.plane_attributes(
+            [round(-cols / 2 * _PIXEL_MM, 4), round(-rows / 2 * _PIXEL_MM, 4), -slice_location if k else 0.0],
+            [1, 0, 0, 0, 1, 0], slice_location, _PIXEL_MM,
+        ),
+        "RescaleIntercept": str(int(_INTERCEPT)), "RescaleSlope": "1", "RescaleType": "HU",
+        "WindowCenter": "600", "WindowWidth": "2400",
     }
-    write_image(
-        path,
-        to_uint16(hu - _INTERCEPT, bits_stored=12),
-        attributes,
-        sop_class_uid=CTImageStorage,
-        sop_instance_uid=demo_uid("chronomid", mouse.index, "image", week, k),
-    )
+    uid = dicom.demo_uid("chronomid", mouse.index, "image", week, k)
+    dicom.write_image(path, dicom.to_uint16(hu - _INTERCEPT, bits_stored=12), attributes, sop_class_uid=CTImageStorage,
+                sop_instance_uid=uid)
+

@@ -20,13 +20,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from pydicom.uid import MRImageStorage
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
-from store.demo._dicom import demo_uid, dicom_date, to_uint16, write_image
+from store.demo import dicom_writer as dicom
+from store.demo.drawing import sample, soft
 
 __all__ = ["generate", "N_PATIENTS", "N_PAIRS", "LABELS", "SLICES_PER_STUDY", "IMAGE_SHAPE"]
 
@@ -49,13 +49,7 @@ _INTENSITY_FACTOR = {"improved": (0.6, 0.8), "persisted": (0.92, 1.08), "regress
 
 
 @dataclass
-class _Patient:
-    index: int
-    patient_id: str
-    patient_name: str
-    birth_date: _dt.date
-    sex: str
-    dates: list[_dt.date]
+class _Patient(dicom.DemoPerson):
     radii: list[float]
     intensities: list[float]
     anatomy: dict[str, float]
@@ -106,7 +100,7 @@ def _plan(rng: np.random.Generator) -> tuple[list[_Patient], list[tuple[int, int
     per_label = len(steps) // len(LABELS)
     step_labels = np.array([lab for lab in LABELS for _ in range(per_label)])
     rng.shuffle(step_labels)
-    label_of = {step: str(lab) for step, lab in zip(steps, step_labels)}
+    label_of = {step: str(lab) for step, lab in zip(steps, step_labels, strict=False)}  # a remainder stays unlabelled
 
     pairs: list[tuple[int, int, int, str]] = [(p, s, 1, label_of[(p, s)]) for p, s in steps]
     for lab in LABELS:
@@ -164,12 +158,7 @@ def _make_patient(index: int, labels: list[str], rng: np.random.Generator) -> _P
     muscle = gaussian_filter(rng.standard_normal((field, field)), sigma=(6.0, 1.6))
     marrow = gaussian_filter(rng.standard_normal((field, field)), sigma=2.5)
     return _Patient(
-        index=index,
-        patient_id=f"CRMO-{index:04d}-{letters}",
-        patient_name=f"Synthetic^Patient{index:04d}",
-        birth_date=birth,
-        sex=str(rng.choice(["F", "M"])),
-        dates=dates,
+        **dicom.person_fields(index, f"CRMO-{index:04d}-{letters}", f"Synthetic^Patient{index:04d}", birth, dates, rng),
         radii=radii,
         intensities=intensity,
         anatomy=anatomy,
@@ -189,21 +178,12 @@ def _study_pose(rng: np.random.Generator) -> dict[str, float]:
     }
 
 
-def _soft(distance: np.ndarray, width: float = 0.7) -> np.ndarray:
-    """Anti-aliased inside-mask from a signed distance (positive inside)."""
-    return 0.5 * (1.0 + np.tanh(distance / (2.0 * width)))
+def _soft(distance: np.ndarray) -> np.ndarray:
+    return soft(distance, 0.7)  # this demo's edges are a little softer than the others'
 
 
 def _sigmoid(value: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-value))
-
-
-def _sample(texture: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Bilinear sample of ``texture`` at (x, y) measured from its centre (reflected at the borders)."""
-    cy, cx = texture.shape[0] / 2.0, texture.shape[1] / 2.0
-    map_x = np.asarray(x + cx, dtype=np.float32)
-    map_y = np.asarray(y + cy, dtype=np.float32)
-    return cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 def _render(patient: _Patient, study: int, z: float, pose: dict[str, float], rng: np.random.Generator) -> np.ndarray:
@@ -222,8 +202,8 @@ def _render(patient: _Patient, study: int, z: float, pose: dict[str, float], rng
     leg = _soft(leg_half - np.abs(xa))
     inner_leg = _soft(leg_half - a["fat"] - np.abs(xa))
 
-    muscle_tex = _sample(patient.muscle_texture, xa + 7.0 * z, ya)
-    marrow_tex = _sample(patient.marrow_texture, xa + 7.0 * z, ya)
+    muscle_tex = sample(patient.muscle_texture, xa + 7.0 * z, ya)
+    marrow_tex = sample(patient.marrow_texture, xa + 7.0 * z, ya)
     image = (
         260.0 * (leg - inner_leg)
         + 90.0 * np.clip(leg - inner_leg - 0.6, 0, 1)
@@ -274,56 +254,26 @@ def _render(patient: _Patient, study: int, z: float, pose: dict[str, float], rng
 def _write(path: Path, image: np.ndarray, patient: _Patient, study: int, day: _dt.date, k: int, z: float) -> None:
     rows, cols = IMAGE_SHAPE
     slice_location = round(float(z) * _SLICE_MM / _SLICE_GAP, 2)  # includes the study's depth jitter
-    study_uid = demo_uid("crmo", patient.index, "study", study)
     attributes = {
         "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"],
-        "StudyDate": dicom_date(day),
-        "SeriesDate": dicom_date(day),
-        "ContentDate": dicom_date(day),
-        "StudyTime": "093000",
-        "SeriesTime": "094500",
-        "ContentTime": "094500",
-        "AccessionNumber": f"ACC{patient.index:03d}{study + 1}",
-        "Modality": "MR",
-        "Manufacturer": "chronofeat synthetic",
-        "InstitutionName": "Synthetic Demo Hospital",
-        "ReferringPhysicianName": "",
-        "StudyDescription": "WB-MRI CRMO follow-up (synthetic)",
-        "SeriesDescription": "COR STIR KNEE",
-        "PatientName": patient.patient_name,
-        "PatientID": patient.patient_id,
-        "PatientBirthDate": dicom_date(patient.birth_date),
-        "PatientSex": patient.sex,
+        **dicom.study_attributes(
+            patient, day, times=("093000", "094500", "094500"), accession=f"ACC{patient.index:03d}{study + 1}",
+            modality="MR", institution="Synthetic Demo Hospital",
+            descriptions=("WB-MRI CRMO follow-up (synthetic)", "COR STIR KNEE"), birth_date=patient.birth_date,
+            sex=patient.sex,
+        ),
         "BodyPartExamined": "KNEE",
-        "ScanningSequence": "IR",
-        "SequenceVariant": "SK",
-        "ScanOptions": "",
-        "MRAcquisitionType": "2D",
-        "SliceThickness": "3.5",
-        "SpacingBetweenSlices": str(_SLICE_MM),
-        "RepetitionTime": "4500",
-        "EchoTime": "45",
-        "InversionTime": "160",
-        "EchoTrainLength": 12,
-        "MagneticFieldStrength": "1.5",
-        "StudyInstanceUID": study_uid,
-        "SeriesInstanceUID": demo_uid("crmo", patient.index, "series", study),
-        "FrameOfReferenceUID": demo_uid("crmo", patient.index, "frame", study),
-        "PositionReferenceIndicator": "",
-        "StudyID": f"{study + 1}",
-        "SeriesNumber": 3,
-        "InstanceNumber": k + 1,
-        "ImagePositionPatient": [-cols / 2 * _PIXEL_MM, slice_location, rows / 2 * _PIXEL_MM],
-        "ImageOrientationPatient": [1, 0, 0, 0, 0, -1],
-        "SliceLocation": slice_location,
-        "PixelSpacing": [_PIXEL_MM, _PIXEL_MM],
-        "WindowCenter": "420",
-        "WindowWidth": "900",
+        **dicom.mr_attributes("IR", thickness="3.5", repetition="4500", echo="45", echo_train=12,
+                        extra={"SpacingBetweenSlices": str(_SLICE_MM), "InversionTime": "160"}),
+        **dicom.series_attributes(
+            *(dicom.demo_uid("crmo", patient.index, what, study) for what in ("study", "series", "frame")),
+            study_id=f"{study + 1}", series=3, instance=k + 1,
+        ),
+        **dicom.plane_attributes([-cols / 2 * _PIXEL_MM, slice_location, rows / 2 * _PIXEL_MM], [1, 0, 0, 0, 0, -1],
+                           slice_location, _PIXEL_MM),
+        "WindowCenter": "420", "WindowWidth": "900",
     }
-    write_image(
-        path,
-        to_uint16(image, bits_stored=12),
-        attributes,
-        sop_class_uid=MRImageStorage,
-        sop_instance_uid=demo_uid("crmo", patient.index, "image", study, k),
-    )
+    uid = dicom.demo_uid("crmo", patient.index, "image", study, k)
+    dicom.write_image(path, dicom.to_uint16(image, bits_stored=12), attributes, sop_class_uid=MRImageStorage,
+                      sop_instance_uid=uid)
+

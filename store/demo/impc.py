@@ -29,7 +29,7 @@ import numpy as np
 from pydicom.uid import DigitalXRayImageStorageForPresentation
 from tqdm import tqdm
 
-from store.demo._dicom import demo_uid, dicom_date, to_uint16, write_image
+from store.demo import dicom_writer as dicom
 
 __all__ = [
     "generate",
@@ -144,7 +144,7 @@ def _plan(rng: np.random.Generator) -> list[_Specimen]:
     n_abnormal = round(ABNORMAL_FRACTION * N_SPECIMENS)
     combos: list[tuple[str, ...]] = []
     for (combo, _), count in zip(
-        TABLE2_COMBINATIONS, _largest_remainder(n_abnormal, [c for _, c in TABLE2_COMBINATIONS])
+        TABLE2_COMBINATIONS, _largest_remainder(n_abnormal, [c for _, c in TABLE2_COMBINATIONS]), strict=True
     ):
         combos.extend([combo] * count)
     combos.extend([()] * (N_SPECIMENS - n_abnormal))
@@ -289,17 +289,8 @@ def _rib(x: float, y: float, length: float, side: float, dv: bool, u0: float, u1
     return [(x + 3 + near + 1.6 * length * u, y + near + 16.0 * u * length / 30.0 + 5.0 * u * u) for u in us]
 
 
-def _draw(specimen: _Specimen, view: str) -> np.ndarray:
-    """Bone/soft-tissue density of one view at drawing scale (float32, 0 = air)."""
-    b = specimen.body
-    canvas = np.zeros((IMAGE_SHAPE[0] * _SCALE, IMAGE_SHAPE[1] * _SCALE), np.float32)
-    dv = view == "DV"
-    _ellipse(canvas, (96, 142), (50 if dv else 44, 100), 0, 0.12)
-    _ellipse(canvas, (96, 40), (24, 32), 0, 0.14)
-
-    verts = _vertebrae(b, view)
-    thoracic = [v for v in verts if v[3] == "thoracic"]
-    # Ribs first (vertebrae are drawn over their heads). LAT superimposes both sides, slightly offset.
+def _draw_ribs(canvas: np.ndarray, b: dict, thoracic: list, dv: bool) -> None:
+    """Ribs (drawn before the vertebrae, which cover their heads). LAT superimposes both sides, slightly offset."""
     spacing = thoracic[1][1] - thoracic[0][1]
     fused = int(b["rib_fused"])
     for i, (x, y, _, _) in enumerate(thoracic):
@@ -312,36 +303,48 @@ def _draw(specimen: _Specimen, view: str) -> np.ndarray:
             band = [(px, py + spacing) for px, py in _rib(x, y, length, b["rib_side"], dv, 0.15, 0.85)]
             _line(canvas, band, 0.55, 6 if dv else 4)
 
-    joint_r = 3.0 * b["joints"]
-    flex = b["joint_flex"] if not dv else 0.3 * b["joint_flex"]
-    if dv:
-        for s in (-1.0, 1.0):
-            _ellipse(canvas, (96 + s * 20, 80), (4, 9), s * 30, 0.4)  # scapula
-            shoulder, elbow, paw = (96 + s * 24, 84), (96 + s * 38, 104), (96 + s * (34 - flex * 0.3), 122)
-            _line(canvas, [shoulder, elbow, paw], 0.6, 3)
-            _ellipse(canvas, elbow, (joint_r, joint_r), 0, 0.7)
-            tilt = b["pelvis_tilt"] if s == 1.0 else 0.0
-            scale = b["pelvis_short"] if s == 1.0 else 1.0
-            _ellipse(canvas, (96 + s * 12, 180 + 16 * (1 - scale) * 0.5), (5, 16 * scale), s * 15 + tilt, 0.55)
-            hip, knee, ankle = (96 + s * 16, 196), (96 + s * (34 + flex * 0.3), 214), (96 + s * 30, 240)
-            _line(canvas, [hip, knee, ankle], 0.6, 3)
-            _ellipse(canvas, knee, (joint_r, joint_r), 0, 0.7)
-    else:
-        shoulder, elbow, paw = (92, 84), (104 + flex * 0.4, 104), (122, 112 - flex * 0.3)
-        _line(canvas, [shoulder, elbow, paw], 0.6, 3)
-        _ellipse(canvas, elbow, (joint_r * 1.2, joint_r), 20, 0.7)
-        ilium = (4, 18 * (0.85 + 0.15 * b["pelvis_short"]))
-        _ellipse(canvas, (verts[-3][0] + 7, 182), ilium, 10 + 0.3 * b["pelvis_tilt"], 0.55)
-        hip, knee, ankle, foot = (84, 198), (112 + flex, 206 - flex * 0.5), (102, 236), (122, 244)
-        _line(canvas, [hip, knee, ankle, foot], 0.6, 3)
-        _ellipse(canvas, knee, (joint_r * 1.3, joint_r), 30, 0.7)
 
-    # Vertebrae, with an optional fused block and abnormal vertebral bodies.
+def _draw_limbs_dv(canvas: np.ndarray, b: dict) -> None:
+    """Scapulae, fore limbs, pelvis halves and hind limbs seen from above, both sides."""
+    joint_r = 3.0 * b["joints"]
+    flex = 0.3 * b["joint_flex"]
+    for s in (-1.0, 1.0):
+        _ellipse(canvas, (96 + s * 20, 80), (4, 9), s * 30, 0.4)  # scapula
+        shoulder, elbow, paw = (96 + s * 24, 84), (96 + s * 38, 104), (96 + s * (34 - flex * 0.3), 122)
+        _line(canvas, [shoulder, elbow, paw], 0.6, 3)
+        _ellipse(canvas, elbow, (joint_r, joint_r), 0, 0.7)
+        tilt = b["pelvis_tilt"] if s == 1.0 else 0.0
+        scale = b["pelvis_short"] if s == 1.0 else 1.0
+        _ellipse(canvas, (96 + s * 12, 180 + 16 * (1 - scale) * 0.5), (5, 16 * scale), s * 15 + tilt, 0.55)
+        hip, knee, ankle = (96 + s * 16, 196), (96 + s * (34 + flex * 0.3), 214), (96 + s * 30, 240)
+        _line(canvas, [hip, knee, ankle], 0.6, 3)
+        _ellipse(canvas, knee, (joint_r, joint_r), 0, 0.7)
+
+
+def _draw_limbs_lat(canvas: np.ndarray, b: dict, verts: list) -> None:
+    """Fore limb, ilium and hind limb seen from the side."""
+    joint_r = 3.0 * b["joints"]
+    flex = b["joint_flex"]
+    shoulder, elbow, paw = (92, 84), (104 + flex * 0.4, 104), (122, 112 - flex * 0.3)
+    _line(canvas, [shoulder, elbow, paw], 0.6, 3)
+    _ellipse(canvas, elbow, (joint_r * 1.2, joint_r), 20, 0.7)
+    ilium = (4, 18 * (0.85 + 0.15 * b["pelvis_short"]))
+    _ellipse(canvas, (verts[-3][0] + 7, 182), ilium, 10 + 0.3 * b["pelvis_tilt"], 0.55)
+    hip, knee, ankle, foot = (84, 198), (112 + flex, 206 - flex * 0.5), (102, 236), (122, 244)
+    _line(canvas, [hip, knee, ankle, foot], 0.6, 3)
+    _ellipse(canvas, knee, (joint_r * 1.3, joint_r), 30, 0.7)
+
+
+_BODY_WIDTH = {"cervical": 6.0, "thoracic": 7.0, "lumbar": 8.0, "sacral": 7.0}
+
+
+def _draw_vertebrae(canvas: np.ndarray, b: dict, verts: list, dv: bool) -> None:
+    """Vertebrae, with an optional fused block and abnormal vertebral bodies."""
     fusion = range(0)
     if b["fusion_start"] >= 0:
         fusion = range(int(b["fusion_start"]), int(b["fusion_start"] + b["fusion_len"]))
     for j, (x, y, angle, region) in enumerate(verts):
-        width = {"cervical": 6.0, "thoracic": 7.0, "lumbar": 8.0, "sacral": 7.0}[region]
+        width = _BODY_WIDTH[region]
         height = 3.6 if region != "sacral" else 4.2
         if region in ("thoracic", "lumbar") and j >= 14:  # lower thoracic and lumbar bodies
             width *= b["shape"] if not dv else 1.0 + 0.25 * (b["shape"] - 1.0)
@@ -355,7 +358,9 @@ def _draw(specimen: _Specimen, view: str) -> np.ndarray:
         if not dv:
             _line(canvas, [(x - 3, y), (x - 7, y - 1)], 0.5, 2)  # spinous process
 
-    # Tail: a chain of small vertebrae curling as the specimen lies; a kinked, short tail is "Caudal".
+
+def _draw_tail(canvas: np.ndarray, b: dict, verts: list, dv: bool) -> None:
+    """A chain of small vertebrae curling as the specimen lies; a kinked, short tail is "Caudal"."""
     x, y = verts[-1][0], _SPINE_BOTTOM + 4
     heading = 0.0
     n_tail = int(b["tail_len"] * (0.55 if b["caudal_kink"] else 1.0))
@@ -367,6 +372,22 @@ def _draw(specimen: _Specimen, view: str) -> np.ndarray:
         y += 3.2 * math.cos(heading)
         _ellipse(canvas, (x, y), (1.8, 1.3), -math.degrees(heading), 0.55)
 
+
+def _draw(specimen: _Specimen, view: str) -> np.ndarray:
+    """Bone/soft-tissue density of one view at drawing scale (float32, 0 = air)."""
+    b = specimen.body
+    canvas = np.zeros((IMAGE_SHAPE[0] * _SCALE, IMAGE_SHAPE[1] * _SCALE), np.float32)
+    dv = view == "DV"
+    _ellipse(canvas, (96, 142), (50 if dv else 44, 100), 0, 0.12)
+    _ellipse(canvas, (96, 40), (24, 32), 0, 0.14)
+    verts = _vertebrae(b, view)
+    _draw_ribs(canvas, b, [v for v in verts if v[3] == "thoracic"], dv)
+    if dv:
+        _draw_limbs_dv(canvas, b)
+    else:
+        _draw_limbs_lat(canvas, b, verts)
+    _draw_vertebrae(canvas, b, verts, dv)
+    _draw_tail(canvas, b, verts, dv)
     # Skull last: fill and rim, and in LAT the jaw.
     _ellipse(canvas, (96, 38), (19 if dv else 15, 27), 0, 0.35)
     _ellipse(canvas, (96, 38), (19 if dv else 15, 27), 0, 0.6, 2)
@@ -398,51 +419,28 @@ def _write(path: Path, stored: np.ndarray, specimen: _Specimen, view: str, n: in
     series = VIEWS.index(view) + 1
     attributes = {
         "ImageType": ["ORIGINAL", "PRIMARY"],
-        "StudyDate": dicom_date(day),
-        "SeriesDate": dicom_date(day),
-        "ContentDate": dicom_date(day),
-        "StudyTime": "140000",
-        "SeriesTime": f"14{series:02d}00",
-        "ContentTime": f"14{series:02d}{n:02d}",
-        "AccessionNumber": f"X{specimen.index:04d}",
-        "Modality": "DX",
+        **dicom.study_attributes(
+            specimen, day, times=("140000", f"14{series:02d}00", f"14{series:02d}{n:02d}"),
+            accession=f"X{specimen.index:04d}", modality="DX", institution=f"Synthetic Centre {specimen.centre + 1}",
+            descriptions=("Skeletal X-ray phenotyping (synthetic)", f"Full body {view}"),
+            birth_date=day - _dt.timedelta(weeks=14), sex=specimen.sex,
+        ),
         "PresentationIntentType": "FOR PRESENTATION",
-        "Manufacturer": "chronofeat synthetic",
-        "InstitutionName": f"Synthetic Centre {specimen.centre + 1}",
-        "ReferringPhysicianName": "",
-        "StudyDescription": "Skeletal X-ray phenotyping (synthetic)",
-        "SeriesDescription": f"Full body {view}",
-        "PatientName": specimen.patient_name,
-        "PatientID": specimen.patient_id,
-        "PatientBirthDate": dicom_date(day - _dt.timedelta(weeks=14)),
-        "PatientSex": specimen.sex,
         "PatientSpeciesDescription": "Mus musculus",
         "BodyPartExamined": "WHOLEBODY",
         "ViewPosition": view,
         "KVP": "26",
-        "StudyInstanceUID": demo_uid("impc", specimen.index, "study"),
-        "SeriesInstanceUID": demo_uid("impc", specimen.index, "series", view),
-        "StudyID": "1",
-        "SeriesNumber": series,
-        "InstanceNumber": n + 1,
+        **dicom.series_attributes(
+            dicom.demo_uid("impc", specimen.index, "study"), dicom.demo_uid("impc", specimen.index, "series", view),
+            None, study_id="1", series=series, instance=n + 1,
+        ),
         "PatientOrientation": "",
-        "ImagerPixelSpacing": [_PIXEL_MM, _PIXEL_MM],
-        "PixelSpacing": [_PIXEL_MM, _PIXEL_MM],
-        "PixelIntensityRelationship": "LOG",
-        "PixelIntensityRelationshipSign": 1,
-        "RescaleIntercept": "0",
-        "RescaleSlope": "1",
-        "RescaleType": "US",
-        "PresentationLUTShape": "INVERSE",
-        "BurnedInAnnotation": "NO",
-        "WindowCenter": "2400",
-        "WindowWidth": "3600",
+        "ImagerPixelSpacing": [_PIXEL_MM, _PIXEL_MM], "PixelSpacing": [_PIXEL_MM, _PIXEL_MM],
+        "PixelIntensityRelationship": "LOG", "PixelIntensityRelationshipSign": 1,
+        "RescaleIntercept": "0", "RescaleSlope": "1", "RescaleType": "US",
+        "PresentationLUTShape": "INVERSE", "BurnedInAnnotation": "NO",
+        "WindowCenter": "2400", "WindowWidth": "3600",
     }
-    write_image(
-        path,
-        to_uint16(stored, bits_stored=12),
-        attributes,
-        sop_class_uid=DigitalXRayImageStorageForPresentation,
-        sop_instance_uid=demo_uid("impc", specimen.index, "image", view, n),
-        photometric="MONOCHROME1",
-    )
+    uid = dicom.demo_uid("impc", specimen.index, "image", view, n)
+    dicom.write_image(path, dicom.to_uint16(stored, bits_stored=12), attributes,
+                sop_class_uid=DigitalXRayImageStorageForPresentation, sop_instance_uid=uid, photometric="MONOCHROME1")

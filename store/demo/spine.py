@@ -22,13 +22,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from pydicom.uid import MRImageStorage
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
-from store.demo._dicom import demo_uid, dicom_date, to_uint16, write_image
+from store.demo import dicom_writer as dicom
+from store.demo.drawing import sample, soft
 
 __all__ = ["generate", "N_SUBJECTS", "LEVELS", "GRADES", "IMAGE_SHAPE", "VISIT_RANGE"]
 
@@ -46,13 +46,7 @@ _NUCLEUS_SIGNAL = {1: 900.0, 2: 640.0, 3: 390.0, 4: 200.0}
 
 
 @dataclass
-class _Subject:
-    index: int
-    patient_id: str
-    patient_name: str
-    birth_date: _dt.date
-    sex: str
-    dates: list[_dt.date]
+class _Subject(dicom.DemoPerson):
     grades: np.ndarray  # (visits, 7 discs): disc d lies above vertebral body LEVELS[d]
     shape: dict[str, float]
     spots: dict[int, tuple[float, float, float]]  # level index -> (u, v, radius) of a bright spot
@@ -108,12 +102,7 @@ def _make_subject(index: int, rng: np.random.Generator) -> _Subject:
     texture /= texture.std(axis=(1, 2), keepdims=True)
     letters = "".join(rng.choice(list("ABCDEFGHJKLMNPQRSTUVWXYZ"), size=3))
     return _Subject(
-        index=index,
-        patient_id=f"SPN-{index:04d}-{letters}",
-        patient_name=f"Synthetic^Subject{index:04d}",
-        birth_date=birth,
-        sex=str(rng.choice(["F", "M"])),
-        dates=dates,
+        **dicom.person_fields(index, f"SPN-{index:04d}-{letters}", f"Synthetic^Subject{index:04d}", birth, dates, rng),
         grades=grades,
         shape={
             "height": rng.uniform(0.9, 1.1),
@@ -131,25 +120,13 @@ def _make_subject(index: int, rng: np.random.Generator) -> _Subject:
     )
 
 
-def _soft(distance: np.ndarray, width: float = 0.6) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(distance / (2.0 * width)))
-
-
 def _body_mask(x: np.ndarray, y: np.ndarray, half_w, half_h: float, shape: dict[str, float]) -> np.ndarray:
     """Soft mask of a vertebral body centred at the origin: a superellipse with concave, wedged endplates."""
     xn = np.clip(np.abs(x) / half_w, 0.0, 4.0)
     h = half_h - shape["concavity"] * (1.0 - np.clip(xn, 0, 1) ** 2) + shape["wedge"] * (x / half_w)
     yn = np.abs(y) / np.maximum(h, 1.0)
     level = xn ** shape["power"] + yn ** shape["power"]
-    return _soft((1.0 - level) * np.minimum(half_w, half_h) / shape["power"], 0.5)
-
-
-def _sample(texture: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Bilinear sample of ``texture`` at (x, y) measured from its centre (reflected at the borders)."""
-    cy, cx = texture.shape[0] / 2.0, texture.shape[1] / 2.0
-    map_x = np.asarray(x + cx, dtype=np.float32)
-    map_y = np.asarray(y + cy, dtype=np.float32)
-    return cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return soft((1.0 - level) * np.minimum(half_w, half_h) / shape["power"], 0.5)
 
 
 def _render(subject: _Subject, visit: int, level_index: int, gain: float, rng: np.random.Generator) -> np.ndarray:
@@ -178,7 +155,7 @@ def _render(subject: _Subject, visit: int, level_index: int, gain: float, rng: n
     tissue = 230.0 + 25.0 * np.tanh(x / 10.0)
     image = tissue.copy()
     canal_x = size(level_index)[0] + 2.0
-    canal = _soft(x - canal_x) * _soft(canal_x + s["canal"] - x)
+    canal = soft(x - canal_x) * soft(canal_x + s["canal"] - x)
     image = image * (1.0 - canal) + (820.0 - 300.0 * np.exp(-(((x - canal_x - s["canal"] / 2) / 1.5) ** 2))) * canal
 
     w0, h0 = size(level_index)
@@ -200,7 +177,7 @@ def _render(subject: _Subject, visit: int, level_index: int, gain: float, rng: n
     for cy, disc, height, half_w in discs:
         grade = int(subject.grades[visit, disc])
         bulge = 0.8 * (grade - 1)
-        annulus = _soft(half_w + bulge - np.abs(x)) * _soft(height / 2 + 1.0 - np.abs(y - cy))
+        annulus = soft(half_w + bulge - np.abs(x)) * soft(height / 2 + 1.0 - np.abs(y - cy))
         nucleus = np.exp(-((x / (0.55 * half_w)) ** 2 + ((y - cy) / max(0.35 * height, 0.8)) ** 2))
         image = image * (1.0 - annulus) + (260.0 + (_NUCLEUS_SIGNAL[grade] - 260.0) * nucleus) * annulus
 
@@ -213,7 +190,7 @@ def _render(subject: _Subject, visit: int, level_index: int, gain: float, rng: n
             half_w *= 1.0 + 0.08 * np.clip(-bx / half_w, -1, 1)
         outer = _body_mask(bx, by, half_w, half_h, s)
         inner = _body_mask(bx, by, half_w - 1.3, half_h - 1.3, s)
-        field = _sample(subject.texture[li], bx, by)
+        field = sample(subject.texture[li], bx, by)
         marrow = s["marrow"] * (1.0 + 0.04 * visit) + s["texture"] * field
         spot = subject.spots.get(li)
         if spot is not None:
@@ -233,51 +210,26 @@ def _write(path: Path, image: np.ndarray, subject: _Subject, visit: int, day: _d
     level = LEVELS[level_index]
     attributes = {
         "ImageType": ["DERIVED", "SECONDARY"],
-        "StudyDate": dicom_date(day),
-        "SeriesDate": dicom_date(day),
-        "ContentDate": dicom_date(day),
-        "StudyTime": "081500",
-        "SeriesTime": "082000",
-        "ContentTime": "082000",
-        "AccessionNumber": f"SP{subject.index:03d}{visit + 1}",
-        "Modality": "MR",
-        "Manufacturer": "chronofeat synthetic",
-        "InstitutionName": "Synthetic Demo Cohort",
-        "ReferringPhysicianName": "",
-        "StudyDescription": "Lumbar spine MRI (synthetic)",
-        "SeriesDescription": f"SAG T2 vertebral body {level}",
-        "PatientName": subject.patient_name,
-        "PatientID": subject.patient_id,
-        "PatientBirthDate": dicom_date(subject.birth_date),
-        "PatientSex": subject.sex,
+        **dicom.study_attributes(
+            subject, day, times=("081500", "082000", "082000"), accession=f"SP{subject.index:03d}{visit + 1}",
+            modality="MR", institution="Synthetic Demo Cohort",
+            descriptions=("Lumbar spine MRI (synthetic)", f"SAG T2 vertebral body {level}"),
+            birth_date=subject.birth_date, sex=subject.sex,
+        ),
         "BodyPartExamined": "LSPINE",
-        "ScanningSequence": "SE",
-        "SequenceVariant": "SK",
-        "ScanOptions": "",
-        "MRAcquisitionType": "2D",
-        "SliceThickness": "4",
-        "RepetitionTime": "3500",
-        "EchoTime": "100",
-        "EchoTrainLength": 16,
-        "MagneticFieldStrength": "1.5",
-        "StudyInstanceUID": demo_uid("spine", subject.index, "study", visit),
-        "SeriesInstanceUID": demo_uid("spine", subject.index, "series", visit, level),
-        "FrameOfReferenceUID": demo_uid("spine", subject.index, "frame", visit),
-        "PositionReferenceIndicator": "",
-        "StudyID": f"{visit + 1}",
-        "SeriesNumber": level_index + 1,
-        "InstanceNumber": 1,
-        "ImagePositionPatient": [0.0, -cols / 2 * _PIXEL_MM, -30.0 * level_index],
-        "ImageOrientationPatient": [0, 1, 0, 0, 0, -1],
-        "SliceLocation": 0.0,
-        "PixelSpacing": [_PIXEL_MM, _PIXEL_MM],
-        "WindowCenter": "450",
-        "WindowWidth": "900",
+        **dicom.mr_attributes("SE", thickness="4", repetition="3500", echo="100", echo_train=16),
+        **dicom.series_attributes(
+            dicom.demo_uid("spine", subject.index, "study", visit),
+            dicom.demo_uid("spine", subject.index, "series", visit, level),
+            dicom.demo_uid("spine", subject.index, "frame", visit),
+            study_id=f"{visit + 1}", series=level_index + 1, instance=1,
+        ),
+        **dicom.plane_attributes(
+            [0.0, -cols / 2 * _PIXEL_MM, -30.0 * level_index], [0, 1, 0, 0, 0, -1], 0.0, _PIXEL_MM
+        ),
+        "WindowCenter": "450", "WindowWidth": "900",
     }
-    write_image(
-        path,
-        to_uint16(image, bits_stored=12),
-        attributes,
-        sop_class_uid=MRImageStorage,
-        sop_instance_uid=demo_uid("spine", subject.index, "image", visit, level),
-    )
+    uid = dicom.demo_uid("spine", subject.index, "image", visit, level)
+    dicom.write_image(path, dicom.to_uint16(image, bits_stored=12), attributes, sop_class_uid=MRImageStorage,
+                      sop_instance_uid=uid)
+

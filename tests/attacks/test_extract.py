@@ -190,7 +190,9 @@ def _wait_for(predicate, child: subprocess.Popen, what: str, timeout: float = 12
     deadline = time.monotonic() + timeout
     while not predicate():
         if child.poll() is not None:
-            raise AssertionError(f"the run ended (exit {child.returncode}) before {what}: {child.communicate()[1][-2000:]}")
+            raise AssertionError(
+                f"the run ended (exit {child.returncode}) before {what}: {child.communicate()[1][-2000:]}"
+            )
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(0.005)
 
@@ -460,9 +462,17 @@ def test_failures_written_before_resolved_at_existed_keep_working(tmp_path):
     from store.sql import query
 
     store = open_store(tmp_path / "store")
-    old_schema = pa.schema([("key", pa.string()), ("dataset", pa.string()), ("path", pa.string()), ("stage", pa.string()),
-                            ("error_class", pa.string()), ("message", pa.string()),
-                            ("time", pa.timestamp("us", tz="UTC"))])
+    old_schema = pa.schema(
+        [
+            ("key", pa.string()),
+            ("dataset", pa.string()),
+            ("path", pa.string()),
+            ("stage", pa.string()),
+            ("error_class", pa.string()),
+            ("message", pa.string()),
+            ("time", pa.timestamp("us", tz="UTC")),
+        ]
+    )
     rows = [{"key": k, "dataset": "old", "path": f"{k}.dcm", "stage": "ingest:decode", "error_class": "DecodeError",
              "message": "truncated", "time": None} for k in ("a", "b", "c")]
     folder = store.tables_dir / "failures"

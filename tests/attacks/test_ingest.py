@@ -7,6 +7,7 @@ DICOM / PNG / NPY files written for it, and reads the store's Parquet parts dire
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -34,9 +35,22 @@ ENV.pop("CHRONOFEAT_STORE", None)
 ENV.pop("CHRONOFEAT_MAX_DECODED_MB", None)
 
 
-def _ingest(store: Path, root: Path, *extra: str, dataset: str = "attack", timeout: float = 60) -> subprocess.CompletedProcess:
+def _ingest(
+    store: Path, root: Path, *extra: str, dataset: str = "attack", timeout: float = 60
+) -> subprocess.CompletedProcess:
     """``cli.py ingest`` in a subprocess; a run still going after ``timeout`` seconds fails the test (a hang)."""
-    command = [sys.executable, "cli.py", "ingest", "--dataset", dataset, "--root", str(root), "--store", str(store), *extra]
+    command = [
+        sys.executable,
+        "cli.py",
+        "ingest",
+        "--dataset",
+        dataset,
+        "--root",
+        str(root),
+        "--store",
+        str(store),
+        *extra,
+    ]
     try:
         return subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -314,7 +328,9 @@ def test_retry_failed_resolves_fixed_files_and_keeps_one_row_per_input(tmp_path)
         assert sorted(f["path"] for f in failures) == ["bad.dcm", "worse.dcm"]  # one current row per input
         rows = {f["path"]: f for f in failures}
         assert rows["bad.dcm"]["resolved_at"] is not None and rows["worse.dcm"]["resolved_at"] is None
-        assert rows["bad.dcm"]["key"] == first["bad.dcm"]["key"] and rows["worse.dcm"]["key"] == first["worse.dcm"]["key"]
+        assert (
+            rows["bad.dcm"]["key"] == first["bad.dcm"]["key"] and rows["worse.dcm"]["key"] == first["worse.dcm"]["key"]
+        )
         assert sorted(r["path"] for r in _table(store, "scans")) == ["a.dcm", "bad.dcm"]
 
 
@@ -452,10 +468,8 @@ def test_an_ingest_killed_at_a_random_point_resumes_to_the_same_tables(tmp_path,
         time.sleep(random.Random(seed).uniform(0.0, work_s))
         process.kill()  # SIGKILL to the ingest itself, wherever it is
         process.communicate()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # and whatever it had started (decoding workers, hasher)
-        except ProcessLookupError:
-            pass
         run = _ingest(store, root)
         assert run.returncode == 1, f"seed {seed}: {run.stderr[-2000:]}"
         assert _snapshot(store) == expected, f"seed {seed}"

@@ -44,15 +44,16 @@ def _digest(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     """A real store built once: scans + efficientnet_b0 (FLOAT[32]), a fitted logistic run, a vocabulary, the secret."""
-    from classifiers.evaluate import fit_command
+    from classifiers.evaluate import fit_model
     from store.layout import open_store
+    from store.secret import load_secret
     from store.vocabulary import save_vocabulary
     from tests.test_featuresets import build_scans_like
 
     store = open_store(tmp_path_factory.mktemp("pristine") / "store")
-    store.secret()
+    load_secret(store)
     build_scans_like(store, dataset=DATASET)
-    run = fit_command(store, "logistic", dataset=DATASET, progress=False, n_boot=50, out=lambda *a, **k: None)
+    run = fit_model(store, "logistic", dataset=DATASET, progress=False, n_boot=50)
     save_vocabulary(store, np.eye(8, 4, dtype=np.float32), np.ones(8, np.float32), meta={"descriptor": "sift"})
     return {"root": store.root, "run": run.run_id, "digest": _digest(store.root)}
 
@@ -128,7 +129,9 @@ def test_case1_log_query_path_cannot_overwrite_a_part(victim, capsys):
 
 
 def test_case1_profiling_output_cannot_overwrite_a_vocabulary(victim, capsys):
-    _refused(victim, capsys, "SET enable_profiling = 'json'; SET profiling_output = '{vocab}'; SELECT 1", expect="Refused")
+    _refused(
+        victim, capsys, "SET enable_profiling = 'json'; SET profiling_output = '{vocab}'; SELECT 1", expect="Refused"
+    )
 
 
 def test_case1_import_database_does_not_run_a_folders_sql(victim, capsys):
@@ -144,9 +147,16 @@ def test_case1_import_database_does_not_run_a_folders_sql(victim, capsys):
     assert "even with --write" in err
 
 
-@pytest.mark.parametrize("sql", [
-    "SET threads = 1", "RESET threads", "PRAGMA threads = 1", "PRAGMA enable_profiling", "SET enable_object_cache = true",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SET threads = 1",
+        "RESET threads",
+        "PRAGMA threads = 1",
+        "PRAGMA enable_profiling",
+        "SET enable_object_cache = true",
+    ],
+)
 def test_case1_settings_and_pragmas_are_not_allowed_wholesale(victim, capsys, sql):
     _refused(victim, capsys, sql, expect="Refused")
 
@@ -162,11 +172,19 @@ BYPASSES = {
     "variable feeds a setting": "SET VARIABLE p = '{part}'; SET log_query_path = getvariable('p'); SELECT 1",
     "PRAGMA form of a setting": "PRAGMA log_query_path = '{vocab}'; SELECT 1",
     "many statements": "SELECT 1; SELECT 2; SET log_query_path = '{part}'; SELECT 3",
-    "PRAGMA profiling into an artifact": "PRAGMA enable_profiling = 'json'; PRAGMA profiling_output = '{vocab}'; SELECT 1",
-    "table function enable_profiling": "SELECT * FROM enable_profiling(format := 'json', save_location := '{vocab}'); SELECT 1",
-    "table function enable_logging": "SELECT * FROM enable_logging(storage := 'file', storage_path := '{tables}/scans'); SELECT 1",
+    "PRAGMA profiling into an artifact": (
+        "PRAGMA enable_profiling = 'json'; PRAGMA profiling_output = '{vocab}'; SELECT 1"
+    ),
+    "table function enable_profiling": (
+        "SELECT * FROM enable_profiling(format := 'json', save_location := '{vocab}'); SELECT 1"
+    ),
+    "table function enable_logging": (
+        "SELECT * FROM enable_logging(storage := 'file', storage_path := '{tables}/scans'); SELECT 1"
+    ),
     "COPY hidden in a CTE": "WITH x AS (COPY scans TO '{part}' (FORMAT csv)) SELECT 1",
-    "COPY in a CTE adds a part": "WITH x AS (COPY (SELECT * FROM predictions) TO '{new}' (FORMAT parquet)) SELECT * FROM x",
+    "COPY in a CTE adds a part": (
+        "WITH x AS (COPY (SELECT * FROM predictions) TO '{new}' (FORMAT parquet)) SELECT * FROM x"
+    ),
     "MATERIALIZED CTE": "WITH x AS MATERIALIZED (COPY scans TO '{part}') SELECT 1",
     "case-mixed CTE": "wItH x As (cOpY scans tO '{part}') SeLeCt 1",
     "EXPLAIN ANALYZE COPY": "EXPLAIN ANALYZE COPY scans TO '{part}' (FORMAT csv)",

@@ -1,0 +1,441 @@
+"""Plan a fit from the dataset profile: dataset, target, members and their feature sets, unit, splits.
+
+``plan_fit`` decides everything a fit will do without fitting or writing anything: the dataset (the only
+one with features, when not given), the target, the feature set of every member (profile defaults,
+leaving out a member whose feature table is missing and saying why; explicit ``--features`` /
+``--members`` must exist), the unit (scans, pairs, specimens), folds, seeds and the test rule.
+``describe_plan`` says it in lines of text before the fit runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from classifiers._registry import create_model, is_ensemble, learns_from_features, list_models, model_class
+from classifiers.profiles import Profile, TargetSpec, profile_for, resolve_candidate, resolve_target
+from classifiers.request import FitRequest
+from classifiers.search import SEARCH_LEVELS
+from features.errors import DatasetError, EvaluationError, ParameterError, TableNotFoundError, is_int
+from features.sets import FeatureSet, extend_feature_set, parse_feature_set
+from features.splits import PER_CLASS_FRACTION
+from store.featureset import datasets_with_features, feature_tables
+from store.layout import Store
+from store.provenance import canonical_json
+
+__all__ = [
+    "AUGMENT_NOISE",
+    "MemberPlan",
+    "FitPlan",
+    "TestRule",
+    "plan_fit",
+    "resolve_dataset",
+    "parse_members",
+    "parse_test_subjects",
+    "describe_plan",
+    "build_estimator",
+]
+
+AUGMENT_NOISE = 0.05  # noise standard deviation, as a fraction of each feature's training std
+
+
+@dataclass(frozen=True)
+class MemberPlan:
+    """One model to fit: member name, registered model, its feature set, parameters, where it came from."""
+
+    name: str
+    model: str
+    feature_set: FeatureSet
+    params: dict
+    source: str  # "profile default" | "--features" | "--members"
+
+
+@dataclass
+class FitPlan:
+    """Everything ``run_plan`` needs; printed by ``describe_plan`` before fitting."""
+
+    dataset: str
+    profile: Profile
+    model: str
+    target: TargetSpec
+    unit: str
+    reference_mode: str | None
+    members: list[MemberPlan]
+    folds: int
+    seeds: list[int]
+    test_rule: str  # per_class | fraction | none | list (ignored with split='given')
+    test_fraction: float
+    split: str  # auto | given
+    search: str
+    augment: bool
+    model_params: dict = field(default_factory=dict)
+    noise: float = AUGMENT_NOISE
+    notes: list[str] = field(default_factory=list)
+    n_boot: int = 1000
+    test_subject_list: tuple[str, ...] | None = None
+
+    @property
+    def ensemble(self) -> bool:
+        """True when the model combines members (ensemble, stacking)."""
+        return is_ensemble(self.model)
+
+    @property
+    def feature_sets(self) -> list[FeatureSet]:
+        """The distinct feature sets of the members, in member order (the column order of X)."""
+        return list(dict.fromkeys(m.feature_set for m in self.members))
+
+    @property
+    def member_names(self) -> list[str]:
+        """Names of the members judged beside the model (ensembles), then the model's own name."""
+        return ([m.name for m in self.members] if self.ensemble else []) + [self.model]
+
+
+# --- what is in the store ------------------------------------------------------------------------
+def _distinct_values(store: Store, table: str, column: str, dataset: str | None = None) -> list:
+    """Sorted distinct values of ``table.column`` (of one ``dataset`` when given); [] before the table exists."""
+    from store.sql import connect
+    from store.tables import table_exists
+
+    if not table_exists(store, table):
+        return []
+    where = " WHERE dataset = ?" if dataset is not None else ""
+    con = connect(store)
+    try:
+        sql = f"SELECT DISTINCT {column} FROM {table}{where} ORDER BY 1"
+        return [r[0] for r in con.execute(sql, [dataset] if dataset is not None else []).fetchall()]
+    finally:
+        con.close()
+
+
+def resolve_dataset(store: Store, dataset: str | None) -> tuple[str, str | None]:
+    """The dataset to fit on and a line saying why it was picked (None when it was named).
+
+    With no name: the only dataset of the store with feature tables; several or none raise
+    ``DatasetError`` listing them / saying what to run first.
+    """
+    if dataset is not None:
+        if not isinstance(dataset, str) or not dataset:
+            raise ParameterError(f"The 'dataset' parameter of fit must be a dataset name. Got {dataset!r} instead.")
+        known = _distinct_values(store, "scans", "dataset")
+        if dataset not in known:
+            raise DatasetError(
+                f"Dataset {dataset!r} is not in {store.root} (datasets: {', '.join(known) or 'none yet'}). Ingest it "
+                f"first ('python cli.py ingest --dataset {dataset}') or check the name."
+            )
+        return dataset, None
+    with_features = datasets_with_features(store)
+    if len(with_features) == 1:
+        name = next(iter(with_features))
+        return (
+            name,
+            f"dataset {name!r}: the only dataset with feature tables in the store ({', '.join(with_features[name])})",
+        )
+    if not with_features:
+        raise DatasetError(
+            f"No dataset in {store.root} has feature tables yet. Run 'python cli.py ingest --dataset NAME' and "
+            "'python cli.py extract --extractor ... --dataset NAME' first, then fit with --dataset NAME."
+        )
+    listing = "; ".join(f"{d} ({', '.join(t)})" for d, t in sorted(with_features.items()))
+    raise DatasetError(f"Several datasets have feature tables: {listing}. Say which one with --dataset NAME.")
+
+
+# --- parsing options -----------------------------------------------------------------------------
+def parse_members(text) -> list[tuple[str, str | None]]:
+    """``'logistic=inception_v3:diff;svm_rbf=sift_bovw500:concat;naive_bayes'`` -> [(model, feature set or None)].
+
+    Members are separated by ``;`` or ``,``; a member's feature set is written with ``+`` between terms.
+    """
+    items = text if isinstance(text, (list, tuple)) else re.split(r"[;,]", str(text))
+    parsed = []
+    known = list_models()
+    for item in items:
+        item = str(item).strip()
+        if not item:
+            continue
+        model, sep, features = item.partition("=")
+        model = model.strip()
+        if model not in known or is_ensemble(model) or not learns_from_features(model):
+            singles = [m for m in known if not is_ensemble(m) and learns_from_features(m)]
+            raise ParameterError(
+                f"Member {item!r}: {model!r} is not a single model. Members are MODEL or MODEL=FEATURES with MODEL one "
+                f"of {', '.join(singles)}."
+            )
+        parsed.append((model, features.strip() if sep else None))
+    if not parsed:
+        raise ParameterError(f"The 'members' parameter of fit names no member. Got {text!r} instead.")
+    return parsed
+
+
+@dataclass(frozen=True)
+class TestRule:
+    """How the held-out test subjects are chosen: ``rule`` per_class | fraction | none | list."""
+
+    __test__ = False  # not a pytest test class
+
+    rule: str
+    fraction: float
+    subjects: tuple[str, ...] | None = None  # rule 'list': exactly these subject keys
+
+
+def parse_test_subjects(value, profile: Profile) -> TestRule:
+    """The ``TestRule`` of ``--test-subjects``: None -> the profile's rule; 'per-class' / 'one-per-class' ->
+    one subject per class; a fraction in (0, 1) of each label stratum; 0 / 'none' -> no held-out test set;
+    the path of a text file -> exactly the subject keys it lists."""
+    if value is None:
+        return TestRule(profile.test_rule, profile.test_fraction)
+    text = str(value).strip()
+    key = text.lower().replace("-", "_")
+    if key in ("per_class", "one_per_class", "perclass"):
+        return TestRule("per_class", PER_CLASS_FRACTION)
+    if key in ("0", "none", "0.0"):
+        return TestRule("none", 0.0)
+    if os.path.isfile(text):
+        from store.subjects import read_subject_list
+
+        return TestRule("list", 0.0, read_subject_list(text))
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = None
+    if fraction is None or not 0.0 < fraction < 1.0:
+        raise ParameterError(
+            f"The 'test_subjects' parameter of fit must be 'per-class', a fraction of subjects in (0, 1), 0 for none, "
+            f"or a file of subject keys. Got {value!r} instead."
+        )
+    return TestRule("fraction", fraction)
+
+
+def _check_options(request: FitRequest) -> None:
+    """``ParameterError`` for options that no fit accepts, before anything is read."""
+    known = list_models()
+    if request.model not in known:
+        raise ParameterError(f"Unknown model {request.model!r}. Known models: {', '.join(known)}.")
+    if request.search not in SEARCH_LEVELS:
+        raise ParameterError(
+            f"The 'search' parameter of fit must be one of {', '.join(SEARCH_LEVELS)}. Got {request.search!r} instead.")
+    if request.split not in ("auto", "given"):
+        raise ParameterError(f"The 'split' parameter of fit must be 'auto' or 'given'. Got {request.split!r} instead.")
+    if request.members is not None and not is_ensemble(request.model):
+        raise ParameterError(
+            f"--members is for 'ensemble' and 'stacking'; {request.model!r} is a single model (use --features).")
+    for name, value, low in (("folds", request.folds, 2), ("seeds", request.seeds, 1)):
+        if value is not None and not is_int(value, low):
+            raise ParameterError(
+                f"The {name!r} parameter of fit must be an int in [{low}, inf). Got {value!r} instead."
+            )
+
+
+# --- members and their feature sets --------------------------------------------------------------
+def _unit_of(feature_set: FeatureSet, tables: dict) -> str:
+    units = set()
+    for term in feature_set.terms:
+        if term.mode is not None:
+            units.add("pairs")
+        elif term.table in tables:
+            units.add(tables[term.table].unit)
+    if len(units) > 1:
+        raise EvaluationError(
+            f"Feature set {feature_set} mixes units ({', '.join(sorted(units))}); every term must describe the same "
+            "rows (pair modes and pair-keyed tables together, or scan tables alone)."
+        )
+    return units.pop() if units else "scans"
+
+
+def _check_exists(feature_set: FeatureSet, tables: dict, where: str) -> None:
+    for table in feature_set.tables:
+        if table not in tables:
+            known = ", ".join(sorted(tables)) or "none yet"
+            raise TableNotFoundError(
+                f"{where} names feature table {table!r}, which does not exist (feature tables: {known}). Run "
+                f"'python cli.py extract --extractor ... --dataset ...' to compute it, or name an existing table."
+            )
+
+
+class _MemberPlanner:
+    """Chooses each member's feature set: ``--members`` / ``--features`` when given, else the profile's
+    default among this dataset's tables (a member without one is left out, with a note)."""
+
+    def __init__(self, profile: Profile, dataset: str, features: str | None, tables: dict) -> None:
+        self.profile, self.dataset, self.features, self.tables = profile, dataset, features, tables
+        self.ours = {n: i for n, i in tables.items() if not i.datasets or dataset in i.datasets}
+        self.explicit = features is not None and not str(features).strip().startswith("+")
+        self.unit_hint = _unit_of(parse_feature_set(features), tables) if self.explicit else profile.unit
+        self.notes: list[str] = []
+
+    def plan(self, name: str, model: str, member_features: str | None) -> MemberPlan | None:
+        """The plan of member ``name`` (model ``model``), or None when it is left out (see ``notes``)."""
+        params = self.profile.params_for(model)
+        if member_features is not None:
+            fs = parse_feature_set(member_features)
+            _check_exists(fs, self.tables, f"--members {model}={member_features}")
+            return MemberPlan(name, model, fs, params, "--members")
+        if self.explicit:
+            fs = parse_feature_set(self.features)
+            _check_exists(fs, self.tables, f"--features {self.features}")
+            return MemberPlan(name, model, fs, params, "--features")
+        fs, why = resolve_candidate(self.profile.features_for(model), self.ours, self.unit_hint)
+        if fs is None:
+            self.notes.append(f"left out member {name}: {why}; compute that table (python cli.py extract ... --dataset "
+                              f"{self.dataset}) to include it")
+            return None
+        if self.features is not None:  # '+time' style: extends the default
+            fs = extend_feature_set(fs, self.features)
+            _check_exists(fs, self.tables, f"--features {self.features}")
+        return MemberPlan(name, model, fs, params, "profile default" + (f" {self.features}" if self.features else ""))
+
+
+def _member_specs(request: FitRequest, profile: Profile, dataset: str) -> list[tuple[str, str | None]]:
+    """(model, feature set or None) of every member to plan."""
+    if request.members is not None:
+        return parse_members(request.members)
+    if not is_ensemble(request.model):
+        return [(request.model, None)]
+    specs = [(m.model, None) for m in profile.members]
+    if not specs:
+        raise EvaluationError(f"The profile of {dataset!r} has no default members; name them with --members.")
+    return specs
+
+
+def _plan_members(
+    request: FitRequest, profile: Profile, dataset: str, tables: dict
+) -> tuple[list[MemberPlan], list[str]]:
+    """(the members to fit, notes on members left out); ``TableNotFoundError`` when none is left."""
+    specs = _member_specs(request, profile, dataset)
+    planner = _MemberPlanner(profile, dataset, request.features, tables)
+    planned: list[MemberPlan] = []
+    counts: dict[str, int] = {}
+    for model, member_features in specs:
+        counts[model] = counts.get(model, 0) + 1
+        name = model if counts[model] == 1 else f"{model}_{counts[model]}"
+        member = planner.plan(name, model, member_features)
+        if member is not None:
+            planned.append(member)
+    if not planned:
+        raise TableNotFoundError(
+            f"No member of the {dataset!r} default can be fitted: " + "; ".join(planner.notes)
+            + f". Run the extraction first (python cli.py extract --extractor ... --dataset {dataset}), or name "
+            "existing tables with --features / --members."
+        )
+    return planned, planner.notes
+
+
+def _with_device(planned: list[MemberPlan], device: str) -> list[MemberPlan]:
+    """Members with ``device`` set where the model has a ``device`` parameter (xgboost, mlp)."""
+    if device not in ("cpu", "cuda"):
+        raise ParameterError(f"The 'device' parameter of fit must be 'cpu' or 'cuda'. Got {device!r} instead.")
+    out, touched = [], False
+    for member in planned:
+        if "device" in model_class(member.model)().get_params(deep=False):
+            member = MemberPlan(member.name, member.model, member.feature_set, {**member.params, "device": device},
+                                member.source)
+            touched = True
+        out.append(member)
+    if not touched:
+        raise ParameterError(
+            f"--device {device} applies to models with a device (xgboost, mlp); none of this fit's models has one "
+            f"({', '.join(sorted({m.model for m in planned}))})."
+        )
+    return out
+
+
+def _common_unit(planned: list[MemberPlan], tables: dict) -> str:
+    units = {m.name: _unit_of(m.feature_set, tables) for m in planned}
+    if len(set(units.values())) > 1:
+        raise EvaluationError(
+            "Members must predict the same units; these do not: "
+            + ", ".join(f"{n}: {u}" for n, u in units.items()) + ". Give every member feature sets of one unit."
+        )
+    return next(iter(units.values()))
+
+
+def _reference_mode(
+    store: Store, dataset: str, profile: Profile, planned: list[MemberPlan], tables: dict
+) -> str | None:
+    """Which pairs per-image tables are read in pair modes (None when a table is keyed by pair already)."""
+    if any(tables[t.table].key == "pair_id" for m in planned for t in m.feature_set.terms if t.table in tables):
+        return None
+    modes = _distinct_values(store, "pairs", "reference_mode", dataset)
+    for mode in (profile.reference_mode, "given", "absolute"):
+        if mode in modes:
+            return mode
+    return None
+
+
+def build_estimator(model: str, params: dict, seed: int):
+    """An unfitted model registered as ``model`` with ``params``; ``random_state`` = ``seed`` when it has one."""
+    full = dict(params)
+    if "random_state" in model_class(model)().get_params(deep=False):
+        full.setdefault("random_state", seed)
+    return create_model(model, **full)
+
+
+def plan_fit(store: Store, request: FitRequest | str, **options) -> FitPlan:
+    """Decide everything a fit will do (no fitting, no writing).
+
+    ``request`` is a ``FitRequest``, or a model name with the request's other fields as keywords
+    (``plan_fit(store, "ensemble", members="logistic,knn")``). Raises ``ParameterError``,
+    ``DatasetError``, ``TableNotFoundError``, ``EvaluationError`` or ``BackendUnavailableError`` saying what to fix.
+    """
+    if isinstance(request, str):
+        request = FitRequest(model=request, **options)
+    _check_options(request)
+    dataset, _ = resolve_dataset(store, request.dataset)
+    profile = profile_for(dataset)
+    target = resolve_target(profile, request.target)
+    tables = feature_tables(store)
+    planned, notes = _plan_members(request, profile, dataset, tables)
+    if request.device is not None:
+        planned = _with_device(planned, request.device)
+    unit = _common_unit(planned, tables)
+    reference_mode = _reference_mode(store, dataset, profile, planned, tables) if unit == "pairs" else None
+    rule = parse_test_subjects(request.test_subjects, profile)
+    plan = FitPlan(
+        dataset=dataset, profile=profile, model=request.model, target=target, unit=unit, reference_mode=reference_mode,
+        members=planned, folds=int(request.folds if request.folds is not None else profile.folds),
+        seeds=list(range(int(request.seeds if request.seeds is not None else profile.seeds))),
+        test_rule=rule.rule, test_fraction=rule.fraction, split=request.split, search=request.search,
+        augment=bool(request.augment), model_params=dict(request.model_params or {}), notes=notes,
+        n_boot=int(request.n_boot), test_subject_list=rule.subjects,
+    )
+    for member in planned:  # fail before loading anything when a backend is missing
+        build_estimator(member.model, member.params, 0).check_available()
+    return plan
+
+
+# --- saying it -----------------------------------------------------------------------------------
+def _split_text(plan: FitPlan) -> str:
+    if plan.split == "given":
+        return "given by the data's 'split' column (train / val / test), checked for subject disjointness"
+    if plan.test_rule == "none":
+        return "no held-out test set"
+    if plan.test_rule == "per_class":
+        return "held-out test: one subject per class"
+    if plan.test_rule == "list":
+        return f"held-out test: the {len(plan.test_subject_list or ())} subjects listed in --test-subjects"
+    return f"held-out test: {plan.test_fraction:g} of the subjects of each label stratum"
+
+
+def describe_plan(plan: FitPlan, dataset_reason: str | None = None) -> list[str]:
+    """Lines that say what will be fitted and which defaults came from the profile."""
+    lines = []
+    if dataset_reason:
+        lines.append(dataset_reason)
+    if plan.profile.note:
+        lines.append(f"profile {plan.profile.dataset}: {plan.profile.note}")
+    modes = f", reference_mode {plan.reference_mode}" if plan.reference_mode else ""
+    described = plan.target.describe()
+    target = plan.target.name if described == plan.target.name else f"{plan.target.name} ({described})"
+    lines.append(f"target: {target}; unit: {plan.unit}{modes}")
+    kind = plan.model + (f" ({plan.model_params.get('voting', 'soft')} voting)" if plan.model == "ensemble" else "")
+    lines.append(f"model: {kind}" + (" with members:" if plan.ensemble else ""))
+    width = max(len(m.name) for m in plan.members)
+    for m in plan.members:
+        params = f" {canonical_json(m.params)}" if m.params else ""
+        lines.append(f"  {m.name:<{width}}  {m.model:<13} on {m.feature_set}  [{m.source}]{params}")
+    lines += [f"NOTE: {note}" for note in plan.notes]
+    seeds = f"seed {plan.seeds[0]}" if len(plan.seeds) == 1 else f"seeds {plan.seeds[0]}..{plan.seeds[-1]}"
+    lines.append(f"splits: {_split_text(plan)}; {plan.folds}-fold subject-grouped stratified CV on the training "
+                 f"subjects; {seeds}")
+    lines.append(f"search: {plan.search}; augmentation: {'swap + noise' if plan.augment else 'off'}")
+    return lines
