@@ -284,7 +284,7 @@ def _add_demo_and_test(add, common) -> None:
 
 
 def _add_ingest(add, common) -> None:
-    from store.dataset_layouts import LAYOUTS  # no pyarrow: cheap at parser time
+    from features.dataset_layouts import LAYOUTS  # no pyarrow: cheap at parser time
 
     p = add("ingest", cmd_ingest, "index a dataset's images into the scans (and pairs) tables")
     p.add_argument(

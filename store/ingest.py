@@ -33,7 +33,7 @@ over its real relative path (so the same file has unrelated ids in two stores). 
 (``scans.path``, the index, ``failures``) is relative to the root with every component that holds one
 of the file's identifying values (PatientID, name, birth date, other IDs, the manifest's subject)
 replaced by a keyed marker, consistently across the dataset; ``store.pixels`` resolves it. Views are
-coded values (``store.dataset_layouts.coded_view``); free-text descriptions are never stored.
+coded values (``features.dataset_layouts.coded_view``); free-text descriptions are never stored.
 """
 
 from __future__ import annotations
@@ -57,10 +57,7 @@ from typing import NamedTuple
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.errors import ChronofeatError, DatasetError, check_param
-from store._frame_hasher import FrameHasher
-from store.cores import usable_cores
-from store.dataset_layouts import (
+from features.dataset_layouts import (
     DEMO_DATASETS,
     OTHER_VIEW,
     VIEW_TERMS,
@@ -73,6 +70,9 @@ from store.dataset_layouts import (
     pair_id,
     scan_id,
 )
+from features.errors import ChronofeatError, DatasetError, check_param
+from store._frame_hasher import FrameHasher
+from store.cores import usable_cores
 from store.digest import keyed_sha256
 from store.failures import Failure, open_failures, record_failures, resolve_failures
 from store.ingest_derive import derive_scans, scans_table

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from store.dataset_layouts import OTHER_VIEW, Layout, time_index_from_days
+from features.dataset_layouts import OTHER_VIEW, Layout, time_index_from_days
 from store.manifest import Manifest
 from store.paths import IdentifyingValues
 from store.pseudonym import Pseudonymizer

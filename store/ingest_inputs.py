@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from features.dataset_layouts import Layout, scan_id
 from features.errors import DatasetError
-from store.dataset_layouts import Layout, scan_id
 from store.manifest import MANIFEST_NAME, PAIRS_NAME, Manifest
 
 __all__ = ["InputFile", "DatasetRoot", "EntryKind", "resolve_root", "list_inputs", "walk_inputs", "classify"]

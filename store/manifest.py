@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from features.dataset_layouts import GivenPair
 from features.errors import DatasetError
 from store.schema import SCANS_CORE
 
@@ -65,16 +66,6 @@ class Manifest:
     extra_columns: tuple[str, ...]
     list_columns: tuple[str, ...]
     columns: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class GivenPair:
-    """One ``pairs.csv`` line: two file paths (relative to the root) and the pair's label."""
-
-    line: int
-    reference_path: str
-    comparison_path: str
-    label: str | None
 
 
 def normalise_path(value: str, *, where: str) -> str:

@@ -26,14 +26,11 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from features.errors import DatasetError
 
-if TYPE_CHECKING:  # annotations only: the parser of cli.py reads the layout names without pyarrow
-    from store.manifest import GivenPair
-
 __all__ = [
+    "GivenPair",
     "Layout",
     "LAYOUTS",
     "DEMO_DATASETS",
@@ -48,6 +45,16 @@ __all__ = [
     "longitudinal_pairs",
     "given_pairs",
 ]
+
+
+@dataclass(frozen=True)
+class GivenPair:
+    """One ``pairs.csv`` line: two file paths (relative to the root) and the pair's label."""
+
+    line: int
+    reference_path: str
+    comparison_path: str
+    label: str | None
 
 DEMO_DATASETS = ("crmo", "chronomid", "impc", "spine")
 OTHER_VIEW = "other"
