@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from classifiers._registry import model_class
+from classifiers._registry import learns_from_features, model_class
 from classifiers.request import FitRequest
 from store.layout import Store
 
@@ -26,10 +26,8 @@ class FitOutcome(Protocol):
 
 def fit(store: Store, request: FitRequest) -> FitOutcome:
     """Fit and judge ``request.model`` on ``request.dataset``; the run is written to ``store``."""
-    cls = model_class(request.model)
-    fit_in_store = getattr(cls, "fit_in_store", None)
-    if fit_in_store is not None:
-        return fit_in_store(store, request)
+    if not learns_from_features(request.model):
+        return model_class(request.model).fit_in_store(store, request)
     from classifiers.evaluate import fit_features
 
     return fit_features(store, request)

@@ -23,8 +23,8 @@ import hashlib
 import hmac
 import os
 import re
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from features.errors import DatasetError
@@ -192,13 +192,10 @@ def _pair(dataset: str, reference: dict, comparison: dict, mode: str, label, *, 
     }
 
 
-def _subject_labels(scans: Iterable[dict]) -> dict[str, str | None]:
-    counts: dict[str, Counter] = defaultdict(Counter)
-    for scan in scans:
-        if scan.get("label") is not None:
-            counts[scan["subject"]][scan["label"]] += 1
-    # the most frequent label; ties broken alphabetically so the result is deterministic
-    return {s: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for s, c in counts.items()}
+def _subject_labels(scans: Sequence[dict]) -> dict[str, str | None]:
+    from features.splits import subject_majority_labels  # scikit-learn: not at cli.py's parser time
+
+    return subject_majority_labels([scan["subject"] for scan in scans], [scan.get("label") for scan in scans])
 
 
 def longitudinal_pairs(scans: Sequence[dict], layout: Layout, dataset: str) -> tuple[list[dict], int]:

@@ -61,7 +61,7 @@ def subject_majority_labels(subjects: Sequence[Hashable], labels: Sequence[Hasha
 
     A subject's rows may carry several labels (a CRMO patient has improved and regressed pairs);
     the majority label decides which stratum the subject counts in when subjects are divided.
-    Same rule as ``store.vocabulary.subject_labels``.
+    The one definition of a subject's label: ``subject_labels`` (tables) and the layouts' pair labels use it.
     """
     per_subject: dict = {}
     for subject, label in zip(subjects, labels, strict=True):
@@ -294,21 +294,8 @@ def subject_labels(table: pa.Table) -> dict[str, str | None]:
         raise InputError(f"A subject split needs a 'subject' column; the table has {table.column_names}.")
     subjects = table.column("subject").to_pylist()
     labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(subjects)
-    counts: dict[str, Counter] = {}
-    for subject, label in zip(subjects, labels, strict=True):
-        if subject is None:
-            continue
-        bucket = counts.setdefault(subject, Counter())
-        if label not in (None, ""):
-            bucket[label] += 1
-    result: dict[str, str | None] = {}
-    for subject, bucket in counts.items():
-        if bucket:
-            top = max(bucket.values())
-            result[subject] = min(label for label, n in bucket.items() if n == top)
-        else:
-            result[subject] = None
-    return result
+    kept = [i for i, subject in enumerate(subjects) if subject is not None]
+    return subject_majority_labels([subjects[i] for i in kept], [labels[i] for i in kept])
 
 
 def split_subjects(
