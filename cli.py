@@ -161,13 +161,24 @@ def cmd_train(args) -> int:
 
     store = _store(args)
     _announce_synthetic(store, args.dataset)
-    common = dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device)
+    common = dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device,
+                  image_size=args.image_size, lr=args.lr)
     common = {k: v for k, v in common.items() if v is not None}
     if args.network == "siamese":
-        extra = {k: v for k, v in dict(margin=args.margin, backbone=args.backbone).items() if v is not None}
-        result = train_siamese(store, args.dataset, **common, **extra)
+        if args.train_input is not None or args.views is not None:
+            from features.errors import ParameterError
+
+            raise ParameterError("--input and --views are for 'train cae'; the Siamese network trains on scans.")
+        extra = dict(margin=args.margin, backbone=args.backbone, embed_dim=args.embedding_dim)
+        result = train_siamese(store, args.dataset, **common, **{k: v for k, v in extra.items() if v is not None})
     else:
-        result = train_cae(store, args.dataset, **common)
+        if args.embedding_dim is not None:
+            from features.errors import ParameterError
+
+            raise ParameterError("--embedding-dim is for 'train siamese'; the CAE's feature width follows its "
+                                 "latent map (image size / 8)^2 x 16.")
+        chosen = dict(input=args.train_input, views=args.views)
+        result = train_cae(store, args.dataset, **common, **{k: v for k, v in chosen.items() if v is not None})
     _say_lines(result.summary_lines())
     return EXIT_OK
 
@@ -178,9 +189,10 @@ def cmd_transfer(args) -> int:
     store = _store(args)
     _announce_synthetic(store, args.dataset)
     sizes = [float(x) for x in args.train_sizes.split(",")]
-    result = run_transfer(
-        store, args.artifact, dataset=args.dataset, target=args.target, train_sizes=sizes, seed=args.seed
-    )
+    options = {k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, device=args.device).items()
+               if v is not None}
+    result = run_transfer(store, args.artifact, dataset=args.dataset, target=args.target, train_sizes=sizes,
+                          seed=args.seed, seeds=args.seeds, **options)
     _say_lines(result.summary_lines())
     return EXIT_OK
 
@@ -220,6 +232,15 @@ def cmd_demo(args) -> int:
     for line in demo:  # each line as soon as its step is done: the demo takes a while
         _say(line)
     return demo.result.exit_code
+
+
+def cmd_reproduce(args) -> int:
+    from classifiers.reproduce import ReproduceOptions, Reproduction
+
+    run = Reproduction(_store(args), args.paper, ReproduceOptions(seeds=args.seeds, device=args.device))
+    for line in run:  # each line as soon as its step is done: a reproduction takes minutes
+        _say(line)
+    return EXIT_OK
 
 
 def cmd_test(args) -> int:
@@ -277,6 +298,12 @@ def _add_demo_and_test(add, common) -> None:
     p = add("demo", cmd_demo,
             "the main job on built-in demo data: ingest, extract features, fit an ensemble, show the result")
     p.add_argument("--dataset", default="crmo", choices=sorted(DEMO_FEATURES), help="demo dataset (default crmo)")
+
+    p = add("reproduce", cmd_reproduce,
+            "a seed paper's headline experiment on its demo stand-in, as one command (see README)")
+    p.add_argument("paper", choices=["chronomid", "crmo", "impc", "spine"], help="the paper, by its demo dataset")
+    p.add_argument("--seeds", type=int, default=None, help="repeat over N seeds (default: the paper's)")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
 
     p = add("test", cmd_test, "run the test suite (pytest); extra arguments go to pytest")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER,
@@ -345,6 +372,9 @@ def _add_extract(add, common) -> None:
     cnn = p.add_argument_group("CNN options")
     cnn.add_argument("--model", default=None, help="any timm model name (overrides the short name)")
     cnn.add_argument("--input", default=None, choices=["image", "difference", "multiview"])
+    cnn.add_argument("--views", default=None,
+                     help="DV, LAT or DV,LAT: only those views (image: their scans; multiview: the specimen's mean "
+                          "DV or LAT image, DV,LAT = the composite); each choice is its own table")
     p.add_argument(
         "--reference",
         default=None,
@@ -415,8 +445,23 @@ def _add_fit(add, common) -> None:
     )
     p.add_argument("--split", default="auto", choices=["auto", "given"])
     p.add_argument("--search", default="none", choices=["none", "quick", "thorough"])
+    p.add_argument("--search-metric", default=None,
+                   choices=["f1_macro", "accuracy", "balanced_accuracy", "roc_auc", "log_loss"],
+                   help="what --search maximises on subject-grouped inner folds (default f1_macro; "
+                        "multi-label roc_auc)")
+    p.add_argument("--variance-threshold", type=float, default=None,
+                   help="drop features whose variance on the training rows is <= this, inside every fit (default 0: "
+                        "constant features only); the counts kept are printed")
+    p.add_argument("--voting", default=None, choices=["soft", "hard"], help="ensemble: soft (default) or hard voting")
+    p.add_argument("--member-weights", default=None,
+                   help="ensemble: one weight per member in member order, e.g. 2,1,1 (default: equal)")
+    p.add_argument("--calibrate", default=None, choices=["none", "sigmoid", "isotonic"],
+                   help="ensemble: calibrate every member's probabilities on subject-grouped inner folds "
+                        "(default none)")
     p.add_argument(
-        "--augment", action="store_true", help="swap pair order (label mapped) and add noise, training folds only"
+        "--augment", action="store_true",
+        help="training rows only: feature models swap pair order (label mapped) and add noise; finetune "
+             "rotates, shifts, scales, flips and varies intensity"
     )
     p.add_argument(
         "--reference", default=None, choices=["absolute", "relative"], help="xcnn: difference reference (default: both)"
@@ -427,7 +472,28 @@ def _add_fit(add, common) -> None:
         action=argparse.BooleanOptionalAction,
         help="xcnn: with/without timestamps (default: both)",
     )
-    p.add_argument("--epochs", type=int, default=None, help="xcnn: training epochs (default 10)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="xcnn / finetune: most training epochs (default xcnn 30, finetune 10; early stopping on "
+                        "the validation loss)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="xcnn / finetune: stop after N epochs without a better validation loss (default xcnn 6, "
+                        "finetune 5; 0: never)")
+    p.add_argument("--model", dest="backbone", default=None, metavar="TIMM_NAME",
+                   help="finetune: the timm network to fine-tune, e.g. efficientnet_b0, convnext_tiny")
+    p.add_argument("--input", default=None, choices=["image", "difference", "multiview"],
+                   help="finetune: scans, pair difference images or the IMPC multiview composite (default image)")
+    p.add_argument("--weights", default=None,
+                   help="finetune: hub (pretrained; default), random, a checkpoint file or an imported weights hash")
+    p.add_argument("--lr", type=float, default=None,
+                   help="finetune: learning rate (default 1e-4; 1e-3 random); xcnn: 1e-3")
+    p.add_argument("--batch-size", type=int, default=None, help="finetune: minibatch size (default 32); xcnn: 16")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="networks trained on images: input side in pixels "
+                        "(finetune default: the network's own; xcnn 32)")
+    p.add_argument("--compare-views", default=None, metavar="BACKBONE",
+                   help="hierarchical: the IMPC comparison DV only vs LAT only vs multiview (per level, per-class AUC "
+                        "mean±std over --seeds, default 5), features from BACKBONE: cae (an autoencoder trained on "
+                        "each input), efficientnet, or efficientnet:random offline; missing tables are made first")
 
 
 def _add_train_and_transfer(add, common) -> None:
@@ -444,13 +510,32 @@ def _add_train_and_transfer(add, common) -> None:
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     p.add_argument("--margin", type=float, default=None, help="siamese: contrastive margin")
     p.add_argument("--backbone", default=None, help="siamese: 'small' or a timm model name")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="side of the square network input, in [32, 512] and divisible by 16 (default 64; the "
+                        "spine paper: 224)")
+    p.add_argument("--embedding-dim", type=int, default=None,
+                   help="siamese: width of the FC7 embedding = of the extracted features (default 128; paper: 1024)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default 1e-3, Adam; the spine paper: 1e-5 for the Siamese network)")
+    p.add_argument("--input", dest="train_input", default=None, choices=["image", "multiview"],
+                   help="cae: scans (default) or one input per specimen: the IMPC multiview composite")
+    p.add_argument("--views", default=None,
+                   help="cae with --input multiview: DV or LAT (the specimen's mean image of that view) or DV,LAT "
+                        "(the composite; default)")
 
-    p = add("transfer", cmd_transfer, "frozen Siamese features vs scratch vs random over growing training sets")
+    p = add("transfer", cmd_transfer, "frozen Siamese features vs scratch vs random vs a strongly supervised "
+            "upper bound over growing training sets (spine paper, Fig. 8)")
     p.add_argument("--artifact", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--target", default="label")
     p.add_argument("--train-sizes", default="0.25,0.5,1.0")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="repeat over N seeds (seed, seed+1, ...): the table shows mean ± std, the figure error bars")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="most epochs of each end-to-end network (scratch, supervised bound; default 40)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size of the end-to-end networks (default 32)")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
 
 
 def _add_predict_and_runs(add, common) -> None:

@@ -16,6 +16,7 @@ MODELS = Registry("model", builtin_modules=(
     "classifiers.ensemble",
     "classifiers.torch_heads",
     "classifiers.xcnn",
+    "classifiers.finetune",
 ))
 
 

@@ -76,10 +76,14 @@ class _MemberEnsemble(ChronoClassifier):
     def _columns(self, X: np.ndarray, columns) -> np.ndarray:
         return X[:, columns[0]:columns[1]]
 
+    def _member_model(self, estimator):
+        """The unfitted model a member is fitted as (a clone; ``VotingEnsemble`` may wrap it in calibration)."""
+        return clone(estimator)
+
     def _fit_members(self, X, y, groups) -> dict:
         fitted = {}
         for name, estimator, columns in self.members:
-            model = clone(estimator)
+            model = self._member_model(estimator)
             model.fit(self._columns(X, columns), y, groups) if _accepts_groups(model) else model.fit(
                 self._columns(X, columns), y
             )
@@ -98,6 +102,11 @@ class _MemberEnsemble(ChronoClassifier):
         """Labels predicted by fitted member ``name`` on ``X`` (indicator rows for multi-label)."""
         return self.labels_from(self.member_proba(name, X))
 
+    def member_features_kept(self, name: str) -> tuple[int, int] | None:
+        """(columns kept by member ``name``'s low-variance filter, its columns in), or None when it has no filter."""
+        kept = getattr(self.members_[name], "features_kept", None)
+        return kept() if kept is not None else None
+
 
 def _accepts_groups(model) -> bool:
     import inspect
@@ -107,12 +116,27 @@ def _accepts_groups(model) -> bool:
 
 @register_model("ensemble")
 class VotingEnsemble(_MemberEnsemble):
-    """Soft (mean probability) or hard (majority) voting over members, with optional ``weights``."""
+    """Soft (weighted mean probability) or hard (weighted majority) voting over members.
 
-    param_rules = {"voting": ("'soft' or 'hard'", lambda v: v in ("soft", "hard"))}
+    ``weights``: one non-negative number per member (None: equal). ``calibrate``: 'sigmoid' or 'isotonic'
+    fits every member through ``classifiers.calibration.CalibratedMember`` (subject-grouped inner folds),
+    so a member whose raw probabilities are near 0/1 (Gaussian naive Bayes) cannot outvote the others by
+    overconfidence alone; 'none' uses the members' own probabilities. Hard voting ties go to the class
+    listed first in ``classes_``.
+    """
 
-    def __init__(self, *, members=(), voting="soft", weights=None):
+    param_rules = {
+        "voting": ("'soft' or 'hard'", lambda v: v in ("soft", "hard")),
+        "calibrate": ("one of 'none', 'sigmoid', 'isotonic'", lambda v: v in ("none", "sigmoid", "isotonic")),
+    }
+
+    def __init__(self, *, members=(), voting="soft", weights=None, calibrate="none"):
         keep_params(self, locals())
+
+    def _member_model(self, estimator):
+        from classifiers.calibration import calibrated
+
+        return calibrated(clone(estimator), self.calibrate, seed=int(getattr(estimator, "random_state", 0) or 0))
 
     def validate_params(self) -> None:
         super().validate_params()

@@ -6,10 +6,19 @@
    seeds and the test rule;
 2. ``run_plan`` — for each seed: the held-out test subjects (``store.subjects.dataset_subject_split``,
    the rule the BoVW vocabulary uses too) or a given split, subject-grouped stratified CV on the
-   training side, hyperparameters searched inside training rows only, a refit on all training rows,
+   training side (or, with ``--split given`` and a val side, that one validation split), hyperparameters
+   searched inside training rows only, a refit on all training rows (train+val with a given split),
    predictions and metrics for every member and for the ensemble; then everything is written through
    ``store.runs.RunRecorder`` (model artifact, ``metrics``, ``predictions``, ``runs``) only once all of it
    succeeded.
+
+``metrics.split`` says which rows were scored: ``cv`` (CV folds), ``val`` (the given val side), ``test``
+(held-out subjects, final model), ``train`` (the final model on the rows it learnt from: the training
+error). ``fold`` >= 0 is one fold; -1 the pooled folds (cv / val), the test set or the training rows.
+The CV figure everything prints (``fit``, ``report``, ``runs``) is the mean of the per-fold values.
+Besides ``classifiers.metrics``' rows: ``n_subjects`` (distinct subjects scored), ``agreement`` (share of
+units where a member predicts what the ensemble predicts, fold -1 rows) and ``features_kept`` /
+``features_in`` (split ``train``: columns the final model's low-variance filter kept, of those given).
 
 Nothing here prints: the ``FitResult`` says what happened in ``summary_lines()``.
 """
@@ -31,7 +40,7 @@ from classifiers.metrics import classification_metrics, multilabel_metrics
 from classifiers.planning import FitPlan, build_estimator, describe_plan, plan_fit, resolve_dataset
 from classifiers.profiles import TargetSpec
 from classifiers.request import FitRequest
-from classifiers.search import tune
+from classifiers.search import default_search_metric, describe_choices, tune
 from classifiers.summary import format_summary, summarise
 from features.errors import EvaluationError
 from features.splits import Split, check_disjoint, cv_folds, given_split, holdout_split
@@ -89,6 +98,7 @@ class FitResult:
     plan: FitPlan | None = None
     plan_lines: list[str] = field(default_factory=list)
     data_lines: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)  # the run's ``runs.config``
 
     @property
     def run_id(self) -> str:
@@ -99,10 +109,12 @@ class FitResult:
         """What ``cli.py fit`` prints: the plan, the data, the member-vs-ensemble table, where the run is."""
         title = f"run {self.run_id}: {self.model} on {self.dataset}, target {self.target}"
         options = {"metrics": self.plan.profile.summary_metrics} if self.plan is not None else {}
-        table = format_summary(self.summary, title=title, **options)
+        table = format_summary(self.summary, title=title, context=self.config, **options)
+        search = describe_choices(self.config.get("search", "none"), self.config.get("search_metric") or "f1_macro",
+                                  self.config.get("search_choices", {}))
         saved = (f"saved: run {self.run_id}, model artifact {self.model_artifact[:12]} "
                  f"(report: python cli.py report {self.run_id})")
-        return [*self.plan_lines, *self.data_lines, "", *table.split("\n"), saved]
+        return [*self.plan_lines, *self.data_lines, *search, "", *table.split("\n"), saved]
 
 
 # --- fitting -------------------------------------------------------------------------------------
@@ -133,20 +145,22 @@ class _Evaluation:
     """Probabilities of one member on one set of design rows (a CV fold, the pooled folds, the test set)."""
 
     member: str
-    split: str  # cv | test
+    split: str  # cv | val | test | train
     seed: int
-    fold: int  # -1: pooled folds (cv) / the held-out test set
+    fold: int  # -1: pooled folds (cv / val), the held-out test set, the training rows (train)
     rows: np.ndarray  # positions in the design
     proba: np.ndarray
 
 
 @dataclass
 class _FoldFit:
-    """One fit on training rows: the fitted estimator, probabilities by member, the search's choices."""
+    """One fit on training rows: the fitted estimator, probabilities by member on the evaluated rows (and,
+    when asked, on the training rows themselves), the search's choices."""
 
     estimator: object
     probas: dict[str, np.ndarray]
     chosen: dict
+    train_probas: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _training_rows(plan: FitPlan, design: Design, train: np.ndarray, seed: int, X_swapped: np.ndarray | None,
@@ -161,9 +175,10 @@ def _training_rows(plan: FitPlan, design: Design, train: np.ndarray, seed: int, 
 
 
 def _fit_and_predict(plan: FitPlan, design: Design, train: np.ndarray, evaluate: np.ndarray, seed: int,
-                     X_swapped: np.ndarray | None, notes: set) -> _FoldFit:
+                     X_swapped: np.ndarray | None, notes: set, *, score_train: bool = False) -> _FoldFit:
     X, y, groups = _training_rows(plan, design, train, seed, X_swapped, notes)
-    estimator, chosen, search_notes = tune(_build(plan, design, seed), X, y, groups, level=plan.search, seed=seed)
+    estimator, chosen, search_notes = tune(_build(plan, design, seed), X, y, groups, level=plan.search, seed=seed,
+                                           metric=plan.search_metric)
     notes.update(search_notes)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -174,18 +189,22 @@ def _fit_and_predict(plan: FitPlan, design: Design, train: np.ndarray, evaluate:
     names = [m.name for m in plan.members] if plan.ensemble else []
     probas = _probabilities(estimator, plan.model, names, design.X[evaluate], design.classes, design.multilabel) \
         if len(evaluate) else {}
-    return _FoldFit(estimator, probas, chosen)
+    train_probas = _probabilities(estimator, plan.model, names, design.X[train], design.classes,
+                                  design.multilabel) if score_train else {}
+    return _FoldFit(estimator, probas, chosen, train_probas)
 
 
 # --- splits --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SeedSplit:
-    """The design rows of one seed: CV folds on the training side, the held-out test rows, and the rows
-    the final model is trained on (the training side, plus a given validation side)."""
+    """The design rows of one seed: CV folds on the training side (or the one given train/val split), the
+    held-out test rows, and the rows the final model is trained on (the training side, plus a given
+    validation side). ``dev`` names the folds' split: 'cv', or 'val' for a given validation side."""
 
     folds: list[Split]
     test: np.ndarray
     final: np.ndarray
+    dev: str = "cv"
 
 
 def _cv_on(train: np.ndarray, strata: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[Split]:
@@ -202,7 +221,7 @@ def _given_seed_split(plan: FitPlan, design: Design, strata: np.ndarray, seed: i
     sides = given_split(design.split_values, design.subjects)
     train, val, test = sides["train"], sides["val"], sides["test"]
     if len(val):
-        return SeedSplit([Split(train, val)], test, np.sort(np.concatenate([train, val])))
+        return SeedSplit([Split(train, val)], test, np.sort(np.concatenate([train, val])), dev="val")
     return SeedSplit(_cv_on(train, strata, design.subjects, plan.folds, seed), test, np.sort(train))
 
 
@@ -259,6 +278,7 @@ class _Fits:
     estimator: object = None
     final_rows: np.ndarray | None = None
     chosen: dict = field(default_factory=dict)  # seed -> the search's choices for the final model
+    kept: dict = field(default_factory=dict)  # seed -> {member: (features kept, features in)} of the final model
     cv_s: float = 0.0
     final_s: float = 0.0
 
@@ -275,36 +295,72 @@ def _fit_seeds(plan: FitPlan, design: Design, splits: dict[int, SeedSplit], *, p
             t0 = time.perf_counter()
             for k, fold in enumerate(split.folds):
                 fit = _fit_and_predict(plan, design, fold.train, fold.val, seed, X_swapped, fits.notes)
-                fits.evaluations += [_Evaluation(name, "cv", seed, k, fold.val, p) for name, p in fit.probas.items()]
+                fits.evaluations += [_Evaluation(name, split.dev, seed, k, fold.val, p)
+                                     for name, p in fit.probas.items()]
                 bar.update(1)
             t1 = time.perf_counter()
-            fit = _fit_and_predict(plan, design, split.final, split.test, seed, X_swapped, fits.notes)
+            fit = _fit_and_predict(plan, design, split.final, split.test, seed, X_swapped, fits.notes, score_train=True)
             fits.evaluations += [_Evaluation(name, "test", seed, -1, split.test, p) for name, p in fit.probas.items()]
+            fits.evaluations += [_Evaluation(name, "train", seed, -1, split.final, p)
+                                 for name, p in fit.train_probas.items()]
             bar.update(1)
             fits.cv_s += t1 - t0
             fits.final_s += time.perf_counter() - t1
             fits.chosen[str(seed)] = fit.chosen
+            fits.kept[str(seed)] = _features_kept(fit.estimator, plan)
             if fits.estimator is None:
                 fits.estimator, fits.final_rows = fit.estimator, split.final
     return fits
 
 
+def _features_kept(estimator, plan: FitPlan) -> dict[str, list[int]]:
+    """{member (or model): [columns its low-variance filter kept, columns in]} of a fitted final model."""
+    if plan.ensemble:
+        kept = {m.name: estimator.member_features_kept(m.name) for m in plan.members}
+    else:
+        method = getattr(estimator, "features_kept", None)
+        kept = {plan.model: method() if method is not None else None}
+    return {name: list(value) for name, value in kept.items() if value is not None}
+
+
 def _pooled(evaluations: list[_Evaluation], seeds: list[int], members: list[str]) -> list[_Evaluation]:
-    """Per seed and member, the CV folds' predictions pooled into one evaluation (fold -1)."""
+    """Per seed and member, the CV folds' (or the given val side's) predictions pooled into one evaluation
+    (fold -1): the rows the per-class AUCs and the report's plots read."""
     pooled = []
     for seed in seeds:
         for member in members:
-            parts = [e for e in evaluations if e.member == member and e.split == "cv" and e.seed == seed]
-            if parts:
-                pooled.append(_Evaluation(member, "cv", seed, -1, np.concatenate([e.rows for e in parts]),
-                                          np.vstack([e.proba for e in parts])))
+            for split in ("cv", "val"):
+                parts = [e for e in evaluations if e.member == member and e.split == split and e.seed == seed]
+                if parts:
+                    pooled.append(_Evaluation(member, split, seed, -1, np.concatenate([e.rows for e in parts]),
+                                              np.vstack([e.proba for e in parts])))
     return pooled
+
+
+def _predicted_labels(proba: np.ndarray, design: Design) -> np.ndarray:
+    """Predicted labels (n,) — or indicator rows joined as text for multi-label — of probabilities ``proba``."""
+    if design.multilabel:
+        return np.array([label_text(p >= 0.5, design.classes) for p in proba], dtype=object)
+    return np.asarray(design.classes, dtype=object)[np.argmax(proba, axis=1)]
+
+
+def _record_agreement(recorder: RunRecorder, evaluations: list[_Evaluation], design: Design, model: str) -> None:
+    """Metric ``agreement`` of every member on every fold -1 evaluation: the share of units where the
+    member predicts the class the ensemble (``model``) predicts."""
+    ensemble = {(e.split, e.seed): e for e in evaluations if e.member == model and e.fold == -1}
+    for e in evaluations:
+        own = ensemble.get((e.split, e.seed))
+        if e.member == model or e.fold != -1 or own is None or not len(e.rows):
+            continue
+        same = _predicted_labels(e.proba, design) == _predicted_labels(own.proba, design)
+        recorder.add_metric(metric="agreement", value=float(np.mean(same)), seed=e.seed, split=e.split, fold=-1,
+                            member=e.member)
 
 
 def _record_metrics(recorder: RunRecorder, evaluation: _Evaluation, design: Design, n_boot: int) -> None:
     rows = evaluation.rows
     groups = design.subjects[rows]
-    boot = n_boot if evaluation.fold < 0 else 0
+    boot = n_boot if evaluation.fold < 0 and evaluation.split != "train" else 0
     if design.multilabel:
         values = multilabel_metrics(design.y[rows], evaluation.proba, design.classes, groups=groups, n_boot=boot,
                                     seed=evaluation.seed)
@@ -317,6 +373,8 @@ def _record_metrics(recorder: RunRecorder, evaluation: _Evaluation, design: Desi
         recorder.add_metric(metric=v.metric, value=v.value, seed=evaluation.seed, split=evaluation.split,
                             fold=evaluation.fold, member=evaluation.member, cls=v.cls, ci_low=v.ci_low,
                             ci_high=v.ci_high)
+    recorder.add_metric(metric="n_subjects", value=float(len(set(groups.tolist()))), seed=evaluation.seed,
+                        split=evaluation.split, fold=evaluation.fold, member=evaluation.member)
 
 
 def _record_predictions(recorder: RunRecorder, evaluation: _Evaluation, design: Design) -> None:
@@ -343,12 +401,39 @@ def _run_config(plan: FitPlan, design: Design, fits: _Fits, splits: dict[int, Se
                    "where": [list(w) for w in plan.target.where], "positive": plan.target.positive},
         "unit": plan.unit, "reference_mode": plan.reference_mode, "folds": plan.folds, "seeds": plan.seeds,
         "split": plan.split, "test_rule": plan.test_rule, "test_fraction": plan.test_fraction,
+        "test_list_source": plan.test_list_source,
         "search": plan.search, "search_choices": fits.chosen, "augment": plan.augment, "noise": plan.noise,
         "n_boot": plan.n_boot, "classes": design.classes, "multilabel": design.multilabel,
         "columns": {k: list(v) for k, v in design.columns.items()},
         "notes": plan.notes + design.notes + sorted(fits.notes),
         "test_subjects": {str(seed): len(set(design.subjects[s.test].tolist())) for seed, s in splits.items()},
+        "dev": next(iter(splits.values())).dev if splits else "cv",
+        "search_metric": plan.search_metric or default_search_metric(design.multilabel),
+        "variance_threshold": plan.variance_threshold, "features_kept": fits.kept,
+        "metric_notes": list(plan.profile.metric_notes), "train_metric": plan.profile.train_metric,
+        "summary_metrics": list(plan.profile.summary_metrics),
+        "ensemble": plan.ensemble,
     }
+
+
+def _record_features_kept(recorder: RunRecorder, kept: dict) -> None:
+    """Metrics ``features_kept`` and ``features_in`` (split train, fold -1) of every member's final model."""
+    for seed, members in kept.items():
+        for member, (n_kept, n_in) in members.items():
+            recorder.add_metric(metric="features_kept", value=float(n_kept), seed=int(seed), split="train",
+                                member=member)
+            recorder.add_metric(metric="features_in", value=float(n_in), seed=int(seed), split="train", member=member)
+
+
+def _kept_lines(plan: FitPlan, kept: dict) -> list[str]:
+    """'low-variance filter kept ...' for the first seed's final model, when any column was dropped or asked."""
+    first = next(iter(kept.values()), {})
+    if not first or (plan.variance_threshold is None and all(k == n for k, n in first.values())):
+        return []
+    threshold = plan.variance_threshold or 0.0
+    parts = ", ".join(f"{name} kept {k} of {n}" for name, (k, n) in first.items())
+    return [f"low-variance filter (variance <= {threshold:g} dropped, fitted on the final model's training rows): "
+            f"{parts} features"]
 
 
 def _design_lines(plan: FitPlan, design: Design) -> list[str]:
@@ -377,11 +462,16 @@ def run_plan(store: Store, plan: FitPlan, *, progress: bool = True) -> FitResult
     _check_splits(design, splits)
     recorder = RunRecorder(dataset=plan.dataset, model=plan.model, target=plan.target.name, unit=plan.unit)
     fits = _fit_seeds(plan, design, splits, progress=progress)
-    for evaluation in fits.evaluations + _pooled(fits.evaluations, plan.seeds, plan.member_names):
+    scored = fits.evaluations + _pooled(fits.evaluations, plan.seeds, plan.member_names)
+    for evaluation in scored:
         if len(evaluation.rows):
             _record_metrics(recorder, evaluation, design, plan.n_boot)
+    if plan.ensemble:
+        _record_agreement(recorder, scored, design, plan.model)
+    _record_features_kept(recorder, fits.kept)
     for evaluation in fits.evaluations:
-        _record_predictions(recorder, evaluation, design)
+        if evaluation.split != "train":  # predictions hold what was judged; training rows only as metrics
+            _record_predictions(recorder, evaluation, design)
     fitted = FittedModel(
         estimator=fits.estimator,
         model=plan.model,
@@ -397,17 +487,19 @@ def run_plan(store: Store, plan: FitPlan, *, progress: bool = True) -> FitResult
         training_subjects=tuple(sorted(set(design.subjects[fits.final_rows].tolist()))),
     )
     timings.update(cv=fits.cv_s, final=fits.final_s, total=time.perf_counter() - started)
+    config = _run_config(plan, design, fits, splits)
     artifact = recorder.write(
-        store, fitted, config=_run_config(plan, design, fits, splits), seeds=plan.seeds, n_units=len(design.rows),
+        store, fitted, config=config, seeds=plan.seeds, n_units=len(design.rows),
         n_subjects=len(set(design.subjects.tolist())), classes=design.classes,
         members=[m.name for m in plan.members] if plan.ensemble else [], folds=plan.folds,
         feature_hashes=design.table_hashes, timings=timings,
         model_meta={"unit": plan.unit, "target": plan.target.name, "feature_sets": fitted.feature_sets},
     )
     notes = sorted(fits.notes)
+    data_lines = _design_lines(plan, design) + _kept_lines(plan, fits.kept) + [f"NOTE: {n}" for n in notes]
     return FitResult([recorder.run_id], plan.dataset, plan.target.name, plan.model,
                      summarise(recorder.metrics_table(), plan.member_names), plan.notes + design.notes + notes,
-                     artifact.sha256, plan, data_lines=_design_lines(plan, design) + [f"NOTE: {n}" for n in notes])
+                     artifact.sha256, plan, data_lines=data_lines, config=config)
 
 
 def fit_features(store: Store, request: FitRequest) -> FitResult:
@@ -422,7 +514,7 @@ def fit_features(store: Store, request: FitRequest) -> FitResult:
     plan = plan_fit(store, request)
     notice = synthetic_notice(store, plan.dataset)
     result = run_plan(store, plan, progress=request.progress)
-    result.plan_lines = ([notice] if notice else []) + describe_plan(plan, reason)
+    result.plan_lines = ([notice] if notice else []) + describe_plan(plan, reason, dev=result.config.get("dev"))
     return result
 
 

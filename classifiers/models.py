@@ -288,6 +288,17 @@ class ChronoClassifier(ClassifierMixin, BaseEstimator):
                 columns.append(model.predict_proba(X)[:, 1])
         return np.column_stack(columns)
 
+    def features_kept(self) -> tuple[int, int]:
+        """(columns kept by the low-variance filter, columns in X) of the fitted model; with multi-label, of
+        the first label's model (each label's filter sees the same rows, so all keep the same columns)."""
+        check_is_fitted(self)
+        fitted = [self.pipeline_] if not self.multilabel_ else [
+            m for m in self.label_models_ if not isinstance(m, float)]
+        if not fitted:
+            return self.n_features_in_, self.n_features_in_
+        support = fitted[0].named_steps["variance"].get_support()
+        return int(support.sum()), int(len(support))
+
     def labels_from(self, proba: np.ndarray) -> np.ndarray:
         """Labels (n,) of the most probable class, or a 0/1 indicator (n, L) for multi-label (P >= 0.5)."""
         if self.multilabel_:
@@ -390,6 +401,13 @@ class NaiveBayes(ChronoClassifier):
 
     def __init__(self, *, kind="gaussian", alpha=1.0, var_smoothing=1e-9, variance_threshold=0.0, scale=True):
         keep_params(self, locals())
+
+    def search_space(self, level: str) -> dict[str, list]:
+        """The grid of ``level`` without the parameter the chosen ``kind`` ignores (alpha is multinomial's,
+        var_smoothing Gaussian's; 'auto' keeps both: its kind is known only once it sees the data)."""
+        space = super().search_space(level)
+        ignored = {"gaussian": "alpha", "multinomial": "var_smoothing"}.get(self.kind)
+        return {name: values for name, values in space.items() if name != ignored}
 
     def _fit_inputs(self, X, y, groups):
         X, y, groups = super()._fit_inputs(X, y, groups)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from classifiers._registry import create_model, is_ensemble, learns_from_features, list_models, model_class
 from classifiers.profiles import Profile, TargetSpec, profile_for, resolve_candidate, resolve_target
 from classifiers.request import FitRequest
-from classifiers.search import SEARCH_LEVELS
+from classifiers.search import SEARCH_LEVELS, SEARCH_METRICS
 from features.errors import DatasetError, EvaluationError, ParameterError, TableNotFoundError, is_int
 from features.sets import FeatureSet, extend_feature_set, parse_feature_set
 from features.splits import PER_CLASS_FRACTION
@@ -33,6 +33,7 @@ __all__ = [
     "resolve_dataset",
     "parse_members",
     "parse_test_subjects",
+    "parse_member_weights",
     "describe_plan",
     "build_estimator",
 ]
@@ -74,6 +75,9 @@ class FitPlan:
     notes: list[str] = field(default_factory=list)
     n_boot: int = 1000
     test_subject_list: tuple[str, ...] | None = None
+    test_list_source: str = "listed in --test-subjects"  # where test_subject_list came from, as the plan says it
+    variance_threshold: float | None = None  # None: the models' default (0: constant columns only)
+    search_metric: str | None = None  # None: macro F1 (multi-label: mean per-label AUC)
 
     @property
     def ensemble(self) -> bool:
@@ -219,11 +223,73 @@ def _check_options(request: FitRequest) -> None:
     if request.members is not None and not is_ensemble(request.model):
         raise ParameterError(
             f"--members is for 'ensemble' and 'stacking'; {request.model!r} is a single model (use --features).")
+    _check_voting_options(request)
     for name, value, low in (("folds", request.folds, 2), ("seeds", request.seeds, 1)):
         if value is not None and not is_int(value, low):
             raise ParameterError(
                 f"The {name!r} parameter of fit must be an int in [{low}, inf). Got {value!r} instead."
             )
+
+
+def _check_voting_options(request: FitRequest) -> None:
+    """``ParameterError`` for voting options on a model that does not vote, or values out of range."""
+    given = {name: value for name, value in (("--voting", request.voting), ("--member-weights", request.member_weights),
+                                             ("--calibrate", request.calibrate)) if value is not None}
+    if given and request.model != "ensemble":
+        raise ParameterError(f"{', '.join(given)} configure the voting ensemble ('fit ensemble'); {request.model!r} "
+                             "does not vote.")
+    if request.voting is not None and request.voting not in ("soft", "hard"):
+        raise ParameterError(f"The 'voting' parameter of fit must be 'soft' or 'hard'. Got {request.voting!r} instead.")
+    if request.calibrate is not None and request.calibrate not in ("none", "sigmoid", "isotonic"):
+        raise ParameterError(
+            f"The 'calibrate' parameter of fit must be 'none', 'sigmoid' or 'isotonic'. Got {request.calibrate!r} "
+            "instead.")
+    if request.search_metric is not None and request.search_metric not in SEARCH_METRICS:
+        raise ParameterError(f"The 'search_metric' parameter of fit must be one of {', '.join(SEARCH_METRICS)}. "
+                             f"Got {request.search_metric!r} instead.")
+    value = request.variance_threshold
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
+        raise ParameterError(
+            f"The 'variance_threshold' parameter of fit must be a float in [0, inf). Got {value!r} instead.")
+
+
+def parse_member_weights(text, n_members: int, names: list[str]) -> list[float]:
+    """The weights of ``--member-weights`` ('2,1,1' or a list): one non-negative number per planned member
+    (in member order), not all zero; ``ParameterError`` otherwise."""
+    items = text if isinstance(text, (list, tuple)) else [t for t in re.split(r"[;,\s]+", str(text).strip()) if t]
+    try:
+        weights = [float(v) for v in items]
+    except (TypeError, ValueError):
+        weights = []
+    if len(weights) != n_members or any(not w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ParameterError(
+            f"The 'member_weights' parameter of fit must be {n_members} non-negative numbers, one per member "
+            f"({', '.join(names)}), not all zero. Got {text!r} instead."
+        )
+    return weights
+
+
+def _ensemble_params(request: FitRequest, planned: list[MemberPlan]) -> dict:
+    """``model_params`` with ``--voting``, ``--member-weights`` and ``--calibrate`` folded in."""
+    params = dict(request.model_params or {})
+    if request.voting is not None:
+        params["voting"] = request.voting
+    if request.calibrate is not None:
+        params["calibrate"] = request.calibrate
+    if request.member_weights is not None:
+        params["weights"] = parse_member_weights(request.member_weights, len(planned), [m.name for m in planned])
+    return params
+
+
+def _with_variance_threshold(planned: list[MemberPlan], threshold: float) -> list[MemberPlan]:
+    """Members with ``variance_threshold`` set (every single model of the registry has that parameter)."""
+    out = []
+    for member in planned:
+        if "variance_threshold" not in model_class(member.model)().get_params(deep=False):
+            raise ParameterError(f"--variance-threshold: model {member.model!r} has no low-variance filter.")
+        out.append(MemberPlan(member.name, member.model, member.feature_set,
+                              {**member.params, "variance_threshold": float(threshold)}, member.source))
+    return out
 
 
 # --- members and their feature sets --------------------------------------------------------------
@@ -387,6 +453,8 @@ def plan_fit(store: Store, request: FitRequest | str, **options) -> FitPlan:
     planned, notes = _plan_members(request, profile, dataset, tables)
     if request.device is not None:
         planned = _with_device(planned, request.device)
+    if request.variance_threshold is not None:
+        planned = _with_variance_threshold(planned, request.variance_threshold)
     unit = _common_unit(planned, tables)
     reference_mode = _reference_mode(store, dataset, profile, planned, tables) if unit == "pairs" else None
     rule = parse_test_subjects(request.test_subjects, profile)
@@ -395,9 +463,13 @@ def plan_fit(store: Store, request: FitRequest | str, **options) -> FitPlan:
         members=planned, folds=int(request.folds if request.folds is not None else profile.folds),
         seeds=list(range(int(request.seeds if request.seeds is not None else profile.seeds))),
         test_rule=rule.rule, test_fraction=rule.fraction, split=request.split, search=request.search,
-        augment=bool(request.augment), model_params=dict(request.model_params or {}), notes=notes,
+        augment=bool(request.augment), model_params=_ensemble_params(request, planned), notes=notes,
         n_boot=int(request.n_boot), test_subject_list=rule.subjects,
+        variance_threshold=request.variance_threshold, search_metric=request.search_metric,
     )
+    from classifiers.leakage import guard_network_subjects  # never judge on subjects a feature network saw
+
+    plan = guard_network_subjects(store, plan, explicit=request.test_subjects is not None)
     for member in planned:  # fail before loading anything when a backend is missing
         build_estimator(member.model, member.params, 0).check_available()
     return plan
@@ -412,12 +484,42 @@ def _split_text(plan: FitPlan) -> str:
     if plan.test_rule == "per_class":
         return "held-out test: one subject per class"
     if plan.test_rule == "list":
-        return f"held-out test: the {len(plan.test_subject_list or ())} subjects listed in --test-subjects"
+        return f"held-out test: the {len(plan.test_subject_list or ())} subjects {plan.test_list_source}"
     return f"held-out test: {plan.test_fraction:g} of the subjects of each label stratum"
 
 
-def describe_plan(plan: FitPlan, dataset_reason: str | None = None) -> list[str]:
-    """Lines that say what will be fitted and which defaults came from the profile."""
+def _evaluation_text(plan: FitPlan, dev: str | None) -> str:
+    """How the model is judged and refitted: CV or the given val side, and what the final model learns from."""
+    seeds = f"seed {plan.seeds[0]}" if len(plan.seeds) == 1 else f"seeds {plan.seeds[0]}..{plan.seeds[-1]}"
+    if plan.split != "given":
+        final = ("the final model is refitted on all training subjects" if plan.test_rule != "none" else
+                 "the final model is refitted on all subjects (nothing held out)")
+        return f"{plan.folds}-fold subject-grouped stratified CV on the training subjects; {final}; {seeds}"
+    if dev == "cv":
+        return (f"the data gives no val side, so {plan.folds}-fold subject-grouped stratified CV on the given train "
+                f"subjects; the final model is refitted on train and judged on the given test subjects; {seeds}")
+    return ("validation on the given val subjects (one split, no folds); the final model is refitted on "
+            f"train+val and judged on the given test subjects; {seeds}")
+
+
+def _model_text(plan: FitPlan) -> str:
+    if plan.model != "ensemble":
+        return plan.model
+    params = plan.model_params
+    parts = [f"{params.get('voting', 'soft')} voting"]
+    if params.get("weights") is not None:
+        parts.append("weights " + ", ".join(f"{w:g}" for w in params["weights"]))
+    if params.get("calibrate", "none") != "none":
+        parts.append(f"members calibrated ({params['calibrate']}, subject-grouped inner folds)")
+    return f"{plan.model} ({'; '.join(parts)})"
+
+
+def describe_plan(plan: FitPlan, dataset_reason: str | None = None, *, dev: str | None = None) -> list[str]:
+    """Lines that say what will be fitted and which defaults came from the profile.
+
+    ``dev`` is how the run was judged before its test ('cv' or 'val', ``runs.config['dev']``); None says
+    what ``--split given`` will do in either case.
+    """
     lines = []
     if dataset_reason:
         lines.append(dataset_reason)
@@ -427,15 +529,17 @@ def describe_plan(plan: FitPlan, dataset_reason: str | None = None) -> list[str]
     described = plan.target.describe()
     target = plan.target.name if described == plan.target.name else f"{plan.target.name} ({described})"
     lines.append(f"target: {target}; unit: {plan.unit}{modes}")
-    kind = plan.model + (f" ({plan.model_params.get('voting', 'soft')} voting)" if plan.model == "ensemble" else "")
-    lines.append(f"model: {kind}" + (" with members:" if plan.ensemble else ""))
+    lines.append(f"model: {_model_text(plan)}" + (" with members:" if plan.ensemble else ""))
     width = max(len(m.name) for m in plan.members)
     for m in plan.members:
         params = f" {canonical_json(m.params)}" if m.params else ""
         lines.append(f"  {m.name:<{width}}  {m.model:<13} on {m.feature_set}  [{m.source}]{params}")
     lines += [f"NOTE: {note}" for note in plan.notes]
-    seeds = f"seed {plan.seeds[0]}" if len(plan.seeds) == 1 else f"seeds {plan.seeds[0]}..{plan.seeds[-1]}"
-    lines.append(f"splits: {_split_text(plan)}; {plan.folds}-fold subject-grouped stratified CV on the training "
-                 f"subjects; {seeds}")
-    lines.append(f"search: {plan.search}; augmentation: {'swap + noise' if plan.augment else 'off'}")
+    lines.append(f"splits: {_split_text(plan)}; {_evaluation_text(plan, dev)}")
+    if plan.variance_threshold is not None:
+        lines.append(f"low-variance filter: features with variance <= {plan.variance_threshold:g} on the training rows "
+                     "of each fit are dropped (inside the pipeline; counts kept are printed below)")
+    metric = plan.search_metric or "f1_macro; multi-label: roc_auc"
+    search = plan.search if plan.search == "none" else f"{plan.search} (maximising {metric})"
+    lines.append(f"search: {search}; augmentation: {'swap + noise' if plan.augment else 'off'}")
     return lines

@@ -45,8 +45,11 @@ def _saved_model(store: Store, run_id: str):
     fitted = load_model(store, row["run_id"])
     if not isinstance(fitted, FittedModel):
         raise InputError(
-            f"Run {row['run_id']} ({row['model']}) was not made by 'fit MODEL', so its saved model cannot rebuild its "
-            "features for scoring. Use a run of 'python cli.py fit ...'."
+            f"Run {row['run_id']} ({row['model']}) saved a network or a table of figures, not a model fitted on "
+            "feature tables, so 'predict' cannot rebuild its inputs for scoring. 'predict' scores runs of models "
+            "that learn from feature tables (python cli.py fit logistic|svm_rbf|...|ensemble ...); its test "
+            f"predictions are in the 'predictions' table: python cli.py sql \"SELECT * FROM predictions WHERE "
+            f"run_id = '{row['run_id']}'\"."
         )
     return row, fitted
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from classifiers.summary import METRIC_LABELS, aligned_lines, format_summary, summarise, summary_html
+from classifiers.search import describe_choices
+from classifiers.summary import METRIC_LABELS, aligned_lines, evaluation_lines, format_summary, summarise, summary_html
 from store.layout import Store
 from store.runs import run_metrics, run_predictions, run_row
 
@@ -49,7 +50,9 @@ def format_runs(runs: pa.Table) -> str:
 
 def runs_table(store: Store) -> pa.Table:
     """One row per run for ``cli.py runs``: id, created, dataset, target, unit, model, members, feature
-    tables, units, subjects, seeds, and the model's pooled-CV macro F1 and held-out test error (mean over seeds)."""
+    tables, units, subjects, seeds, and the model's scores: ``dev`` ('cv' or 'val': how it was judged before
+    its test), ``dev_f1`` (the printed cv / val F1: mean of the per-fold macro F1 over folds and seeds,
+    ``classifiers.summary.DEV_FIGURE``), ``test_f1`` and ``test_error`` (held-out test, mean over seeds)."""
     from store.sql import query
     from store.tables import table_exists
 
@@ -59,15 +62,18 @@ def runs_table(store: Store) -> pa.Table:
     if table_exists(store, "metrics"):
         scores = """
         LEFT JOIN (SELECT run_id, member,
-                          avg(CASE WHEN split = 'cv' AND fold = -1 AND metric = 'f1_macro' AND "class" IS NULL
-                                   THEN value END) AS cv_f1,
+                          max(CASE WHEN split IN ('cv', 'val') THEN split END) AS dev,
+                          avg(CASE WHEN split IN ('cv', 'val') AND fold >= 0 AND metric = 'f1_macro'
+                                   AND "class" IS NULL THEN value END) AS dev_f1,
+                          avg(CASE WHEN split = 'test' AND metric = 'f1_macro' AND "class" IS NULL
+                                   THEN value END) AS test_f1,
                           avg(CASE WHEN split = 'test' AND metric = 'error' AND "class" IS NULL
                                    THEN value END) AS test_error
                    FROM metrics GROUP BY run_id, member) m ON m.run_id = r.run_id AND m.member = r.model"""
     columns = (
-        "round(m.cv_f1, 3) AS cv_f1, round(m.test_error, 3) AS test_error"
+        "m.dev, round(m.dev_f1, 3) AS dev_f1, round(m.test_f1, 3) AS test_f1, round(m.test_error, 3) AS test_error"
         if scores
-        else "NULL AS cv_f1, NULL AS test_error"
+        else "NULL AS dev, NULL AS dev_f1, NULL AS test_f1, NULL AS test_error"
     )
     return query(store, f"""
         SELECT r.run_id, strftime(r.created, '%Y-%m-%d %H:%M') AS created, r.dataset, r.target, r.unit, r.model,
@@ -78,17 +84,17 @@ def runs_table(store: Store) -> pa.Table:
 
 
 def _evaluation_rows(predictions: list[dict], member: str) -> tuple[str, list[dict]]:
-    """Rows to plot for ``member``: the first seed's test predictions, else its pooled CV predictions."""
+    """Rows to plot for ``member``: the first seed's test predictions, else its CV (or given val) predictions."""
     mine = [p for p in predictions if p["member"] == member]
     if not mine:
         return "none", []
     seed = min(p["seed"] for p in mine)
     test = [p for p in mine if p["split"] == "test" and p["seed"] == seed]
     if test:
-        return f"held-out test, seed {seed}", test
-    return f"cross-validation (pooled folds), seed {seed}", [
-        p for p in mine if p["split"] == "cv" and p["seed"] == seed
-    ]
+        return f"test, seed {seed}", test
+    dev = [p for p in mine if p["split"] in ("cv", "val") and p["seed"] == seed]
+    where = "given val split" if any(p["split"] == "val" for p in dev) else "cross-validation (pooled folds)"
+    return f"{where}, seed {seed}", dev
 
 
 def _plot_roc(path: Path, member: str, where: str, rows: list[dict], classes: list[str], multilabel: bool) -> bool:
@@ -147,18 +153,19 @@ def _plot_folds(path: Path, metrics: list[dict], members: list[str], metric: str
 
     fig, ax = plt.subplots(figsize=(1.3 * len(members) + 2.5, 4))
     for i, member in enumerate(members):
-        values = [m["value"] for m in metrics if m["member"] == member and m["split"] == "cv" and m["fold"] >= 0
-                  and m["metric"] == metric and m["class"] is None]
+        values = [m["value"] for m in metrics if m["member"] == member and m["split"] in ("cv", "val")
+                  and m["fold"] >= 0 and m["metric"] == metric and m["class"] is None]
         tests = [m["value"] for m in metrics if m["member"] == member and m["split"] == "test"
                  and m["metric"] == metric and m["class"] is None]
         jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(len(values))
-        ax.scatter(i + jitter, values, color="tab:blue", alpha=0.7, label="CV fold" if i == 0 else None)
+        ax.scatter(i + jitter, values, color="tab:blue", alpha=0.7, label="fold" if i == 0 else None)
         if values:
             ax.hlines(np.mean(values), i - 0.25, i + 0.25, color="tab:blue")
         if tests:
             ax.scatter([i] * len(tests), tests, marker="D", color="tab:red", label="test" if i == 0 else None)
     ax.set_xticks(range(len(members)), members, rotation=20, ha="right")
-    ax.set(ylabel=METRIC_LABELS.get(metric, metric), title=f"per-fold {metric} (line: CV mean)", ylim=(-0.02, 1.02))
+    dev = "val" if any(m["split"] == "val" for m in metrics) else "CV"
+    ax.set(ylabel=METRIC_LABELS.get(metric, metric), title=f"per-fold {metric} (line: {dev} mean)", ylim=(-0.02, 1.02))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -208,6 +215,10 @@ def _draw_plots(directory: Path, run: _RunView) -> list[tuple[str, str]]:
             name = f"confusion_{member}.png"
             _plot_confusion(directory / name, member, where, rows, run.classes)
             images.append((name, f"{member}: confusion ({where})"))
+    if run.row["model"] == "xcnn":
+        from classifiers.xcnn_table import curve_image
+
+        images += curve_image(directory, run.row["config"])
     return images
 
 
@@ -216,7 +227,7 @@ def _page(run: _RunView, images: list[tuple[str, str]]) -> str:
     row, config = run.row, run.row["config"]
     run_id = row["run_id"]
     summary = summarise(run.metrics_table, run.members)
-    per_class = [m for m in run.metrics if m["metric"] == "auc" and m["fold"] == -1]
+    per_class = [m for m in run.metrics if m["metric"] == "auc" and m["fold"] == -1 and m["split"] != "train"]
     auc_rows = "".join(
         f"<tr><td>{html.escape(m['member'])}</td><td>{m['split']}</td><td>{m['seed']}</td>"
         f"<td>{html.escape(str(m['class']))}</td><td>{m['value']:.3f}</td><td>{_interval_text(m)}</td></tr>"
@@ -229,6 +240,11 @@ def _page(run: _RunView, images: list[tuple[str, str]]) -> str:
     )
     hashes = ", ".join(f"{html.escape(k)} ({html.escape(v or '?')})" for k, v in (row["feature_hashes"] or {}).items())
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in config.get("notes", []))
+    explained = "".join(f"<li>{html.escape(line)}</li>" for line in evaluation_lines(summary, config))
+    chosen = describe_choices(str(config.get("search", "none")), str(config.get("search_metric") or "f1_macro"),
+                              config.get("search_choices") or {})
+    chosen_html = f"<pre>{html.escape(chr(10).join(chosen))}</pre>" if chosen else ""
+    metrics = _report_metrics(config)
     figures = "".join(
         f'<figure><img src="{name}" alt="{html.escape(caption)}">'
         f'<figcaption>{html.escape(caption)}</figcaption></figure>'
@@ -242,14 +258,12 @@ img{{max-width:520px}}code{{background:#f4f4f4}}</style></head><body>
 <h1>Run {html.escape(run_id)}</h1>
 <p>{html.escape(row["model"])} on <b>{html.escape(row["dataset"])}</b>, target <b>{html.escape(row["target"])}</b>
 ({html.escape(", ".join(run.classes))}), {row["n_units"]} {html.escape(row["unit"])} of {row["n_subjects"]} subjects;
-{row["folds"]}-fold subject-grouped CV, seeds {html.escape(", ".join(map(str, row["seeds"] or [])))};
-split {html.escape(str(config.get("split")))} / test rule {html.escape(str(config.get("test_rule")))};
+seeds {html.escape(", ".join(map(str, row["seeds"] or [])))}; {html.escape(_split_sentence(config, row["folds"]))};
 search {html.escape(str(config.get("search")))}; created {row["created"]:%Y-%m-%d %H:%M} UTC.</p>
 <h2>Members</h2><table><tr><th>member</th><th>model</th><th>feature set</th><th>from</th></tr>{member_rows}</table>
 <p>Feature tables (config hash): {hashes}</p>
-<h2>Member vs ensemble</h2>{summary_html(summary)}
-<p>error = 1 - macro F1. CV: mean ± std over folds and seeds. Test: held-out subjects; with one seed the
-bracket is a subject-level bootstrap 95% interval.</p>
+<h2>Member vs ensemble</h2>{summary_html(summary, config, metrics=metrics)}
+<ul>{explained}</ul>{chosen_html}
 <h2>Plots</h2>{figures}
 <h2>Per-class AUC</h2><table><tr><th>member</th><th>split</th><th>seed</th><th>class</th>\
 <th>AUC</th><th>95% CI</th></tr>{auc_rows}</table>
@@ -271,9 +285,33 @@ def write_report(store: Store, run_id: str, out_dir: str | Path | None = None) -
     directory = Path(out_dir) if out_dir is not None else store.root / REPORTS_DIR / run.row["run_id"]
     directory.mkdir(parents=True, exist_ok=True)
     images = _draw_plots(directory, run)
+    from classifiers.gradcam_report import gradcam_section  # Grad-CAM maps of worst/best units ('' if none)
+
+    extra = gradcam_section(store, run.row, run.predictions, directory)
     path = directory / "index.html"
-    path.write_text(_page(run, images), encoding="utf-8")
+    path.write_text(_page(run, images).replace("</body>", f"{extra}</body>"), encoding="utf-8")
     return path
+
+
+def _split_sentence(config: dict, folds: int) -> str:
+    """How the run was split, in words (``--split given``: never called cross-validation when it was not)."""
+    if config.get("split") == "given":
+        if config.get("dev") == "val":
+            return ("split given by the data's 'split' column: validated on the given val subjects (one split, "
+                    "no folds), final model refitted on train+val, judged on the given test subjects")
+        return (f"split given by the data's 'split' column (no val side): {folds}-fold subject-grouped CV on the "
+                "given train subjects, final model refitted on train, judged on the given test subjects")
+    held = "no held-out test set" if config.get("test_rule") == "none" else "held-out test subjects"
+    return (f"{folds}-fold subject-grouped stratified CV on the training subjects, {held}; final model refitted on "
+            "all training subjects")
+
+
+def _report_metrics(config: dict) -> tuple[str, ...]:
+    """The summary metrics of the report: every one, but 'error' (1 - macro F1) only where the profile shows it."""
+    from classifiers.metrics import SUMMARY_METRICS
+
+    shown = config.get("summary_metrics")
+    return tuple(m for m in SUMMARY_METRICS if m != "error" or (shown is None or "error" in shown))
 
 
 def _interval_text(metric: dict) -> str:

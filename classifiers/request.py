@@ -22,7 +22,11 @@ class FitRequest:
     (``BackendUnavailableError`` when there is none), 'cpu' forces the CPU. ``reference`` / ``timestamps`` /
     ``epochs``: for models that learn from images (xcnn). ``model_params``: extra parameters of the model
     (e.g. ``{"voting": "hard"}``), ``n_boot``: bootstrap resamples of the test intervals, ``progress``: a
-    progress bar on stderr.
+    progress bar on stderr. ``variance_threshold``: drop features whose training-row variance is at most this
+    (every member; None = 0, constant features only). ``voting`` (soft | hard), ``member_weights`` ('2,1,1', one
+    per member) and ``calibrate`` (none | sigmoid | isotonic: members' probabilities calibrated on
+    subject-grouped inner folds) configure the voting ensemble. ``search_metric``: what ``search`` maximises
+    (``classifiers.search.SEARCH_METRICS``; None = macro F1, multi-label mean AUC).
     """
 
     model: str
@@ -43,6 +47,19 @@ class FitRequest:
     model_params: dict | None = None
     n_boot: int = 1000
     progress: bool = True
+    variance_threshold: float | None = None
+    voting: str | None = None
+    member_weights: str | None = None
+    calibrate: str | None = None
+    search_metric: str | None = None
+    backbone: str | None = None  # finetune: the timm network (--model)
+    input: str | None = None  # finetune: image | difference | multiview
+    weights: str | None = None  # finetune: hub | random | checkpoint file | imported hash
+    lr: float | None = None  # finetune: learning rate
+    batch_size: int | None = None  # finetune: minibatch size
+    image_size: int | None = None  # networks trained on images: input side in pixels
+    patience: int | None = None  # xcnn: early-stopping patience in epochs (0: train every epoch)
+    compare_views: str | None = None  # hierarchical: IMPC DV vs LAT vs multiview with this backbone (classifiers.impc)
 
     @classmethod
     def from_options(cls, options: dict) -> FitRequest:

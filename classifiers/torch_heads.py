@@ -12,21 +12,32 @@
   (default) levels 2 and 3 are learned, and their probabilities meant, for rows positive at level 1
   — the abnormal specimens the paper divides into sub-classes.
 
-``fit_hierarchical`` runs the IMPC protocol end to end on a stored embedding table: specimen
-targets (union over the specimen's images), held-out subjects drawn per seed, per-class ROC AUC, the
-``runs``/``metrics``/``predictions`` rows, and the mean ± std table laid out like the paper's Table 4.
+``fit hierarchical`` (``HierarchicalClassifier.fit_in_store``) runs the IMPC protocol of
+``classifiers.impc`` on a stored embedding table (``--features``; without it the dataset's embedding
+table, multiview composite first), 5 seeds unless ``--seeds``; with ``--compare-views BACKBONE`` the
+paper's DV-only vs LAT-only vs multiview comparison. ``fit_hierarchical``, ``hierarchical_targets``,
+``format_level_table`` and ``HierarchicalReport`` are ``classifiers.impc``'s, importable from here too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from classifiers._registry import register_model
+from classifiers.impc import (
+    HierarchicalReport,
+    compare_views,
+    default_features,
+    fit_hierarchical,
+    format_level_table,
+    hierarchical_targets,
+    parse_backbone,
+)
 from classifiers.models import ChronoClassifier, _is_number
 from features.errors import EvaluationError, ParameterError, check_param, is_int
 
@@ -239,6 +250,21 @@ class MLP(ChronoClassifier):
 
 
 # --- hierarchical ------------------------------------------------------------------------------------
+def _test_fraction(text) -> float:
+    """``--test-subjects`` for ``fit hierarchical``: None -> 0.3, else a fraction in (0, 1)."""
+    if text is None:
+        return 0.3
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not 0 < value < 1:
+        raise ParameterError(
+            f"fit hierarchical takes --test-subjects as a fraction of the subjects in (0, 1), e.g. 0.3. Got {text!r}."
+        )
+    return value
+
+
 class _Level:
     """One level's block (dense layers fed by the level above's hidden features) and sigmoid output."""
 
@@ -323,22 +349,31 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         return {"dropout": [0.1, 0.3, 0.5]} if level in ("quick", "thorough") else {}
 
     @classmethod
-    def fit_in_store(cls, store, request) -> HierarchicalReport:
-        """``fit hierarchical``: the IMPC protocol (``fit_hierarchical``) on ``request.features``.
-
-        ``request`` is a ``classifiers.fitting.FitRequest``; ``features`` is required, ``seeds``
-        defaults to 3, ``device`` to the model's default.
+    def fit_in_store(cls, store, request):
+        """``fit hierarchical``: the IMPC protocol (``classifiers.impc.fit_hierarchical``) on ``request.features``
+        (None: ``classifiers.impc.default_features``), or with ``request.compare_views`` the DV vs LAT vs
+        multiview comparison (``classifiers.impc.compare_views``). ``seeds`` defaults to 5 (the paper),
+        ``test_subjects`` may be a fraction (default 0.3), ``device`` the model's default.
         """
-        if not request.features:
-            raise ParameterError(
-                "fit hierarchical needs --features TABLE: an embedding table of the dataset (e.g. one written by "
-                "'extract --extractor cae --artifact ID'). List the tables with 'python cli.py tables'."
-            )
         if not request.dataset:
             raise ParameterError("fit hierarchical needs --dataset NAME: the dataset whose specimens are judged.")
+        seeds = request.seeds or 5
+        test_fraction = _test_fraction(request.test_subjects)
+        compare = getattr(request, "compare_views", None)
+        if compare:
+            if request.features:
+                raise ParameterError("--compare-views makes its own three feature tables; drop --features.")
+            backbone, weights = parse_backbone(compare)
+            return compare_views(store, dataset=request.dataset, backbone=backbone, weights=weights, seeds=seeds,
+                                 test_fraction=test_fraction, device=request.device or "auto",
+                                 progress=request.progress)
+        features, note = (request.features, "") if request.features else default_features(store, request.dataset)
         params = {"device": request.device} if request.device else {}
-        return fit_hierarchical(store, dataset=request.dataset, features=request.features, seeds=request.seeds or 3,
-                                **params)
+        report = fit_hierarchical(store, dataset=request.dataset, features=features, seeds=seeds,
+                                  test_fraction=test_fraction, **params)
+        if note:
+            report.notes.insert(0, note)
+        return report
 
     def _slices(self) -> list[slice]:
         bounds = np.cumsum([0, *self.levels])
@@ -452,265 +487,3 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
             first = self._slices()[0]
             out[:, first.stop :] *= out[:, first].max(axis=1, keepdims=True)
         return out
-
-
-# --- the IMPC protocol -----------------------------------------------------------------------------
-def hierarchical_targets(level1: Sequence, level2: Sequence, level3: Sequence, *, positive: str = "abnormal",
-                         classes2: Sequence[str] | None = None, classes3: Sequence[str] | None = None):
-    """0/1 indicator ``(n, 1 + k2 + k3)`` and the column names from per-unit level values.
-
-    ``level1`` holds strings (``positive`` marks 1); ``level2``/``level3`` hold lists of class names.
-    Class lists default to the sorted names present.
-    """
-    classes2 = sorted({c for v in level2 for c in (v or [])}) if classes2 is None else list(classes2)
-    classes3 = sorted({c for v in level3 for c in (v or [])}) if classes3 is None else list(classes3)
-    n = len(level1)
-    Y = np.zeros((n, 1 + len(classes2) + len(classes3)), dtype=np.int8)
-    Y[:, 0] = [1 if str(v) == positive else 0 for v in level1]
-    for i, values in enumerate(level2):
-        for c in values or []:
-            Y[i, 1 + classes2.index(c)] = 1
-    for i, values in enumerate(level3):
-        for c in values or []:
-            Y[i, 1 + len(classes2) + classes3.index(c)] = 1
-    names = [("Level_1", "Binary")] + [("Level_2", c) for c in classes2] + [("Level_3", c) for c in classes3]
-    return Y, names
-
-
-def format_level_table(names: list[tuple[str, str]], aucs: np.ndarray, *, title: str) -> str:
-    """Table-4 layout: level, class, mean AUC and std over seeds (``aucs`` is (seeds, classes), NaN = undefined)."""
-    lines = [title, f"{'Abnormality':<10} {'Class':<14} {'Mean AUC':>9} {'Std':>7} {'seeds':>6}"]
-    previous = None
-    for j, (level, cls) in enumerate(names):
-        values = aucs[:, j][np.isfinite(aucs[:, j])]
-        mean = f"{values.mean():.3f}" if len(values) else "n/a"
-        std = f"{values.std():.3f}" if len(values) else "n/a"
-        lines.append(f"{level if level != previous else '':<10} {cls:<14} {mean:>9} {std:>7} {len(values):>6}")
-        previous = level
-    for level in dict.fromkeys(n[0] for n in names):
-        cols = [j for j, n in enumerate(names) if n[0] == level]
-        per_seed = np.array([row[np.isfinite(row)].mean() for row in aucs[:, cols] if np.isfinite(row).any()])
-        if len(per_seed):
-            lines.append(f"{level} mean AUC over classes: {per_seed.mean():.3f} ± {per_seed.std():.3f}")
-    return "\n".join(lines)
-
-
-@dataclass
-class _SpecimenTargets:
-    """Specimen units and each specimen's level 1 (normal|abnormal), level-2 and level-3 class lists."""
-
-    units: object  # pa.Table from store.featureset.load_units
-    level1: list
-    level2: list
-    level3: list
-
-
-def _specimen_targets(store, dataset: str) -> _SpecimenTargets:
-    """Specimen units of ``dataset`` with level1 / level2 / level3 as unions over the specimen's scans."""
-    from store.featureset import load_units
-    from store.sql import connect
-
-    units = load_units(store, dataset, "specimens")
-    con = connect(store)
-    try:
-        columns = {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE scans)").fetchall()}
-        missing = [c for c in ("level1", "level2", "level3") if c not in columns]
-        if missing:
-            raise EvaluationError(
-                f"hierarchical needs scans columns level1 (normal|abnormal), level2 and level3 (lists); dataset "
-                f"{dataset!r} lacks {', '.join(missing)}. "
-                "Ingest a dataset with hierarchical labels (e.g. the impc demo)."
-            )
-        result = con.execute("""
-            SELECT subject, time_index,
-                   max(CASE WHEN level1 = 'abnormal' THEN 1 ELSE 0 END) AS abnormal,
-                   list_sort(list_distinct(flatten(list(coalesce(level2, []))))) AS level2,
-                   list_sort(list_distinct(flatten(list(coalesce(level3, []))))) AS level3
-            FROM scans WHERE dataset = ? GROUP BY subject, time_index""", [dataset])
-        rows = {(r[0], r[1]): r[2:] for r in result.fetchall()}
-    finally:
-        con.close()
-    subjects = units.column("subject").to_pylist()
-    times = units.column("time_index").to_pylist()
-    keys = list(zip(subjects, times, strict=True))
-    return _SpecimenTargets(units, ["abnormal" if rows[k][0] else "normal" for k in keys], [rows[k][1] for k in keys],
-                            [rows[k][2] for k in keys])
-
-
-@dataclass
-class _SpecimenFeatures:
-    """Features per specimen ``X`` and whether the table had any row for it (``present``)."""
-
-    X: np.ndarray
-    present: np.ndarray
-
-
-def _specimen_features(store, dataset: str, table: str, units) -> _SpecimenFeatures:
-    """Features per specimen: a specimen-keyed table as stored; a per-scan table as the mean embedding
-    of each view, views side by side (a view a specimen lacks is zeros)."""
-    from features.sets import parse_feature_set
-    from store.featureset import feature_tables, load_feature_set, load_matrix
-    from store.sql import connect
-
-    tables = feature_tables(store)
-    info = tables.get(table)
-    if info is None:
-        from features.errors import TableNotFoundError
-
-        raise TableNotFoundError(
-            f"Feature table {table!r} does not exist in {store.root} "
-            f"(feature tables: {', '.join(sorted(tables)) or 'none'}). "
-            "Extract it first, e.g. 'python cli.py extract --extractor efficientnet --input multiview --dataset impc'."
-        )
-    if info.key == "specimen_id":
-        loaded = load_feature_set(store, parse_feature_set(table), units, "specimens", tables=tables)
-        block = loaded.blocks[0]
-        return _SpecimenFeatures(block.matrix[block.index].astype(np.float32), loaded.present)
-    if info.key != "scan_id":
-        raise EvaluationError(
-            f"Feature table {table!r} is keyed by {info.key}; hierarchical needs scan_id or specimen_id rows."
-        )
-    con = connect(store)
-    try:
-        scans = con.execute(
-            "SELECT scan_id, pixel_sha256, subject, time_index, view FROM scans WHERE dataset = ?", [dataset]
-        ).fetchall()
-    finally:
-        con.close()
-    import pyarrow as pa
-
-    wanted = pa.table({"k": [r[0] for r in scans], "h": [r[1] for r in scans]})
-    keys, matrix, _ = load_matrix(store, table, "scan_id", list(info.columns), wanted)
-    position = {k: i for i, k in enumerate(keys)}
-    views = sorted({r[4] or "" for r in scans})
-    unit_keys = zip(units.column("subject").to_pylist(), units.column("time_index").to_pylist(), strict=True)
-    specimen = {(s, t): i for i, (s, t) in enumerate(unit_keys)}
-    d = matrix.shape[1]
-    sums = np.zeros((units.num_rows, len(views), d), np.float64)
-    counts = np.zeros((units.num_rows, len(views)))
-    for scan_id, _, subject, time_index, view in scans:
-        if scan_id in position:
-            i, v = specimen[(subject, time_index)], views.index(view or "")
-            sums[i, v] += matrix[position[scan_id]]
-            counts[i, v] += 1
-    present = counts.sum(axis=1) > 0
-    means = sums / np.maximum(counts, 1)[:, :, None]
-    return _SpecimenFeatures(means.reshape(units.num_rows, -1).astype(np.float32), present)
-
-
-@dataclass
-class _Specimens:
-    """The specimens a hierarchical fit judges: features, targets, their names and the level sizes."""
-
-    X: np.ndarray
-    Y: np.ndarray
-    names: list[tuple[str, str]]
-    keys: np.ndarray
-    subjects: np.ndarray
-    levels: tuple[int, int, int]
-    notes: list[str] = field(default_factory=list)
-
-
-def _specimens(store, dataset: str, features: str) -> _Specimens:
-    targets = _specimen_targets(store, dataset)
-    units = targets.units
-    Y, names = hierarchical_targets(targets.level1, targets.level2, targets.level3)
-    found = _specimen_features(store, dataset, features, units)
-    X, present = found.X, found.present
-    notes = [] if present.all() else [
-        f"note: {int((~present).sum())} of {len(present)} specimens have no row in {features!r} and are left out."]
-    keep = np.flatnonzero(present)
-    levels = (1, sum(1 for n in names if n[0] == "Level_2"), sum(1 for n in names if n[0] == "Level_3"))
-    return _Specimens(X[keep], Y[keep], names, np.asarray(units.column("key").to_pylist(), dtype=object)[keep],
-                      np.asarray(units.column("subject").to_pylist(), dtype=object)[keep], levels, notes)
-
-
-@dataclass
-class HierarchicalReport:
-    """What ``fit_hierarchical`` did: the run, the class names and per-seed ROC AUCs ``(seeds, classes)``."""
-
-    run_id: str
-    names: list[tuple[str, str]]
-    aucs: np.ndarray
-    title: str
-    notes: list[str] = field(default_factory=list)
-
-    def summary_lines(self) -> list[str]:
-        """The notes and the Table-4-style table (mean ± std over seeds)."""
-        return [*self.notes, *format_level_table(self.names, self.aucs, title=self.title).splitlines()]
-
-
-@dataclass
-class _SeedFit:
-    model: HierarchicalClassifier
-    aucs: np.ndarray  # per class, NaN where undefined
-
-
-def _judge_seed(data: _Specimens, seed: int, *, test_fraction: float, model_params: dict, run) -> _SeedFit:
-    """Fit on all but seed ``seed``'s held-out subjects; record per-class AUCs and predictions in ``run``."""
-    from sklearn.metrics import roc_auc_score
-
-    from features.splits import held_out_subjects, holdout_split
-
-    test_subjects = held_out_subjects(data.subjects, data.Y[:, 0], rule="fraction", seed=seed,
-                                      test_fraction=test_fraction)
-    split = holdout_split(data.subjects, test_subjects)
-    model = HierarchicalClassifier(levels=data.levels, random_state=seed, **model_params)
-    model.fit(data.X[split.train], data.Y[split.train], groups=data.subjects[split.train])
-    proba, truth = model.predict_proba(data.X[split.test]), data.Y[split.test]
-    aucs = np.full(len(data.names), np.nan)
-    for j, (level, cls) in enumerate(data.names):
-        rows = np.ones(len(truth), bool) if (j == 0 or not model.conditional) else truth[:, 0] == 1
-        column = truth[rows, j]
-        if 0 < column.sum() < len(column):
-            aucs[j] = roc_auc_score(column, proba[rows, j])
-            run.add_metric(metric="auc", value=float(aucs[j]), seed=seed, cls=f"{level}:{cls}")
-    labels = [f"{a}:{b}" for a, b in data.names]
-    predicted = model.predict(data.X[split.test])
-    run.add_predictions(
-        keys=data.keys[split.test], subjects=data.subjects[split.test], seed=seed,
-        y_true=["|".join(n for n, t in zip(labels, row, strict=True) if t) for row in truth],
-        y_pred=["|".join(n for n, t in zip(labels, row, strict=True) if t) for row in predicted],
-        proba=[dict(zip(labels, map(float, row), strict=True)) for row in proba],
-    )
-    return _SeedFit(model, aucs)
-
-
-def fit_hierarchical(store, *, dataset: str, features: str, seeds: int = 3, test_fraction: float = 0.3,
-                     **model_params) -> HierarchicalReport:
-    """The IMPC hierarchical protocol on feature table ``features`` of ``dataset``, over ``seeds`` seeds.
-
-    Per seed: held-out subjects (``features.splits.held_out_subjects``, rule ``fraction``, stratified
-    by level 1) — the model is fitted on the others; per-class ROC AUC on the held-out specimens (levels
-    2-3 among the abnormal ones when ``conditional``). Writes one run (``runs``/``metrics``/
-    ``predictions``) and returns a ``HierarchicalReport`` (``aucs`` of shape (seeds, classes)) whose
-    ``summary_lines()`` are the Table-4-style summary.
-    """
-    from store.runs import RunRecorder
-    from store.tables import table_kv_metadata
-
-    check_param("fit_hierarchical", "seeds", seeds, kind="an int in [1, inf)", ok=is_int(seeds, 1))
-    data = _specimens(store, dataset, features)
-    run = RunRecorder(dataset=dataset, model="hierarchical", target="level1+level2+level3", unit="specimens")
-    fits = [_judge_seed(data, seed, test_fraction=test_fraction, model_params=model_params, run=run)
-            for seed in range(seeds)]
-    aucs = np.array([f.aucs for f in fits])
-    for level in ("Level_1", "Level_2", "Level_3"):
-        cols = [j for j, n in enumerate(data.names) if n[0] == level]
-        for seed in range(seeds):
-            values = aucs[seed, cols][np.isfinite(aucs[seed, cols])]
-            if len(values):
-                run.add_metric(metric="auc_mean", value=float(values.mean()), seed=seed, cls=level)
-    model = fits[-1].model
-    columns = [f"{a}:{b}" for a, b in data.names]
-    config = {"command": "fit hierarchical", "features": features, "test_fraction": test_fraction,
-              "levels": data.levels, "columns": columns, "model_params": model_params,
-              "conditional_levels": bool(model.conditional)}
-    run.write(store, model, config=config, seeds=list(range(seeds)), n_units=len(data.Y),
-              n_subjects=len(set(data.subjects)), classes=columns, members=["hierarchical"],
-              feature_hashes={features: table_kv_metadata(store, features).get("chronofeat.params_hash")},
-              model_meta={"kind": "hierarchical", "features": features})
-    scope = "levels 2-3 among held-out abnormal specimens" if model.conditional else "all held-out specimens"
-    title = (f"run {run.run_id}: hierarchical on {features!r}, dataset {dataset!r} — per-class ROC AUC on held-out "
-             f"subjects (mean ± std over {seeds} seeds; {scope})")
-    return HierarchicalReport(run.run_id, data.names, aucs, title, data.notes)

@@ -1,7 +1,7 @@
 """The transfer protocol of the spine Siamese paper (seed 001, section 4.2, Fig. 8).
 
 Does longitudinal pre-training help a supervised task when labels are few? For growing training sets
-(nested subsets of the training subjects) three classifiers of the target (disc grade) are trained and
+(nested subsets of the training subjects) classifiers of the target (disc grade) are trained and
 judged on the same held-out subjects by the mean per-class accuracy (the mean of the diagonal of the
 normalised confusion matrix):
 
@@ -9,11 +9,20 @@ normalised confusion matrix):
   is trained on its features;
 - ``scratch`` — the same architecture (backbone + head) trained end to end from random weights, with
   the paper's augmentation;
-- ``random (frozen)`` — a randomly initialised backbone, frozen; the same head on its features.
+- ``random (frozen)`` — a randomly initialised backbone, frozen; the same head on its features;
+- ``supervised (frozen)`` — the strongly supervised upper bound on transfer (the paper's "strongly
+  supervised" curve): the backbone of the same architecture trained end to end with full supervision
+  on the target labels of every training subject, frozen; the same head on its features. The
+  supervised network itself, judged on the held-out subjects, is the ``supervised (end to end)`` bound.
 
-The held-out subjects are the Siamese network's own test subjects when the target dataset is the one
-it was trained on (so it never saw them), otherwise ``features.splits.held_out_subjects``. The
-table is printed and drawn (matplotlib, Agg) into a PNG stored as an artifact of kind ``figures``.
+Every method is repeated over ``seeds`` seeds (the subset order, the random backbone, the heads' and
+networks' initialisation and augmentation change; the held-out subjects do not): the table gives mean ±
+std over seeds per training size and method, the figure draws them with error bars and the bound as a
+band. The held-out subjects are the Siamese network's own test subjects when the target dataset is the
+one it was trained on (so it never saw them), otherwise ``features.splits.held_out_subjects``. The
+figure (matplotlib, Agg) is stored as an artifact of kind ``figures``; the run lands in ``runs``,
+``metrics`` (member = method, fold = training-size index, metric ``balanced_accuracy``) and
+``predictions`` through ``store.runs.RunRecorder`` like every fit.
 """
 
 from __future__ import annotations
@@ -31,14 +40,18 @@ from features.errors import EvaluationError, ParameterError, check_param, is_int
 
 __all__ = [
     "TRANSFER_METHODS",
+    "SUPERVISED_BOUND",
     "TransferResult",
     "nested_subsets",
+    "summarise_seeds",
     "run_transfer",
     "format_transfer_table",
     "plot_transfer",
 ]
 
-TRANSFER_METHODS = ("siamese (frozen)", "scratch", "random (frozen)")
+TRANSFER_METHODS = ("siamese (frozen)", "scratch", "random (frozen)", "supervised (frozen)")
+SUPERVISED_BOUND = "supervised (end to end)"
+_METRIC = "balanced_accuracy"  # the mean per-class accuracy
 
 
 def nested_subsets(subjects: Sequence, fractions: Sequence[float], *, seed: int) -> list[list]:
@@ -72,32 +85,69 @@ def _resolve_target(columns: list[str], labels_of: Callable[[str], list], target
     )
 
 
-def format_transfer_table(rows: list[dict]) -> str:
-    """The Fig. 8 figures as text: one line per training size, mean per-class accuracy per method."""
-    header = f"{'train size':>10} {'subjects':>8} {'images':>7}  " + "  ".join(f"{m:>16}" for m in TRANSFER_METHODS)
-    lines = [header]
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarise_seeds(per_seed: list[list[dict]]) -> list[dict]:
+    """Rows of every seed (one list per seed, one dict per training size) -> one row per training size with
+    ``method`` the mean and ``"method std"`` the standard deviation over seeds; ``images`` is the mean count
+    and ``images_range`` (min, max) over seeds."""
+    rows = []
+    for i, first in enumerate(per_seed[0]):
+        same = [seed_rows[i] for seed_rows in per_seed]
+        images = [r["images"] for r in same]
+        row = {"fraction": first["fraction"], "subjects": first["subjects"], "images": int(round(np.mean(images))),
+               "images_range": (int(min(images)), int(max(images))), "seeds": len(same)}
+        for method in TRANSFER_METHODS:
+            row[method], row[f"{method} std"] = _mean_std([r[method] for r in same])
+        rows.append(row)
+    return rows
+
+
+def _cell(row: dict, key: str) -> str:
+    return f"{row[key]:.3f} ± {row.get(f'{key} std', 0.0):.3f}"
+
+
+def format_transfer_table(rows: list[dict], bound: dict | None = None) -> str:
+    """The Fig. 8 figures as text: one line per training size, mean ± std per-class accuracy per method;
+    with ``bound`` ({"value", "std", "subjects", "images"}) a last line for the strongly supervised bound."""
+    seeds = rows[0].get("seeds", 1) if rows else 1
+    header = f"{'train size':>10} {'subjects':>8} {'images':>7}  " + "  ".join(f"{m:>19}" for m in TRANSFER_METHODS)
+    lines = [f"mean per-class accuracy on the held-out subjects, mean ± std over {seeds} seed(s)", header]
     for row in rows:
         lines.append(f"{row['fraction']:>10.2f} {row['subjects']:>8d} {row['images']:>7d}  "
-                     + "  ".join(f"{row[m]:>16.3f}" for m in TRANSFER_METHODS))
+                     + "  ".join(f"{_cell(row, m):>19}" for m in TRANSFER_METHODS))
+    if bound is not None:
+        lines.append(f"{'bound':>10} {bound['subjects']:>8d} {bound['images']:>7d}  {SUPERVISED_BOUND}: "
+                     f"{bound['value']:.3f} ± {bound['std']:.3f} (upper bound: the same network trained end to end "
+                     "on every training subject's labels)")
     return "\n".join(lines)
 
 
-def plot_transfer(rows: list[dict], *, title: str) -> bytes:
-    """PNG bytes of accuracy against training images, one line per method (matplotlib Agg)."""
+def plot_transfer(rows: list[dict], *, title: str, bound: dict | None = None) -> bytes:
+    """PNG bytes of accuracy against training images: one line per method with ± std error bars, and the
+    strongly supervised ``bound`` as a dashed line with its ± std band (matplotlib Agg)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
     x = [r["images"] for r in rows]
-    for method, marker in zip(TRANSFER_METHODS, "osv", strict=True):
-        ax.plot(x, [r[method] for r in rows], marker=marker, label=method)
+    for method, marker in zip(TRANSFER_METHODS, "osv^", strict=True):
+        ax.errorbar(x, [r[method] for r in rows], yerr=[r.get(f"{method} std", 0.0) for r in rows], marker=marker,
+                    capsize=3, label=method)
+    if bound is not None:
+        ax.axhline(bound["value"], color="black", linestyle="--", linewidth=1, label=SUPERVISED_BOUND)
+        ax.axhspan(bound["value"] - bound["std"], bound["value"] + bound["std"], color="black", alpha=0.08)
     ax.set_xlabel("training images")
     ax.set_ylabel("mean per-class accuracy (held-out subjects)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png")
@@ -236,97 +286,173 @@ def _transfer_data(store, dataset: str, target: str, config: dict, *, seed: int)
 
 @dataclass
 class TransferResult:
-    """The transfer table (one row per training size), the stored figure, and how it was judged."""
+    """The transfer table (mean ± std over seeds per training size), the supervised bound, the figure, the run."""
 
     rows: list[dict]
+    bound: dict  # {"value", "std", "values", "subjects", "images"}: the supervised network end to end
     figure: Path
     header: str
+    run_id: str
+    seeds: list[int]
+    per_seed: list[list[dict]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary_lines(self) -> list[str]:
-        """The notes, the set-up, one line per training size, the table and the figure's path."""
-        lines = [*self.notes, self.header]
-        for row in self.rows:
-            lines.append(f"  size {row['fraction']:.2f}: {row['subjects']} subjects, {row['images']} scans — "
-                         + ", ".join(f"{m} {row[m]:.3f}" for m in TRANSFER_METHODS))
-        lines += format_transfer_table(self.rows).splitlines()
-        lines.append(f"figure: {self.figure}   ({self.seconds:.0f} s)")
+        """The notes, the set-up, the table (with the bound's line), the figure's path and the run id."""
+        lines = [*self.notes, self.header, *format_transfer_table(self.rows, self.bound).splitlines()]
+        lines.append(f"figure: {self.figure}")
+        lines.append(f"saved: run {self.run_id} (runs, metrics, predictions: member = method, fold = training-size "
+                     f"index, seeds {', '.join(map(str, self.seeds))})   ({self.seconds:.0f} s)")
         return lines
 
 
 @dataclass
 class _TransferRun:
-    """What every training size of one transfer run shares."""
+    """What every seed and training size of one transfer run shares."""
 
     store: object
     data: _TransferData
     images: object  # (N, 1, S, S) tensor on the device
-    features: dict  # frozen-backbone features per method
+    siamese_features: np.ndarray  # frozen Siamese backbone features of every scan
     network: object  # the Siamese artifact
     arch: dict
     dataset: str
-    seed: int
     epochs: int
     batch_size: int
     device: str
     torch_device: object
     progress: bool
+    recorder: object  # store.runs.RunRecorder
+    models: dict = field(default_factory=dict)  # scratch networks by training key (the bound = scratch at 1.0)
+
+    @property
+    def test_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.data.is_test)
+
+    @property
+    def pool_rows(self) -> np.ndarray:
+        return np.flatnonzero(~self.data.is_test)
 
 
-def _judge_size(run: _TransferRun, fraction: float, chosen: list, pool_rows: np.ndarray) -> dict:
-    """One table row: the frozen-feature heads and the scratch network trained on ``chosen`` subjects."""
-    import torch
-    from sklearn.metrics import balanced_accuracy_score
-
-    from classifiers.torch_heads import MLP
-    from extractors.training import batched_outputs
+def _scratch_model(run: _TransferRun, train_rows: np.ndarray, seed: int):
+    """The architecture trained end to end on ``train_rows`` (trained once per rows and seed, checkpointed)."""
     from store.provenance import params_hash
 
-    data = run.data
-    test_rows = np.flatnonzero(data.is_test)
-    train_rows = pool_rows[np.isin(data.subjects[pool_rows], chosen)]
-    row = {"fraction": fraction, "subjects": len(chosen), "images": int(len(train_rows))}
-    for method in ("siamese (frozen)", "random (frozen)"):
-        head = MLP(hidden=(256,), dropout=0.5, class_weight="balanced", random_state=run.seed, device=run.device,
-                   max_epochs=300, patience=15)
-        head.fit(run.features[method][train_rows], data.labels[train_rows], groups=data.subjects[train_rows])
-        predicted = head.predict(run.features[method][test_rows])
-        row[method] = float(balanced_accuracy_score(data.labels[test_rows], predicted))
     key = params_hash({"trainer": "transfer-scratch", "artifact": run.network.sha256, "dataset": run.dataset,
-                       "target": data.target.column, "rows": [int(r) for r in train_rows], "seed": run.seed,
+                       "target": run.data.target.column, "rows": [int(r) for r in train_rows], "seed": seed,
                        "epochs": run.epochs, "batch_size": run.batch_size}, length=20)
-    model = _train_scratch(run.images, data.y, data.subjects, train_rows, arch=run.arch, n_classes=len(data.classes),
-                           seed=run.seed, epochs=run.epochs, batch_size=run.batch_size, device=run.torch_device,
-                           store=run.store, key=key, progress=run.progress)
+    if key not in run.models:
+        run.models[key] = _train_scratch(run.images, run.data.y, run.data.subjects, train_rows, arch=run.arch,
+                                         n_classes=len(run.data.classes), seed=seed, epochs=run.epochs,
+                                         batch_size=run.batch_size, device=run.torch_device, store=run.store, key=key,
+                                         progress=run.progress)
+    return run.models[key]
+
+
+def _scratch_proba(run: _TransferRun, model) -> np.ndarray:
+    """Class probabilities (test scans x classes) of an end-to-end network."""
+    import torch
+
+    from extractors.training import batched_outputs
+
     dev = run.torch_device
-    logits = batched_outputs(lambda chunk: model(run.images[torch.from_numpy(chunk).to(dev)]), test_rows, mixed=False)
-    row["scratch"] = float(balanced_accuracy_score(data.y[test_rows], logits.argmax(1)))
-    return row
+    logits = batched_outputs(lambda chunk: model(run.images[torch.from_numpy(chunk).to(dev)]), run.test_rows,
+                             mixed=False)
+    return torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
 
 
-def _frozen_features(siamese, arch: dict, images, device, *, seed: int) -> dict:
-    """Features of every scan from the Siamese backbone and from a randomly initialised one."""
+def _head_proba(run: _TransferRun, features: np.ndarray, train_rows: np.ndarray, seed: int) -> np.ndarray:
+    """Class probabilities (test scans x classes) of the fully connected head trained on frozen ``features``."""
+    from classifiers.ensemble import align_proba
+    from classifiers.torch_heads import MLP
+
+    data = run.data
+    head = MLP(hidden=(256,), dropout=0.5, class_weight="balanced", random_state=seed, device=run.device,
+               max_epochs=300, patience=15)
+    head.fit(features[train_rows], data.labels[train_rows], groups=data.subjects[train_rows])
+    proba = head.predict_proba(features[run.test_rows])
+    return align_proba(proba, np.asarray(head.classes_, dtype=object), np.array(data.classes, dtype=object))
+
+
+def _score(run: _TransferRun, method: str, seed: int, fold: int, proba: np.ndarray) -> float:
+    """Mean per-class accuracy of ``proba`` on the held-out scans; recorded as metric and predictions."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    data, test = run.data, run.test_rows
+    classes = np.array(data.classes, dtype=object)
+    predicted = classes[proba.argmax(axis=1)]
+    value = float(balanced_accuracy_score(data.labels[test], predicted))
+    run.recorder.add_metric(metric=_METRIC, value=value, seed=seed, fold=fold, member=method)
+    keys = np.asarray(data.scans.column("scan_id").to_pylist(), dtype=object)[test]
+    run.recorder.add_predictions(keys=keys, subjects=data.subjects[test], y_true=data.labels[test], y_pred=predicted,
+                                 proba=proba, classes=list(data.classes), seed=seed, fold=fold, member=method)
+    return value
+
+
+def _random_features(run: _TransferRun, seed: int) -> np.ndarray:
+    """Features of every scan from a randomly initialised backbone of the same architecture (seeded)."""
     from extractors.nets import build_backbone
     from extractors.training import deterministic
 
-    siamese_backbone = siamese.backbone.to(device)
     with deterministic(seed):
-        random_backbone = build_backbone(arch["backbone"], arch.get("in_chans", 1)).to(device)
-    return {"siamese (frozen)": _backbone_features(siamese_backbone, images, device),
-            "random (frozen)": _backbone_features(random_backbone, images, device)}
+        backbone = build_backbone(run.arch["backbone"], run.arch.get("in_chans", 1)).to(run.torch_device)
+    return _backbone_features(backbone, run.images, run.torch_device)
+
+
+def _seed_rows(run: _TransferRun, seed: int, sizes: list[float]) -> tuple[list[dict], float]:
+    """One seed: a row per training size (every method's score) and the supervised bound's score."""
+    pool = run.pool_rows
+    supervised = _scratch_model(run, pool, seed)
+    bound = _score(run, SUPERVISED_BOUND, seed, -1, _scratch_proba(run, supervised))
+    features = {"siamese (frozen)": run.siamese_features, "random (frozen)": _random_features(run, seed),
+                "supervised (frozen)": _backbone_features(supervised.backbone, run.images, run.torch_device)}
+    subsets = nested_subsets(run.data.subjects[pool], sizes, seed=seed)
+    rows = []
+    for fold, (fraction, chosen) in enumerate(zip(sizes, subsets, strict=True)):
+        train_rows = pool[np.isin(run.data.subjects[pool], chosen)]
+        row = {"fraction": fraction, "subjects": len(chosen), "images": int(len(train_rows))}
+        for method in ("siamese (frozen)", "random (frozen)", "supervised (frozen)"):
+            row[method] = _score(run, method, seed, fold, _head_proba(run, features[method], train_rows, seed))
+        row["scratch"] = _score(run, "scratch", seed, fold, _scratch_proba(run, _scratch_model(run, train_rows, seed)))
+        rows.append(row)
+    return rows, bound
+
+
+def _check_options(train_sizes, sizes: list[float], seeds, epochs) -> None:
+    check_param("run_transfer", "train_sizes", train_sizes, kind="fractions in (0, 1], increasing",
+                ok=bool(sizes) and all(0 < s <= 1 for s in sizes) and sizes == sorted(sizes))
+    check_param("run_transfer", "seeds", seeds, kind="an int in [1, 100]", ok=is_int(seeds, 1) and seeds <= 100)
+    check_param("run_transfer", "epochs", epochs, kind="an int in [1, inf)", ok=is_int(epochs, 1))
+
+
+def _save_run(run: _TransferRun, table: list[dict], bound: dict, per_seed: list, seeds: list[int], *,
+              figure, target: str, sizes: list[float]) -> None:
+    """Write the run (runs / metrics / predictions) with the table as its saved 'model'."""
+    data = run.data
+    config = {"protocol": "transfer (seed 001, Fig. 8)", "network_artifact": run.network.sha256,
+              "target": target, "target_column": data.target.column, "train_sizes": sizes,
+              "folds": {str(i): f for i, f in enumerate(sizes)}, "epochs": run.epochs, "batch_size": run.batch_size,
+              "test_subjects": sorted(data.test_subjects), "test_where": data.where, "metric": _METRIC,
+              "table": table, "bound": bound, "per_seed": per_seed, "figure": figure.sha256}
+    run.recorder.write(run.store, {"table": table, "bound": bound, "per_seed": per_seed}, config=config, seeds=seeds,
+                       n_units=len(data.labels), n_subjects=len(set(data.subjects.tolist())), classes=data.classes,
+                       members=[*TRANSFER_METHODS, SUPERVISED_BOUND], folds=len(sizes),
+                       model_meta={"network_artifact": run.network.sha256, "figure": figure.sha256})
 
 
 def run_transfer(
     store, artifact: str, *, dataset: str = "spine", target: str = "grade",
-    train_sizes: Sequence[float] = (0.25, 0.5, 1.0), seed: int = 0, epochs: int = 40, batch_size: int = 32,
-    device: str = "auto", progress: bool = True,
+    train_sizes: Sequence[float] = (0.25, 0.5, 1.0), seed: int = 0, seeds: int = 1, epochs: int = 40,
+    batch_size: int = 32, device: str = "auto", progress: bool = True,
 ) -> TransferResult:
     """Run the transfer protocol (module docstring) with the Siamese network ``artifact`` on ``dataset``.
 
-    ``train_sizes`` are fractions in (0, 1] of the training subjects (nested subsets). Returns a
-    ``TransferResult``: ``rows`` a list of dicts (fraction, subjects, images, and the mean per-class
-    accuracy of each method in ``TRANSFER_METHODS``), ``figure`` the stored PNG, ``summary_lines()``.
+    ``train_sizes`` are fractions in (0, 1] of the training subjects (nested subsets); ``seeds`` repeats
+    everything with seeds ``seed, seed + 1, ...``. Returns a ``TransferResult``: ``rows`` a list of dicts
+    (fraction, subjects, images, and per method of ``TRANSFER_METHODS`` the mean per-class accuracy and
+    ``"<method> std"``), ``bound`` the strongly supervised network end to end, ``figure`` the stored PNG,
+    ``run_id`` the run in ``runs`` / ``metrics`` / ``predictions``, ``summary_lines()``.
     """
     import torch
 
@@ -334,28 +460,37 @@ def run_transfer(
     from extractors.siamese import load_network_artifact
     from extractors.training import select_device
     from store.artifacts import save_artifact
+    from store.runs import RunRecorder
 
     sizes = [float(s) for s in train_sizes]
-    check_param("run_transfer", "train_sizes", train_sizes, kind="fractions in (0, 1], increasing",
-                ok=bool(sizes) and all(0 < s <= 1 for s in sizes) and sizes == sorted(sizes))
-    check_param("run_transfer", "epochs", epochs, kind="an int in [1, inf)", ok=is_int(epochs, 1))
+    _check_options(train_sizes, sizes, seeds, epochs)
     dev = select_device(device)
     started = time.perf_counter()
     network, config, siamese = load_network_artifact(store, artifact, family="siamese")
     data = _transfer_data(store, dataset, target, config, seed=seed)
-    pool_rows = np.flatnonzero(~data.is_test)
     images = torch.from_numpy(scan_images(store, dataset, data.scans, data.recipe, progress=progress)).to(dev)
-    run = _TransferRun(store, data, images, _frozen_features(siamese, config["arch"], images, dev, seed=seed), network,
-                       config["arch"], dataset, seed, epochs, batch_size, device, dev, progress)
-    subsets = nested_subsets(data.subjects[pool_rows], sizes, seed=seed)
-    table = [_judge_size(run, fraction, chosen, pool_rows) for fraction, chosen in zip(sizes, subsets, strict=True)]
-    title = (f"Transfer ({dataset}, {target}): Siamese {network.short} frozen vs scratch vs random; "
-             f"{len(data.test_subjects)} held-out subjects")
-    figure = save_artifact(store, "figures", plot_transfer(table, title=title), suffix=".png",
+    recorder = RunRecorder(dataset=dataset, model="transfer", target=data.target.column, unit="scans")
+    run = _TransferRun(store, data, images, _backbone_features(siamese.backbone.to(dev), images, dev), network,
+                       config["arch"], dataset, epochs, batch_size, device, dev, progress, recorder)
+    seed_list = [int(seed) + i for i in range(int(seeds))]
+    per_seed, bounds = [], []
+    for s in seed_list:
+        rows, bound = _seed_rows(run, s, sizes)
+        per_seed.append(rows)
+        bounds.append(bound)
+    table = summarise_seeds(per_seed)
+    value, std = _mean_std(bounds)
+    bound = {"value": value, "std": std, "values": bounds, "subjects": len(set(data.subjects[run.pool_rows])),
+             "images": int(len(run.pool_rows))}
+    title = (f"Transfer ({dataset}, {target}): Siamese {network.short} vs scratch vs random vs supervised\n"
+             f"{len(data.test_subjects)} held-out subjects; mean ± std over {len(seed_list)} seed(s)")
+    figure = save_artifact(store, "figures", plot_transfer(table, title=title, bound=bound), suffix=".png",
                            meta={"figure": "transfer", "network_artifact": network.sha256, "dataset": dataset,
-                                 "target": target, "seed": seed, "table": table})
+                                 "target": target, "seeds": seed_list, "table": table, "bound": bound})
+    _save_run(run, table, bound, per_seed, seed_list, figure=figure, target=target, sizes=sizes)
     header = (f"transfer on {dataset!r}, target {target!r} ({len(data.classes)} classes), test: "
               f"{len(data.test_subjects)} {data.where}, {int(data.is_test.sum())} scans; "
-              "metric: mean per-class accuracy")
+              f"metric: mean per-class accuracy; seeds {', '.join(map(str, seed_list))}")
     notes = [data.target.note] if data.target.note else []
-    return TransferResult(table, figure.path, header, notes, time.perf_counter() - started)
+    return TransferResult(table, bound, figure.path, header, recorder.run_id, seed_list, per_seed, notes,
+                          time.perf_counter() - started)

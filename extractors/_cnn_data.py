@@ -11,7 +11,8 @@ and builds one ``(3, H, W)`` float32 image in [0, 1] at the network's input size
   raw intensities, not changes — then fitted. A uniform difference becomes all zeros.
 * ``multiview``: ``features.multiview.multiview_composite`` of the specimen's DV and LAT images, built
   directly at the input size; the composite brings every view image to [0, 1] itself (robust
-  percentiles), so no further scaling is applied.
+  percentiles), so no further scaling is applied. With ``views`` DV (or LAT) only, the specimen's mean
+  DV (LAT) image instead, repeated over three channels (``features.multiview.specimen_image``).
 
 "Fitted" means: resampled (timm's interpolation for the weights, anti-aliased when shrinking) so the
 whole image fits the input size with its aspect ratio kept, then centred on it with the image's
@@ -30,10 +31,11 @@ import numpy as np
 from features.canvas import pad_to_canvas
 from features.errors import ChronofeatError, InputError
 from features.intensity import to_three_channels, to_unit_range
+from features.multiview import DV_VIEWS, LAT_VIEWS, view_group
 
 __all__ = [
     "Preprocess", "fit_to_input", "preprocess_image", "UnitImages", "collate_units", "make_loader", "INPUT_COLUMNS",
-    "unit_path",
+    "unit_path", "DV_VIEWS", "LAT_VIEWS",
 ]
 
 INPUT_COLUMNS = {
@@ -44,8 +46,6 @@ INPUT_COLUMNS = {
     ],
     "multiview": ["specimen_id", "source_sha256", "dataset", "views", "paths", "frames"],
 }
-DV_VIEWS = {"DV", "DORSOVENTRAL", "VD", "AP", "PA"}
-LAT_VIEWS = {"LAT", "LATERAL", "LV", "LL", "RL"}
 
 
 def unit_path(unit: dict) -> str:
@@ -59,20 +59,26 @@ def unit_path(unit: dict) -> str:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How to turn pixels into network input: target (H, W), interpolation, intensity mode."""
+    """How to turn pixels into network input: target (H, W), interpolation, intensity mode, and for
+    multiview units the views (None: the composite; ``("DV",)`` / ``("LAT",)``: that view's mean image) —
+    so that every engine that decodes with this recipe builds the same input."""
 
     size: tuple[int, int]
     interpolation: str = "bicubic"
     intensity: str = "auto"
+    views: tuple[str, ...] | None = None
 
     def describe(self) -> dict:
         """JSON-able record for provenance."""
-        return {
+        out = {
             "input_size": list(self.size),
             "interpolation": self.interpolation,
             "intensity": self.intensity,
             "fit": "whole image, aspect kept, padded to the input size with its minimum; no centre crop",
         }
+        if self.views:
+            out["views"] = list(self.views)
+        return out
 
 
 def _pil_filter(interpolation: str):
@@ -148,13 +154,17 @@ class UnitImages:
     ``units`` are plain dicts (the ``INPUT_COLUMNS`` of one input kind). Pixel readers are opened
     lazily in each worker process. A unit whose pixels cannot be read or used (any ``ChronofeatError``)
     comes back as ``(i, None, (error_class, message))``; other exceptions are bugs and propagate.
+    ``views`` (multiview units only): None or ``("DV", "LAT")`` for the composite, ``("DV",)`` or
+    ``("LAT",)`` for that view's mean image (``features.multiview.specimen_image``); None takes
+    ``pre.views``.
     """
 
-    def __init__(self, store, units: list[dict], kind: str, pre: Preprocess):
+    def __init__(self, store, units: list[dict], kind: str, pre: Preprocess, *, views=None):
         self.store = store
         self.units = units
         self.kind = kind
         self.pre = pre
+        self.views = views if views is not None else pre.views
         self._readers: dict = {}
 
     def __len__(self) -> int:
@@ -187,23 +197,26 @@ class UnitImages:
             diff, _ = difference_image(reference, comparison, register=True, is_first=first)
             return preprocess_image(diff, self.pre, mode="percentile")
         if self.kind == "multiview":
-            from features.multiview import multiview_composite
+            from features.multiview import specimen_image
 
-            dv, lat = [], []
-            for view, path, frame in zip(unit["views"], unit["paths"], unit["frames"], strict=True):
-                name = (view or "").strip().upper()
-                if name in DV_VIEWS:
-                    dv.append(self._read(ds, path, frame))
-                elif name in LAT_VIEWS:
-                    lat.append(self._read(ds, path, frame))
-            if not dv and not lat:
-                raise InputError(
-                    f"Specimen has no DV or LAT image (views: {sorted(set(unit['views']))}); the multiview "
-                    "composite needs at least one of them."
-                )
-            composite = multiview_composite(dv, lat, size=self.pre.size)
+            composite = specimen_image(*self.view_images(unit), views=self.views, size=self.pre.size)
             return np.ascontiguousarray(composite.transpose(2, 0, 1), dtype=np.float32)
         raise InputError(f"Unknown input kind {self.kind!r}.")
+
+    def view_images(self, unit: dict) -> tuple[list, list]:
+        """A multiview unit's (DV images, LAT images) as read (only the chosen ``views``' images are read)."""
+        wanted = set(self.views or ("DV", "LAT"))
+        images: dict[str, list] = {"DV": [], "LAT": []}
+        for view, path, frame in zip(unit["views"], unit["paths"], unit["frames"], strict=True):
+            group = view_group(view)
+            if group in wanted:
+                images[group].append(self._read(unit["dataset"], path, frame))
+        if not images["DV"] and not images["LAT"]:
+            raise InputError(
+                f"Specimen has no {' or '.join(sorted(wanted))} image (views: {sorted(set(unit['views']))}); its "
+                "input needs at least one of them."
+            )
+        return images["DV"], images["LAT"]
 
     def __getitem__(self, index: int):
         import torch

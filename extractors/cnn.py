@@ -5,13 +5,18 @@ on the command line ``extract --extractor inception|efficientnet|convnext|cnn [-
 
 Inputs: ``image`` (one row per scan, key ``scan_id``), ``difference`` (the registered difference
 image of each pair of ``reference`` mode absolute / relative / given, key ``pair_id``), ``multiview``
-(the IMPC composite per specimen and time, key ``specimen_id``). Preprocessing and the intensity
+(the IMPC composite per specimen and time, key ``specimen_id``). ``views`` (IMPC's DV-only / LAT-only /
+multiview comparison) keeps only DV or LAT images: with ``image`` input only the scans of those views
+(table ``..._dv`` / ``..._lat``); with ``multiview`` input the specimen's mean DV (or LAT) image in place
+of the composite (table ``<model>_specimen_dv`` / ``_specimen_lat``; DV and LAT together is the
+composite, ``<model>_multiview``). Preprocessing and the intensity
 policy are described in ``extractors._cnn_data`` and ``features.intensity``; weights resolution in
 ``store.weights``; layer names in ``extractors._cnn_model``.
 
 Table identity. A table holds rows of one configuration: model, input (+ reference), layer, weights,
 numeric precision, intensity mode, preprocessing version. Its name is readable:
-``<model>[_diff_<reference>|_multiview][_<layer>][_random][_bf16|_fp16][_<hash>]`` — the hash (8 hex)
+``<model>[_diff_<reference>|_multiview|_specimen_<view>][_<views>][_<layer>][_random][_bf16|_fp16][_<hash>]``
+— the hash (8 hex)
 appears only for settings the name does not spell (weights from a file or a chosen artifact, a
 non-default intensity mode). Batch size, device, workers and ``compile`` do not change the identity:
 they change only the order of floating-point operations (results agree to 1e-4 relative or better), and
@@ -56,8 +61,10 @@ from features.errors import (
     BackendUnavailableError,
     ConfigMismatchError,
     DatasetError,
+    InputError,
     ParameterError,
 )
+from features.multiview import parse_views, view_group
 from store.cores import usable_cores
 from store.failures import Failure
 from store.layout import TABLE_NAME_PATTERN, Store
@@ -92,6 +99,14 @@ def _is_device(value) -> bool:
     )
 
 
+def _views_ok(value) -> bool:
+    try:
+        parse_views(value)
+    except InputError:
+        return False
+    return value is None or isinstance(value, str)
+
+
 def _sanitise(text: str) -> str:
     out = "".join(ch if ch.isalnum() else "_" for ch in text.lower())
     return "_".join(part for part in out.split("_") if part)
@@ -106,7 +121,8 @@ class CNNEmbedding(Extractor):
     ``weights`` ('hub' | 'random' | checkpoint path | imported-weights hash), ``device``
     (auto | cpu | cuda[:N]), ``batch_size``, ``workers`` (DataLoader processes; None = auto),
     ``precision`` (auto | fp32 | bf16 | fp16), ``compile`` (torch.compile the network),
-    ``intensity`` (auto = DICOM window else percentiles | percentile).
+    ``intensity`` (auto = DICOM window else percentiles | percentile), ``views`` (None = every view |
+    'DV' | 'LAT' | 'DV,LAT'; image and multiview inputs, see the module docstring).
     """
 
     def __init__(
@@ -123,6 +139,7 @@ class CNNEmbedding(Extractor):
         precision: str = "auto",
         compile: bool = False,
         intensity: str = "auto",
+        views: str | None = None,
     ):
         self.model = model
         self.input = input
@@ -135,6 +152,7 @@ class CNNEmbedding(Extractor):
         self.precision = precision
         self.compile = compile
         self.intensity = intensity
+        self.views = views
 
     # --- configuration -------------------------------------------------------------------
     def validate_params(self) -> None:
@@ -155,11 +173,25 @@ class CNNEmbedding(Extractor):
             "compile": ParamRule("a bool", lambda v: isinstance(v, (bool, np.bool_))),
             "intensity": one_of(INTENSITIES, kind=f"a str among {set(INTENSITIES)}"),
         })
+        self.check_param_rules({"views": ParamRule("None, 'DV', 'LAT' or 'DV,LAT'", _views_ok)})
+        if self.views is not None and self.input == "difference":
+            raise ParameterError(
+                "views applies to input='image' or 'multiview'; a difference image is of one scan's view already. "
+                "Drop --views or use --input image / multiview."
+            )
         if self.input == "multiview" and self.intensity != "auto":
             raise ParameterError(
                 "intensity='percentile' has no effect with input='multiview': the composite scales every view "
                 "image itself (features.multiview). Leave intensity at 'auto'."
             )
+
+    def chosen_views(self) -> tuple[str, ...] | None:
+        """The views this configuration keeps: None (every view; the composite for multiview input),
+        ``("DV",)``, ``("LAT",)`` or, for image input, ``("DV", "LAT")``."""
+        chosen = parse_views(self.views)
+        if self.input == "multiview" and chosen == ("DV", "LAT"):
+            return None  # both views of a specimen are the composite
+        return chosen
 
     def key_column(self):
         return {"image": "scan_id", "difference": "pair_id", "multiview": "specimen_id"}.get(self.input, "scan_id")
@@ -202,6 +234,7 @@ class CNNEmbedding(Extractor):
             "precision": self._resolved_precision(),
             "intensity": self.intensity if self.input != "multiview" else "composite",
             "preprocess": PREPROCESS_VERSION,
+            **({"views": "+".join(self.chosen_views())} if self.chosen_views() else {}),
         }
 
     def table_name(self) -> str:
@@ -210,7 +243,9 @@ class CNNEmbedding(Extractor):
         if self.input == "difference":
             parts.append(f"diff_{self.reference}")
         elif self.input == "multiview":
-            parts.append("multiview")
+            parts.append(f"specimen_{self.chosen_views()[0].lower()}" if self.chosen_views() else "multiview")
+        if self.input == "image" and self.chosen_views():
+            parts.append("_".join(v.lower() for v in self.chosen_views()))
         if identity["layer"] != "pooled":
             parts.append(_sanitise(identity["layer"]))
         if identity["weights"] == "random":
@@ -254,12 +289,15 @@ class CNNEmbedding(Extractor):
                 "version": PREPROCESS_VERSION,
             },
             "settings": self.get_params(deep=False),
+            "views": "+".join(self.chosen_views()) if self.chosen_views() else "all",
         }
         return out
 
     def _preprocess(self) -> Preprocess:
         info = arch_info(self.model)
-        return Preprocess(size=tuple(info.input_size[1:]), interpolation=info.interpolation, intensity=self.intensity)
+        views = self.chosen_views() if self.input == "multiview" else None
+        return Preprocess(size=tuple(info.input_size[1:]), interpolation=info.interpolation, intensity=self.intensity,
+                          views=views)
 
     def preprocess(
         self, image: np.ndarray, *, window_center: float | None = None, window_width: float | None = None
@@ -276,9 +314,30 @@ class CNNEmbedding(Extractor):
             units = self._pair_units(store, dataset)
         else:
             units = specimen_units(store, dataset)
+        units = self._keep_views(units)
         if "dataset" not in units.column_names:
             units = units.append_column("dataset", pa.array([dataset] * units.num_rows, type=pa.string()))
         return units
+
+    def _keep_views(self, units: pa.Table) -> pa.Table:
+        """``units`` cut to the chosen views: scans of those views; specimens with an image of one of them
+        (a specimen's ``source_sha256`` stays the hash of all its scans: a changed scan of another view
+        only recomputes its row)."""
+        chosen = self.chosen_views()
+        if chosen is None or self.input == "difference":
+            return units
+        if self.input == "image":
+            keep = [view_group(v) in chosen for v in units.column("view").to_pylist()]
+        else:
+            keep = [any(view_group(v) in chosen for v in views) for views in units.column("views").to_pylist()]
+        if units.num_rows and not any(keep):
+            column = units.column("view" if self.input == "image" else "views").to_pylist()
+            seen = sorted({str(v) for v in column} if self.input == "image" else {str(v) for vs in column for v in vs})
+            raise DatasetError(
+                f"No scan of the dataset has a {' or '.join(chosen)} view (its views: {', '.join(seen)}); "
+                "choose --views among those, or drop --views."
+            )
+        return units.filter(pa.array(keep, type=pa.bool_()))
 
     def _pair_units(self, store: Store, dataset: str) -> pa.Table:
         try:
@@ -303,10 +362,8 @@ class CNNEmbedding(Extractor):
             ) from None
 
     def _check_multiview(self, pending: pa.Table) -> None:
-        from extractors._cnn_data import DV_VIEWS, LAT_VIEWS
-
         seen = {str(v).strip().upper() for views in pending.column("views").to_pylist() for v in views}
-        if not seen & (DV_VIEWS | LAT_VIEWS):
+        if not {view_group(v) for v in seen} - {None}:
             raise DatasetError(
                 f"Multiview input needs DV and/or LAT views; this dataset's scans have views {sorted(seen)}. "
                 "Use --input image (or difference) for it."
@@ -493,6 +550,7 @@ _OPTION_KEYS = (
     "precision",
     "compile",
     "intensity",
+    "views",
 )
 
 

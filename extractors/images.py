@@ -14,6 +14,11 @@ pair (so the difference is in one unit), pad both to the canvas, register the re
 comparison by whole-pixel translation (as scikit-image's default in the paper) and subtract
 (``features.difference``); a first time point gives the uniform image at the comparison's minimum.
 Then step 4.
+
+Specimens (IMPC): ``specimen_stack`` gives one image per specimen for a choice of views — the
+multiview composite (3 channels) or one view's mean image (1 channel) — built by
+``features.multiview.specimen_image`` at ``size`` x ``size`` (each view image windowed to its robust
+percentiles and fitted keeping its aspect ratio, so no dataset canvas is needed).
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ __all__ = [
     "scan_images",
     "column_values",
     "one_blas_thread",
+    "specimen_channels",
+    "specimen_stack",
+    "specimens_with_views",
 ]
 
 _PIXEL_COLUMNS = ("path", "frame", "window_center", "window_width")
@@ -101,12 +109,14 @@ class ImageLoader:
     factor (1: whole pixels).
     """
 
-    def __init__(self, store, dataset: str, recipe: ImageRecipe, *, cache: int = 4096, upsample: int = 1):
+    def __init__(self, store, dataset: str, recipe: ImageRecipe, *, cache: int = 4096, upsample: int = 1,
+                 overlap_only: bool = False):
         from store.pixels import PixelReader
 
         self.reader = PixelReader(store, dataset)
         self.recipe = recipe
         self.upsample = upsample
+        self.overlap_only = overlap_only  # differences: 0 where either scan is padding (see _overlap_difference)
         self._cache: OrderedDict = OrderedDict()
         self._cache_size = cache
 
@@ -143,12 +153,25 @@ class ImageLoader:
         cmp_unit = pad_to_canvas(np.clip((cmp_raw - low) * scale, 0.0, 1.0).astype(np.float32), self.recipe.canvas)
         if is_first:
             diff, _ = difference_image(None, cmp_unit, is_first=True)
+        elif self.overlap_only:
+            diff = self._overlap_difference(self._raw(reference), cmp_raw, low, scale)
         else:
             ref_raw = self._raw(reference)
             ref_unit = pad_to_canvas(np.clip((ref_raw - low) * scale, 0.0, 1.0).astype(np.float32), self.recipe.canvas)
             diff, _ = difference_image(ref_unit, cmp_unit, upsample=self.upsample)
         size = self.recipe.size
         return resize(diff, (size, size), keep_aspect=True)
+
+    def _overlap_difference(self, ref_raw: np.ndarray, cmp_raw: np.ndarray, low: float, scale: float) -> np.ndarray:
+        """The difference on the canvas where both scans hold data, 0 elsewhere: the scans are registered
+        before padding (``features.difference.align_pair``, padding masked out of the registration), so a
+        crop that changed size between the weeks is not read as change."""
+        from features.difference import align_pair
+
+        ref_unit, cmp_unit = (np.clip((raw - low) * scale, 0.0, 1.0).astype(np.float32) for raw in (ref_raw, cmp_raw))
+        aligned = align_pair(ref_unit, cmp_unit, upsample=self.upsample)
+        diff = np.where(aligned.mask, aligned.comparison - aligned.reference, 0.0).astype(np.float32)
+        return pad_to_canvas(diff, self.recipe.canvas, fill=0.0)
 
     def stack(self, rows: list[dict], *, progress: bool = True, desc: str = "images") -> np.ndarray:
         """``(N, 1, size, size)`` float32 inputs for ``rows`` (a tqdm bar on stderr when ``progress``)."""
@@ -183,3 +206,66 @@ def scan_images(store, dataset: str, scans, recipe: ImageRecipe, *, progress: bo
     gives), in its row order."""
     rows = scans.select([c for c in _PIXEL_COLUMNS if c in scans.column_names]).to_pylist()
     return ImageLoader(store, dataset, recipe).stack(rows, progress=progress, desc=f"{dataset} images")
+
+
+def specimen_channels(views) -> int:
+    """Channels of a specimen input for ``views`` (``features.multiview.parse_views``): 3 for both views (the
+    composite), 1 for one view (its mean image)."""
+    from features.multiview import parse_views
+
+    chosen = parse_views(views)
+    return 3 if chosen is None or len(chosen) == 2 else 1
+
+
+def specimen_stack(store, dataset: str, units, *, views=None, size: int, progress: bool = True):
+    """``(N, C, size, size)`` float32 inputs of the specimens in ``units`` (``store.units.specimen_units`` rows:
+    ``views``, ``paths``, ``frames``), in row order, and the failures ``[(row, error_class, message)]``.
+
+    ``views`` None / DV,LAT: the composite (C = 3); DV or LAT: that view's mean image (C = 1). A specimen
+    without an image of the chosen views (or whose pixels cannot be read) keeps a zero image and is
+    listed in the failures; the caller drops or records it.
+    """
+    from tqdm.auto import tqdm
+
+    from features.errors import ChronofeatError, InputError
+    from features.multiview import parse_views, specimen_image, view_group
+    from store.pixels import PixelReader
+
+    chosen = parse_views(views) or ("DV", "LAT")
+    channels = specimen_channels(chosen)
+    reader = PixelReader(store, dataset)
+    rows = units.select(["views", "paths", "frames"]).to_pylist()
+    out = np.zeros((len(rows), channels, size, size), np.float32)
+    failures = []
+    with one_blas_thread():
+        bar = tqdm(rows, desc=f"{dataset} specimens", unit="specimen", disable=not progress, file=sys.stderr,
+                   leave=False)
+        for i, row in enumerate(bar):
+            by_view: dict[str, list] = {"DV": [], "LAT": []}
+            try:
+                for view, path, frame in zip(row["views"], row["paths"], row["frames"], strict=True):
+                    group = view_group(view)
+                    if group in chosen:
+                        by_view[group].append(reader.read(path, int(frame or 0)))
+                if not by_view["DV"] and not by_view["LAT"]:
+                    raise InputError(f"The specimen has no {' or '.join(chosen)} image (views {sorted(row['views'])}).")
+                image = specimen_image(by_view["DV"], by_view["LAT"], views=chosen, size=(size, size))
+            except ChronofeatError as exc:
+                failures.append((i, type(exc).__name__, str(exc)))
+                continue
+            out[i] = image.transpose(2, 0, 1)[:channels]
+    return out, failures
+
+
+def specimens_with_views(units, views):
+    """The rows of specimen ``units`` (a ``views`` list column) with at least one image of the chosen ``views``
+    (``features.multiview.parse_views``; None keeps every row)."""
+    import pyarrow as pa
+
+    from features.multiview import parse_views, view_group
+
+    chosen = parse_views(views)
+    if chosen is None:
+        return units
+    keep = [any(view_group(v) in chosen for v in row) for row in units.column("views").to_pylist()]
+    return units.filter(pa.array(keep, type=pa.bool_()))

@@ -34,6 +34,7 @@ __all__ = [
     "training_scans",
     "training_key",
     "store_network",
+    "network_subjects",
     "TrainingSettings",
     "train_siamese",
     "group_column",
@@ -231,12 +232,49 @@ def training_key(trainer: str, data: TrainingScans, params: dict, *, format: int
                        length=20)
 
 
-def store_network(store, config: dict, model, meta: dict):
-    """Save ``model`` with its ``config`` as a ``networks`` artifact (returns the artifact)."""
+def store_network(store, config: dict, model, meta: dict, *, subjects: dict | None = None):
+    """Save ``model`` with its ``config`` as a ``networks`` artifact (returns the artifact).
+
+    ``subjects`` ({"train": [...], "val": [...], "test": [...]}, e.g. ``TrainingScans.subject_lists()``;
+    default ``config["subjects"]``) is recorded in the configuration and in the artifact's JSON
+    description with the ``dataset``: which subjects the network trained on, which it used for early
+    stopping, and which it never saw. ``classifiers.leakage`` reads them so that ``fit`` on the
+    network's features never judges on subjects the network trained on.
+    """
     from extractors.nets import network_to_bytes
     from store.artifacts import save_artifact
 
+    subjects = config.get("subjects") if subjects is None else subjects
+    if not isinstance(subjects, dict) or not {"train", "val", "test"} <= set(subjects):
+        raise ParameterError(
+            "store_network needs the network's subjects as {'train': [...], 'val': [...], 'test': [...]} "
+            f"(TrainingScans.subject_lists()). Got {type(subjects).__name__} instead."
+        )
+    subjects = {side: sorted(str(s) for s in subjects[side]) for side in ("train", "val", "test")}
+    config = {**config, "subjects": subjects}
+    meta = {**meta, "dataset": config.get("dataset", meta.get("dataset")), "subjects": subjects}
     return save_artifact(store, NETWORK_KIND, network_to_bytes(config, model.cpu()), suffix=".pt", meta=meta)
+
+
+def network_subjects(artifact) -> dict[str, frozenset]:
+    """The subjects a ``networks`` artifact trained on, validated on and held out: {"train", "val", "test"}.
+
+    Read from the artifact's description, or for an artifact stored before descriptions carried them,
+    from the configuration inside the network file. ``WeightsError`` when neither records them.
+    """
+    from extractors.nets import network_from_bytes
+    from features.errors import WeightsError
+
+    subjects = artifact.meta.get("subjects")
+    if not isinstance(subjects, dict):
+        config, _ = network_from_bytes(artifact.path.read_bytes(), what=f"network artifact {artifact.short}")
+        subjects = config.get("subjects")
+    if not isinstance(subjects, dict) or not {"train", "val", "test"} <= set(subjects):
+        raise WeightsError(
+            f"Network artifact {artifact.short} does not record which subjects it trained on; retrain it with "
+            "this version ('python cli.py train ...') so its features can be judged on subjects it never saw."
+        )
+    return {side: frozenset(str(s) for s in subjects[side]) for side in ("train", "val", "test")}
 
 
 # --- training ----------------------------------------------------------------------------------------
@@ -412,7 +450,10 @@ class _SiameseSettings(TrainingSettings):
     def check_own(self, owner: str) -> None:
         check_param(owner, "margin", self.margin, kind="a float in (0, inf)",
                     ok=isinstance(self.margin, (int, float)) and self.margin > 0)
-        check_param(owner, "embed_dim", self.embed_dim, kind="an int in [2, inf)", ok=is_int(self.embed_dim, 2))
+        check_param(owner, "embed_dim", self.embed_dim, kind="an int in [2, 8192]",
+                    ok=is_int(self.embed_dim, 2) and self.embed_dim <= 8192)
+        check_param(owner, "lr", self.lr, kind="a float in (0, 1]",
+                    ok=isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and 0 < self.lr <= 1)
 
 
 @dataclass
@@ -514,6 +555,11 @@ def train_siamese(
 ) -> TrainResult:
     """Train the Siamese network on ``dataset``'s scans; store it; report held-out AUC and aux accuracy.
 
+    ``image_size`` (side of the square input), ``embed_dim`` (width of the FC7 embedding, hence of the
+    extracted features) and ``lr`` (Adam learning rate) shape the network and are recorded in its
+    configuration (``params``) and its artifact description. The defaults suit a CPU demo; the paper
+    used 224 x 224 inputs, a 1024-d embedding and learning rate 1e-5 (SGD, momentum 0.9, ~500 epochs).
+
     Checkpoints go to the store after every epoch; rerunning the same call resumes (or, when it had
     finished, re-evaluates without training). Returns a ``TrainResult`` whose ``artifact.short`` is the
     id for ``extract --extractor siamese --artifact ID`` and ``transfer --artifact ID``; its ``notes``
@@ -550,9 +596,11 @@ def train_siamese(
         "best_epoch": loop.best_epoch, "held_out": held_out,
     }
     artifact = store_network(store, config, run.model, meta={
-        "family": "siamese", "dataset": dataset, "backbone": backbone, "embed_dim": embed_dim,
+        "family": "siamese", "dataset": dataset, "backbone": backbone, "embed_dim": embed_dim, "lr": lr,
+        "image_size": image_size,
         "group_column": task.group_column, "params": params, "training_key": key, "epochs_run": loop.epochs_run,
-        "held_out_auc": judged["auc"], "held_out_aux_accuracy": judged["aux_accuracy"]})
+        "held_out_auc": judged["auc"], "held_out_aux_accuracy": judged["aux_accuracy"]},
+        subjects=data.subject_lists())
     same = task.test.same
     return TrainResult.of_loop(
         artifact, loop, data, started=started, auc=judged["auc"],
@@ -663,9 +711,11 @@ class SiameseEmbedding(Extractor):
     def provenance(self) -> dict:
         if not hasattr(self, "artifact_"):
             return {}
+        subjects = self.config_.get("subjects") or {}
         return {"network_artifact": self.artifact_.sha256, "network_family": self.family,
                 "network_dataset": self.config_["dataset"], "network_arch": self.config_["arch"],
-                "network_recipe": self.config_["recipe"]}
+                "network_recipe": self.config_["recipe"], "network_params": self.config_.get("params", {}),
+                "network_subjects": {side: len(subjects.get(side, ())) for side in ("train", "val", "test")}}
 
     def output_schema(self) -> pa.Schema:
         if not hasattr(self, "dim_"):

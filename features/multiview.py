@@ -5,6 +5,13 @@ Recipe (IMPC paper, Figure 5): the images of one view are averaged into one mean
 with the DV edges weighted higher (channel 2). Each input image is first brought to [0, 1] by its
 robust 1st-99th percentile window and resampled onto the output size keeping its aspect ratio, so
 images of different sizes and exposures can be averaged.
+
+Views (the paper's DV-only / LAT-only / multiview comparison): ``parse_views`` reads a choice such as
+``"DV"``, ``"LAT"`` or ``"DV,LAT"``; ``view_group`` maps a scan's view name (``DV``, ``VD``, ``AP``,
+``LATERAL`` ...) to ``"DV"`` or ``"LAT"``; ``specimen_image`` builds a specimen's network input for a
+choice of views: both views give the composite; one view gives that view's mean image (same window,
+averaging and fit as the composite's channel) repeated over the three channels — the single-view
+input of the paper's Tables 4 and 5.
 """
 
 from __future__ import annotations
@@ -16,7 +23,52 @@ import numpy as np
 from features.canvas import resize
 from features.errors import InputError
 
-__all__ = ["multiview_composite", "view_mean", "robust_unit_range"]
+__all__ = [
+    "multiview_composite", "view_mean", "robust_unit_range", "DV_VIEWS", "LAT_VIEWS", "VIEW_GROUPS", "view_group",
+    "parse_views", "views_label", "specimen_image",
+]
+
+DV_VIEWS = frozenset({"DV", "DORSOVENTRAL", "VD", "AP", "PA"})
+LAT_VIEWS = frozenset({"LAT", "LATERAL", "LV", "LL", "RL"})
+VIEW_GROUPS = ("DV", "LAT")
+
+
+def view_group(view) -> str | None:
+    """``"DV"`` or ``"LAT"`` for a scan's view name (case and spaces ignored; ``VD``, ``AP``, ``LATERAL``,
+    ``LV`` ... included); None for any other view (skull, limbs, '')."""
+    name = (view or "").strip().upper()
+    if name in DV_VIEWS:
+        return "DV"
+    if name in LAT_VIEWS:
+        return "LAT"
+    return None
+
+
+def parse_views(views) -> tuple[str, ...] | None:
+    """The canonical choice of views: None (no choice: every view) or a sorted tuple of ``"DV"`` / ``"LAT"``.
+
+    ``views`` is None, a string such as ``"DV"``, ``"lat"``, ``"DV,LAT"`` / ``"DV+LAT"``, or a sequence
+    of view names. ``InputError`` naming the accepted values for anything else.
+    """
+    if views is None:
+        return None
+    parts = views.replace("+", ",").split(",") if isinstance(views, str) else list(views)
+    chosen = set()
+    for part in parts:
+        group = view_group(part) if isinstance(part, str) else None
+        if group is None:
+            raise InputError(
+                f"The 'views' parameter must be DV, LAT or DV,LAT (view names such as VD or LATERAL count as "
+                f"DV / LAT). Got {views!r} instead."
+            )
+        chosen.add(group)
+    return tuple(g for g in VIEW_GROUPS if g in chosen)
+
+
+def views_label(views) -> str:
+    """How a choice of views is named in tables and reports: ``DV``, ``LAT``, ``DV+LAT`` or ``all``."""
+    parsed = parse_views(views)
+    return "all" if parsed is None else "+".join(parsed)
 
 
 def robust_unit_range(image: np.ndarray, *, low: float = 1.0, high: float = 99.0) -> np.ndarray:
@@ -78,3 +130,29 @@ def multiview_composite(
     if len(lat_images):
         edges += (1.0 - float(dv_weight)) * canny(lat, sigma=canny_sigma).astype(np.float32)
     return np.stack([dv, lat, edges], axis=-1)
+
+
+def specimen_image(
+    dv_images: Sequence[np.ndarray],
+    lat_images: Sequence[np.ndarray],
+    *,
+    views=("DV", "LAT"),
+    size: tuple[int, int] = (224, 224),
+    dv_weight: float = 0.6,
+    canny_sigma: float = 2.0,
+) -> np.ndarray:
+    """A specimen's ``size + (3,)`` float32 input in [0, 1] for a choice of ``views`` (see ``parse_views``).
+
+    Both views (or None): ``multiview_composite``. One view: that view's ``view_mean`` repeated over
+    three channels; the other view's images are not used. ``InputError`` when the chosen view has no
+    image.
+    """
+    chosen = parse_views(views) or VIEW_GROUPS
+    if len(chosen) == 2:
+        return multiview_composite(dv_images, lat_images, size=size, dv_weight=dv_weight, canny_sigma=canny_sigma)
+    images = dv_images if chosen == ("DV",) else lat_images
+    if len(images) == 0:
+        raise InputError(f"The specimen has no {chosen[0]} image; a {chosen[0]}-only input needs at least one.")
+    height, width = (int(v) for v in size)
+    mean = view_mean(images, (height, width))
+    return np.repeat(mean[:, :, None], 3, axis=2)

@@ -74,3 +74,47 @@ def test_train_cae_extract_and_fit(spine_store):
                       n_boot=100, progress=False)
     test = fit.summary[0]["test"]
     assert test["accuracy"][0] > 0.3  # seven vertebral levels: chance is 1/7
+
+
+@pytest.fixture(scope="module")
+def impc_store(tmp_path_factory):
+    from tests._demo_stores import core_copy, demo_store
+
+    return core_copy(demo_store(tmp_path_factory, "impc"), tmp_path_factory.mktemp("cae-impc") / "store")
+
+
+@pytest.mark.slow
+def test_cae_on_the_multiview_composite_trains_and_extracts_per_specimen(impc_store):
+    from extractors import build_from_options
+    from extractors.cae import CAEFeatures, train_cae
+    from extractors.runner import run_extraction
+    from features.errors import ParameterError
+    from store.tables import read_table, table_kv_metadata
+
+    small = dict(epochs=2, image_size=32, base=8, depth=2, latent_channels=2, device="cpu", progress=False)
+    composite = train_cae(impc_store, "impc", input="multiview", **small)
+    config = network_from_bytes(composite.artifact.path.read_bytes())[0]
+    assert config["input"] == "multiview" and config["views"] is None and config["arch"]["in_chans"] == 3
+    assert 0 < composite.metrics["images"] < 300  # held-out specimens, one composite each
+    assert 0 < composite.metrics["reconstruction MSE"] < 0.2 and 0 < composite.metrics["SSIM"] <= 1
+    dv = train_cae(impc_store, "impc", input="multiview", views="dv", **small)
+    assert network_from_bytes(dv.artifact.path.read_bytes())[0]["arch"]["in_chans"] == 1
+    assert dv.artifact.sha256 != composite.artifact.sha256
+
+    tables = {}
+    for name, net in (("composite", composite), ("dv", dv)):
+        extractor = build_from_options("cae", {"artifact": net.artifact.short, "device": "cpu", "input": "multiview"})
+        summary = run_extraction(extractor, impc_store, dataset="impc", progress=False)
+        assert summary.written == 300 and summary.failed == 0
+        table = read_table(impc_store, summary.table)
+        assert table.column_names[0] == "specimen_id" and table.schema.field("embedding").type.list_size == 2 * 8 * 8
+        tables[name] = summary.table
+        assert table_kv_metadata(impc_store, summary.table)["chronofeat.views"] == ("DV" if name == "dv" else "DV+LAT")
+    assert tables["composite"] != tables["dv"]
+    with pytest.raises(ParameterError, match="--input multiview"):
+        run_extraction(CAEFeatures(artifact=composite.artifact.short, device="cpu"), impc_store, dataset="impc",
+                       progress=False)
+    with pytest.raises(ParameterError, match="--views"):
+        build_from_options("cae", {"artifact": dv.artifact.short, "views": "DV"})
+    with pytest.raises(ParameterError, match="views"):
+        train_cae(impc_store, "impc", views="DV", **small)

@@ -41,7 +41,7 @@ def _subjects_never_split(store, run_id):
     model = run_row(store, run_id)["model"]
     rows = [r for r in rows if r["member"] == model]
     for seed in sorted({r["seed"] for r in rows}):
-        cv = [r for r in rows if r["split"] == "cv" and r["seed"] == seed]
+        cv = [r for r in rows if r["split"] in ("cv", "val") and r["seed"] == seed]
         test = {r["subject"] for r in rows if r["split"] == "test" and r["seed"] == seed}
         folds: dict[int, set] = {}
         for r in cv:
@@ -69,7 +69,7 @@ def test_crmo_recipe_end_to_end(tmp_store):
     ]
     assert len(table_lines) == 4 and "±" in table_lines[-1]
     # the CNN difference carries the label: logistic and the ensemble beat chance (1/3) clearly
-    assert summary["logistic"]["cv"]["accuracy"][0] > 0.6 and summary["ensemble"]["test"]["accuracy"][0] > 0.6
+    assert summary["logistic"]["dev"]["accuracy"][0] > 0.6 and summary["ensemble"]["test"]["accuracy"][0] > 0.6
 
     run = run_row(tmp_store, result.run_id)
     assert (
@@ -139,7 +139,7 @@ def test_every_split_kind_keeps_subjects_apart(tmp_store, tmp_path):
     }
     assert len(per_class) == 3  # one subject per class
     given = run_predictions(tmp_store, runs[3].run_id).to_pylist()
-    assert {r["fold"] for r in given if r["split"] == "cv"} == {0}  # the given val side is the one fold
+    assert {(r["split"], r["fold"]) for r in given if r["split"] != "test"} == {("val", 0)}  # the given val side
     assert not run_predictions(tmp_store, runs[4].run_id, split="test").num_rows
     assert {r["subject"] for r in run_predictions(tmp_store, runs[5].run_id, split="test").to_pylist()} == set(listed)
 

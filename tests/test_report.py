@@ -45,16 +45,24 @@ def test_report_of_a_multilabel_run_has_roc_curves_per_label(tmp_store):
 
 
 def test_summary_and_runs_text():
+    def entry(member, dev, test, **extra):
+        return {"member": member, "dev_split": "cv", "dev": dev, "test": test, "train": {}, "agreement": None,
+                "n_test_subjects": 12, **extra}
+
     summary = [
-        {"member": "logistic", "cv": {"accuracy": (0.8, 0.05, 5), "f1_macro": (0.75, 0.1, 5), "error": (0.25, 0.1, 5)},
-         "test": {"accuracy": (0.7, 0.0, 1, 0.5, 0.9), "error": (0.3, 0.0, 1, 0.1, 0.5)}},
-        {"member": "ensemble", "cv": {"accuracy": (0.85, 0.04, 5)}, "test": {}},
+        entry("logistic", {"accuracy": (0.8, 0.05, 5), "f1_macro": (0.75, 0.1, 5), "error": (0.25, 0.1, 5)},
+              {"accuracy": (0.7, 0.0, 1, 0.5, 0.9), "error": (0.3, 0.0, 1, 0.1, 0.5)}),
+        entry("ensemble", {"accuracy": (0.85, 0.04, 5)}, {}),
     ]
     text = format_summary(summary, title="run r1")
     lines = text.splitlines()
     assert lines[0] == "run r1" and lines[1].split()[:3] == ["member", "cv", "acc"]
-    assert "0.800 ± 0.050" in text and "0.700 [0.50, 0.90]" in text and "error = 1 - macro F1" in text
+    assert "0.800 ± 0.050" in text and "0.700 [0.50, 0.90]" in text
+    assert "error = 1 - macro F1" not in text  # the CRMO footer comes from the profile, not by default
     assert lines[4].startswith("ensemble") and lines[4].count("-") >= 4
+    crmo = format_summary(summary, metrics=("accuracy", "error"),
+                          context={"metric_notes": ["error = 1 - macro F1 (CRMO poster)"], "folds": 5, "seeds": [0]})
+    assert "error = 1 - macro F1 (CRMO poster)" in crmo and "5-fold subject-grouped" in crmo
     import pyarrow as pa
 
     from store.runs import RUNS

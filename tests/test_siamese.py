@@ -187,3 +187,44 @@ def test_cli_alias_needs_an_artifact_and_rejects_other_options():
         build_from_options("siamese", {"artifact": "abcdef123456", "vocab_size": 50})
     with pytest.raises(ParameterError, match="artifact"):
         build_from_options("siamese", {"artifact": "xyz"})
+
+
+# --- the network's size, embedding and learning rate (issue 16) -------------------------------------------
+@pytest.mark.slow
+def test_train_options_shape_the_network_and_are_recorded(spine_store):
+    from extractors import build_from_options
+    from extractors.runner import run_extraction
+    from extractors.siamese import load_network_artifact, train_siamese
+    from store.tables import read_table, table_kv_metadata
+
+    result = train_siamese(spine_store, "spine", epochs=1, image_size=48, embed_dim=24, lr=3e-4, seed=0,
+                           device="cpu", progress=False)
+    meta = result.artifact.meta
+    assert meta["lr"] == 3e-4 and meta["image_size"] == 48 and meta["embed_dim"] == 24
+    assert meta["params"]["lr"] == 3e-4 and meta["params"]["embed_dim"] == 24
+    _, config, model = load_network_artifact(spine_store, result.artifact.short, family="siamese")
+    assert config["recipe"]["size"] == 48 and model.fc7.out_features == 24 and config["params"]["lr"] == 3e-4
+    sides = {side: set(v) for side, v in meta["subjects"].items()}  # the artifact says whom it trained on
+    assert sides == {side: set(v) for side, v in config["subjects"].items()}
+    assert len(sides["train"] | sides["val"] | sides["test"]) == 40 and not sides["train"] & sides["test"]
+    extractor = build_from_options("siamese", {"extractor": "siamese", "artifact": result.artifact.short,
+                                               "device": "cpu"})
+    summary = run_extraction(extractor, spine_store, dataset="spine", progress=False)
+    assert read_table(spine_store, summary.table).schema.field("embedding").type.list_size == 24
+    provenance = table_kv_metadata(spine_store, summary.table)
+    assert '"lr":0.0003' in provenance["chronofeat.network_params"]
+    assert result.artifact.sha256 == provenance["chronofeat.network_artifact"]
+
+
+def test_train_option_checks_and_help_cite_the_paper(spine_store):
+    from extractors.siamese import train_siamese
+    from tests.conftest import run_cli
+
+    with pytest.raises(ParameterError, match="'lr' parameter of train_siamese must be a float in"):
+        train_siamese(spine_store, "spine", lr=0.0, device="cpu", progress=False)
+    with pytest.raises(ParameterError, match="'embed_dim' parameter"):
+        train_siamese(spine_store, "spine", embed_dim=1, device="cpu", progress=False)
+    with pytest.raises(ParameterError, match="'image_size' parameter"):
+        train_siamese(spine_store, "spine", image_size=40, device="cpu", progress=False)
+    helped = " ".join(run_cli("train", "--help").stdout.split())
+    assert "--embedding-dim" in helped and "paper: 1024" in helped and "1e-5" in helped and "224" in helped

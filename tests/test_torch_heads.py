@@ -151,6 +151,10 @@ def test_fit_hierarchical_on_impc(impc_with_features):
     assert "Mean AUC" in text and "Level_3" in text and "over 2 seeds" in text
     metrics = run_metrics(store, run_id).to_pylist()
     assert {m["seed"] for m in metrics} == {0, 1} and any(m["class"] == "Level_1:Binary" for m in metrics)
+    assert {m["split"] for m in metrics} == {"train", "test"}  # training specimens' AUCs recorded too
+    train = [m for m in metrics if m["split"] == "train" and m["class"] == "Level_1:Binary"]
+    assert len(train) == 2 and report.train_aucs.shape == aucs.shape
+    assert "training specimens" in text
     predictions = run_predictions(store, run_id)
     assert predictions.num_rows > 0 and set(predictions.column("split").to_pylist()) == {"test"}
     row = run_row(store, run_id)
@@ -158,11 +162,28 @@ def test_fit_hierarchical_on_impc(impc_with_features):
     assert row["members"] == ["hierarchical"] and row["unit"] == "specimens"
 
 
-def test_hierarchical_through_fit_needs_features(impc_with_features):
+@pytest.mark.slow
+def test_hierarchical_through_fit_defaults_to_the_embedding_table_and_five_seeds(impc_with_features):
     from classifiers.fitting import FitRequest, fit
 
     store, table = impc_with_features
-    with pytest.raises(ParameterError, match="--features"):
-        fit(store, FitRequest(model="hierarchical", dataset="impc"))
+    report = fit(store, FitRequest(model="hierarchical", dataset="impc", device="cpu"))
+    lines = report.summary_lines()
+    assert report.aucs.shape[0] == 5 and "over 5 seeds" in "\n".join(lines)  # the paper's 5 seeds
+    assert lines[0].startswith("note: no --features given: using") and table in lines[0]
     report = fit(store, FitRequest(model="hierarchical", dataset="impc", features=table, seeds=1, device="cpu"))
     assert report.aucs.shape[0] == 1 and any("Mean AUC" in line for line in report.summary_lines())
+    with pytest.raises(ParameterError, match="fraction"):
+        fit(store, FitRequest(model="hierarchical", dataset="impc", features=table, test_subjects="per-class"))
+
+
+@pytest.mark.slow
+def test_hierarchical_without_any_embedding_table_says_what_to_extract(tmp_path_factory, cli):
+    from tests._demo_stores import core_copy, demo_store
+
+    bare = core_copy(demo_store(tmp_path_factory, "impc"), tmp_path_factory.mktemp("bare") / "store")
+    done = cli("fit", "hierarchical", "--dataset", "impc", store=bare)
+    assert done.returncode == 2
+    assert "--features TABLE" in done.stderr and "extract --extractor efficientnet --input multiview" in done.stderr
+    shown = cli("fit", "--help")
+    assert "hierarchical" in shown.stdout and "--compare-views" in shown.stdout

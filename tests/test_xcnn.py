@@ -80,36 +80,151 @@ def test_variant_selection():
         select_variants("sideways", None)
 
 
+def _inputs(n_subjects: int = 10, per_subject: int = 6):
+    """Fake units: ``n_subjects`` subjects alternating between two classes, ``per_subject`` units each."""
+    from classifiers.xcnn import _Inputs
+
+    subjects = np.repeat([f"m{i:02d}" for i in range(n_subjects)], per_subject).astype(object)
+    y = np.repeat(np.arange(n_subjects) % 2, per_subject)
+    labels = np.array(["pth", "wild_type"], dtype=object)[y]
+    n = len(y)
+    return _Inputs(np.array([f"k{i}" for i in range(n)], dtype=object), np.zeros((n, 1, 8, 8), np.float32), None,
+                   np.zeros(n, np.float32), subjects, labels, y)
+
+
+def test_the_validation_split_is_subject_grouped_and_disjoint_from_test():
+    from classifiers.xcnn import _seed_rows
+
+    inputs = _inputs()
+    test = frozenset({"m00", "m01"})
+    rows = _seed_rows(inputs, test, seed=0, val_fraction=0.1)
+    sides = {name: set(inputs.subjects[getattr(rows, name)].tolist()) for name in ("train", "val", "test")}
+    assert sides["test"] == test
+    assert not (sides["train"] & sides["val"]) and not (sides["val"] & sides["test"])
+    assert not (sides["train"] & sides["test"])
+    assert len(sides["val"]) == 2 and sorted(inputs.labels[rows.val][::6]) == ["pth", "wild_type"]  # one per class
+    assert sorted(np.concatenate([rows.train, rows.val, rows.test]).tolist()) == list(range(len(inputs.y)))
+    assert _seed_rows(inputs, test, seed=0, val_fraction=0.1).val_subjects == rows.val_subjects  # deterministic
+    assert len({_seed_rows(inputs, test, seed=s, val_fraction=0.1).val_subjects for s in range(6)}) > 1  # seeded
+
+
+def test_a_class_with_one_training_subject_is_not_validated():
+    from classifiers.xcnn import _seed_rows
+
+    rows = _seed_rows(_inputs(n_subjects=4), frozenset({"m00", "m01"}), seed=0, val_fraction=0.1)
+    assert len(rows.val) == 0 and len(rows.train) == 12
+
+
+def _result(label: str, balanced: list[float], accuracy: list[float] | None = None):
+    from classifiers.xcnn_table import XcnnResult, XcnnSeed
+
+    accuracy = accuracy or balanced
+    seeds = [XcnnSeed(seed=i, accuracy=a, balanced_accuracy=b, train_accuracy=0.9, val_accuracy=0.8,
+                      seconds_per_epoch=1.5, epochs_run=12 + i, best_epoch=8, n_train=400, n_val=150, n_test=150)
+             for i, (a, b) in enumerate(zip(accuracy, balanced, strict=True))]
+    return XcnnResult(label, "xcnn", "absolute", False, 73_682, 1_642_450, seeds, run_id="r1")
+
+
+def test_table_1_has_the_papers_columns_and_every_seed():
+    from classifiers.xcnn_table import format_table1
+
+    good = _result("X-CNN, abs. diff.", [0.70, 0.80, 0.90], [0.71, 0.79, 0.92])
+    bad = _result("CNN", [0.50, 0.62, 0.55])
+    text = format_table1([good, bad], epochs=30, image_size=32, patience=6)
+    header, row_good, row_bad = text.splitlines()[:3]
+    for column in ("Accuracy %", "Bal. acc. %", "per seed", ">chance", "s/epoch", "Parameters", "@501x763"):
+        assert column in header
+    assert "80.7 ± 10.6" in row_good and "80.0 ± 10.0" in row_good and "70 80 90" in row_good
+    assert " yes " in row_good and " NO " in row_bad  # 50 % balanced on seed 0 is not better than chance
+    assert "73,682" in row_good and "1,642,450" in row_good and "1.50" in row_good
+    assert "seeds 0, 1, 2" in text and "32x32" in text and "patience 6" in text
+    assert good.accuracy == pytest.approx(0.8067, abs=1e-3) and good.above_chance and not bad.above_chance
+    single = format_table1([_result("X", [0.75])], epochs=5, image_size=64)
+    assert "75.00" in single and "±" not in single.splitlines()[1]
+
+
+def test_learning_curves_are_printed_and_plotted(tmp_path):
+    from classifiers.xcnn_table import curve_image, format_curves
+
+    result = _result("X-CNN, abs. diff.", [0.8])
+    result.seeds[0].history = [{"epoch": e, "loss": 0.7 - 0.1 * e, "val_loss": 0.7 - 0.05 * e,
+                                "val_accuracy": 0.5 + 0.1 * e, "seconds": 1.0} for e in range(3)]
+    result.seeds[0].best_epoch = 2
+    lines = format_curves([result])
+    assert "0.50/0.60/70*" in lines[1] and "0.70/0.70/50 " in lines[1]
+    images = curve_image(tmp_path, {"variant": "X-CNN", "history": {"0": result.seeds[0].history}})
+    assert images and (tmp_path / images[0][0]).stat().st_size > 1000
+    assert curve_image(tmp_path, {"history": {}}) == []
+
+
+def test_training_with_validation_learns_and_keeps_the_best_epoch(tmp_store):
+    """The real training path (fit_minibatches, validation on held-out subjects, early stopping) on a
+    class visible only in the difference channel, where whole subjects are held out."""
+    from classifiers.xcnn import _Dataset, _Settings, _train_seed, _Variant
+
+    rng = np.random.default_rng(0)
+    inputs = _inputs(n_subjects=10, per_subject=24)
+    n = len(inputs.y)
+    inputs.images = rng.normal(size=(n, 1, 32, 32)).astype(np.float32)
+    inputs.diffs = rng.normal(scale=0.3, size=(n, 1, 32, 32)).astype(np.float32)
+    inputs.diffs[inputs.y == 1, :, 8:24, 8:24] += 1.0
+    settings = _Settings(epochs=8, image_size=32, batch_size=32, lr=1e-3, patience=3, val_fraction=0.2)
+    variant = _Variant("X-CNN, abs. diff.", "xcnn", "absolute", False, settings)
+    data = _Dataset("toy", None, ["pth", "wild_type"], None, None, {}, {0: frozenset({"m00", "m01"})})
+    data.recipe = type("R", (), {"canvas": (32, 32)})()
+    trained = _train_seed(None, data, variant, inputs, 0, device=torch.device("cpu"), progress=False)
+    history = trained.outcome.history
+    assert {"loss", "l2", "val_loss", "val_accuracy", "seconds"} <= set(history[0])
+    assert history[-1]["loss"] < history[0]["loss"]
+    best = min(history, key=lambda h: h["val_loss"])
+    assert trained.outcome.best_epoch == int(best["epoch"])
+    assert trained.outcome.val_accuracy == pytest.approx(best["val_accuracy"])  # the kept weights are the best
+    assert best["val_accuracy"] > 0.85
+    test_accuracy = float((trained.proba["test"].argmax(1) == inputs.y[trained.rows.test]).mean())
+    assert test_accuracy > 0.85 and trained.outcome.train_accuracy > 0.85
+
+
+@pytest.mark.slow
 def test_fit_xcnn_on_the_chronomid_demo_writes_runs(tmp_store):
     from classifiers.xcnn import fit_xcnn
     from store.ingest import ingest_dataset
-    from store.runs import list_runs, run_metrics, run_predictions
+    from store.runs import list_runs, run_metrics, run_predictions, run_row
     from store.sql import query
 
     ingest_dataset(tmp_store, "chronomid", progress=False)
-    report = fit_xcnn(tmp_store, dataset="chronomid", reference="absolute", timestamps=False, epochs=1,
-                      image_size=32, device="cpu", progress=False)
+    report = fit_xcnn(tmp_store, dataset="chronomid", reference="absolute", timestamps=False, epochs=2,
+                      image_size=40, seeds=[0, 1], device="cpu", n_boot=0, progress=False)
     results = report.results
     assert [r.label for r in results] == ["CNN", "X-CNN, abs. diff."]
     text = "\n".join(report.summary_lines())
-    assert "Accuracy %" in text and "X-CNN, abs. diff." in text and "s/epoch" in text
+    assert "Accuracy %" in text and "X-CNN, abs. diff." in text and "s/epoch" in text and "40x40" in text
+    assert "learning curves" in text and "wall time" in text
     runs = list_runs(tmp_store).to_pylist()
     assert {r["model"] for r in runs} == {"xcnn"} and len(runs) == 2
-    test_subjects = query(tmp_store, "SELECT DISTINCT subject FROM predictions").column(0).to_pylist()
-    assert len(test_subjects) == 2  # one mouse per class, as in ChronoMID
-    for result in results:
-        assert 0.0 <= result.accuracy <= 1.0 and result.parameters > 0 and result.seconds_per_epoch > 0
-        metrics = {
-            r["metric"]: r["value"] for r in run_metrics(tmp_store, result.run_id).to_pylist() if r["class"] is None
-        }
-        assert metrics["accuracy"] == pytest.approx(result.accuracy)
-        predictions = run_predictions(tmp_store, result.run_id)
-        assert predictions.num_rows == result.n_test
     labels = {
         r["subject"]: r["label"]
         for r in query(tmp_store, "SELECT subject, any_value(label) AS label FROM scans GROUP BY 1").to_pylist()
     }
-    assert sorted(labels[s] for s in test_subjects) == ["pth", "wild_type"]
+    for result in results:
+        assert [s.seed for s in result.seeds] == [0, 1]
+        assert result.parameters > 0 and result.seconds_per_epoch > 0
+        metrics = run_metrics(tmp_store, result.run_id).to_pylist()
+        overall = {(r["split"], r["seed"], r["metric"]): r["value"] for r in metrics if r["class"] is None}
+        for seed in (0, 1):
+            assert {(split, seed, "accuracy") for split in ("train", "val", "test")} <= set(overall)
+            assert overall[("test", seed, "accuracy")] == pytest.approx(result.seeds[seed].accuracy)
+        row = run_row(tmp_store, result.run_id)
+        assert row["config"]["params"]["image_size"] == 40
+        config = row["config"]
+        assert set(config["history"]) == {"0", "1"} and "val_loss" in config["history"]["0"][0]
+        for seed in ("0", "1"):
+            split = config["splits"][seed]
+            assert len(split["test_subjects"]) == 2 and len(split["val_subjects"]) == 2
+            assert not set(split["val_subjects"]) & set(split["test_subjects"])
+            assert sorted(labels[s] for s in split["test_subjects"]) == ["pth", "wild_type"]
+            assert sorted(labels[s] for s in split["val_subjects"]) == ["pth", "wild_type"]
+        predictions = run_predictions(tmp_store, result.run_id)
+        assert predictions.num_rows == sum(s.n_test for s in result.seeds)
     pairs_run = next(r for r in results if r.arch == "xcnn")
     keys = set(run_predictions(tmp_store, pairs_run.run_id).column("key").to_pylist())
     assert keys <= set(
@@ -122,9 +237,13 @@ def test_xcnn_is_a_registered_model_with_checked_parameters():
 
     assert "xcnn" in list_models()
     with pytest.raises(ParameterError, match="'epochs' parameter of fit xcnn"):
-        create_model("xcnn", epochs=0)
+        create_model("xcnn", epochs=0).validate_params()
     with pytest.raises(ParameterError, match="'reference'"):
-        create_model("xcnn", reference="sideways")
+        create_model("xcnn", reference="sideways").validate_params()
+    with pytest.raises(ParameterError, match="'image_size' parameter of fit xcnn"):
+        create_model("xcnn", image_size=8).validate_params()
+    with pytest.raises(ParameterError, match="'patience'"):
+        create_model("xcnn", patience=-1).validate_params()
 
 
 def test_fit_xcnn_through_the_fit_dispatch_applies_its_defaults(monkeypatch, tmp_store):
@@ -134,11 +253,23 @@ def test_fit_xcnn_through_the_fit_dispatch_applies_its_defaults(monkeypatch, tmp
     calls = []
     monkeypatch.setattr(xcnn, "fit_xcnn", lambda store, **options: calls.append(options) or "report")
     assert fit(tmp_store, FitRequest(model="xcnn")) == "report"
-    assert calls[-1] == {"dataset": "chronomid", "reference": None, "timestamps": None, "epochs": 10, "seed": 0,
-                         "device": "auto", "image_size": 64, "batch_size": 32, "lr": 1e-3, "progress": True}
+    assert calls[-1] == {"dataset": "chronomid", "reference": None, "timestamps": None, "epochs": 30, "seeds": [0],
+                         "device": "auto", "image_size": 32, "batch_size": 16, "lr": 1e-3, "patience": 6,
+                         "n_boot": 1000, "progress": True}
     fit(tmp_store, FitRequest(model="xcnn", dataset="mice", reference="relative", timestamps=True, epochs=3,
-                              device="cpu"))
-    assert {k: calls[-1][k] for k in ("dataset", "reference", "timestamps", "epochs", "device")} == {
-        "dataset": "mice", "reference": "relative", "timestamps": True, "epochs": 3, "device": "cpu"}
+                              device="cpu", seeds=3, image_size=48, patience=2))
+    assert {k: calls[-1][k] for k in ("dataset", "reference", "timestamps", "epochs", "device", "seeds",
+                                      "image_size", "patience")} == {
+        "dataset": "mice", "reference": "relative", "timestamps": True, "epochs": 3, "device": "cpu",
+        "seeds": [0, 1, 2], "image_size": 48, "patience": 2}
     with pytest.raises(ParameterError, match="'epochs'"):
         fit(tmp_store, FitRequest(model="xcnn", epochs=-1))
+
+
+def test_the_cli_passes_image_size_and_patience_to_the_request():
+    from classifiers.request import FitRequest
+    from cli import build_parser
+
+    args = build_parser().parse_args(["fit", "xcnn", "--image-size", "48", "--patience", "3", "--seeds", "2"])
+    request = FitRequest.from_options(vars(args))
+    assert (request.image_size, request.patience, request.seeds) == (48, 3, 2)
