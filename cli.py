@@ -56,7 +56,7 @@ def cmd_ingest(args) -> int:
     store = _store(args)
     summary = ingest_dataset(
         store, args.dataset, root=args.root, layout=args.layout, workers=args.workers, retry_failed=args.retry_failed,
-        max_decoded_mb=args.max_decoded_mb,
+        max_decoded_mb=args.max_decoded_mb, self_pairs=args.self_pairs,
     )
     _announce_synthetic(store, args.dataset)
     _say(summary.summary_line())
@@ -68,6 +68,20 @@ def cmd_tables(args) -> int:
     from store.render import format_table
 
     _say(format_table(tables_overview(_store(args)), max_rows=1000, max_width=80))
+    return EXIT_OK
+
+
+def cmd_features(args) -> int:
+    from store.feature_catalog import features_overview
+    from store.render import emit_result
+
+    store = _store(args)
+    shown = emit_result(features_overview(store, dataset=args.dataset), fmt=args.format, output=args.output,
+                        max_rows=args.max_rows, store=store, max_width=60)
+    if shown.note:
+        _note(shown.note)
+    sys.stdout.write(shown.text)
+    sys.stdout.flush()
     return EXIT_OK
 
 
@@ -110,9 +124,14 @@ def cmd_extract(args) -> int:
     from features.errors import ParameterError
 
     store = _store(args)
-    engine_keys = ("func", "store", "command", "dataset", "limit", "engine", "address")
+    engine_keys = ("func", "store", "command", "dataset", "limit", "engine", "address", "config", "dump_config",
+                   "slices")
     options = {k: v for k, v in vars(args).items() if k not in engine_keys}
     extractor = build_from_options(args.extractor, options)
+    if getattr(args, "slices", None):
+        from extractors.slices import with_slices
+
+        extractor = with_slices(extractor, args.slices)
     _announce_synthetic(store, args.dataset)
     if args.engine == "ray":
         from extractors.ray_engine import run_extraction_ray
@@ -123,6 +142,7 @@ def cmd_extract(args) -> int:
             raise ParameterError("--address goes with --engine ray; drop it or add --engine ray.")
         summary = run_extraction(extractor, store, dataset=args.dataset, limit=args.limit)
     _say_lines(summary.summary_lines())
+    _dump_config(args)
     return EXIT_PARTIAL if summary.failed else EXIT_OK
 
 
@@ -152,6 +172,23 @@ def cmd_fit(args) -> int:
 
     outcome = fit(_store(args), FitRequest.from_options(vars(args)))
     _say_lines(outcome.summary_lines())
+    _dump_config(args)
+    return EXIT_OK
+
+
+def _dump_config(args) -> None:
+    """``--dump-config FILE``: write the command's effective options (after it succeeded)."""
+    if args.dump_config:
+        from store.config_files import effective_options, write_config
+
+        path = write_config(args.dump_config, args.command, effective_options(args))
+        _note(f"configuration written: {path} (run it again: python cli.py {args.command} --config {path})")
+
+
+def cmd_config(args) -> int:
+    from store.config_files import config_text
+
+    _say(config_text(_store(args), run=args.run, table=args.table, output=args.output).rstrip("\n"))
     return EXIT_OK
 
 
@@ -162,8 +199,16 @@ def cmd_train(args) -> int:
     store = _store(args)
     _announce_synthetic(store, args.dataset)
     common = dict(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device,
-                  image_size=args.image_size, lr=args.lr)
+                  image_size=args.image_size, lr=args.lr, patience=args.patience)
     common = {k: v for k, v in common.items() if v is not None}
+    if args.train_input == "volume":
+        from extractors.volume_nets import train_on_volumes
+
+        result = train_on_volumes(store, args.dataset, args.network, **common, margin=args.margin,
+                                  backbone=args.backbone, embed_dim=args.embedding_dim, volume_size=args.volume_size,
+                                  patch_size=args.patch_size, spacing=args.spacing, views=args.views)
+        _say_lines(result.summary_lines())
+        return EXIT_OK
     if args.network == "siamese":
         if args.train_input is not None or args.views is not None:
             from features.errors import ParameterError
@@ -225,6 +270,16 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def cmd_view(args) -> int:
+    from classifiers.viewer import write_view
+
+    store = _store(args)
+    _announce_synthetic(store, args.dataset)
+    _say_lines(write_view(store, args.dataset, subjects=args.subjects, reference=args.reference,
+                          runs=args.runs).summary_lines())
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from classifiers.demo import Demo
 
@@ -241,6 +296,18 @@ def cmd_reproduce(args) -> int:
     for line in run:  # each line as soon as its step is done: a reproduction takes minutes
         _say(line)
     return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from extractors.image_export import ExportSettings, export_images
+
+    store = _store(args)
+    settings = ExportSettings(kind=args.kind, bits=args.bits, size=args.size, views=args.views,
+                              overlap_only=args.overlap_only, limit=args.limit, where=args.where)
+    _announce_synthetic(store, args.dataset)
+    summary = export_images(store, args.dataset, settings, args.out)
+    _say_lines(summary.summary_lines())
+    return EXIT_PARTIAL if summary.failures else EXIT_OK
 
 
 def cmd_test(args) -> int:
@@ -267,6 +334,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line grammar (no side effects)."""
+    from store.config_files import CONFIG_COMMANDS, add_config_options  # no pyarrow: cheap at parser time
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--store", default=None, help="feature store directory (default $CHRONOFEAT_STORE or ./featurestore)"
@@ -284,12 +353,40 @@ def build_parser() -> argparse.ArgumentParser:
             name, parents=[common], help=help_text, description=help_text, formatter_class=_HelpFormatter
         )
         p.set_defaults(func=func)
+        if name in CONFIG_COMMANDS:  # extract, fit: --config FILE / --dump-config FILE
+            add_config_options(p)
         return p
 
     for add_command in (_add_demo_and_test, _add_ingest, _add_store_commands, _add_sql, _add_extract, _add_weights,
-                        _add_fit, _add_train_and_transfer, _add_predict_and_runs):
+                        _add_fit, _add_train_and_transfer, _add_predict_and_runs, _add_export):
         add_command(add, common)
     return parser
+
+
+def _add_export(add, common) -> None:
+    p = add("export", cmd_export, "write images as the extractors see them (PNG + CSV index) for other tools")
+    esub = p.add_subparsers(dest="export_command", required=True, metavar="WHAT")
+    e = esub.add_parser("images", parents=[common], formatter_class=_HelpFormatter,
+                        help="scans, padded scans, difference images or multiview composites as PNG files",
+                        description="Write <out>/<kind>/<id>.png and <out>/<kind>/index.csv (written last; value = "
+                                    "offset + scale * pixel). A rerun skips files already exported (resume).")
+    e.add_argument("--dataset", required=True)
+    e.add_argument("--kind", required=True, choices=["image", "padded", "difference", "multiview"],
+                   help="image: scan by the intensity policy; padded: on the dataset canvas; difference: pair "
+                        "difference (registered); multiview: specimen composite")
+    e.add_argument("--out", required=True, help="export folder (outside the store and the dataset's source folder)")
+    e.add_argument("--bits", type=int, default=8, choices=[8, 16],
+                   help="8: intensity policy applied (default); 16: raw stored values (image, padded) or the "
+                        "difference quantised to 16 bits")
+    e.add_argument("--size", type=int, default=None,
+                   help="resample to SIZE x SIZE keeping the aspect ratio (the network input; multiview default 224)")
+    e.add_argument("--where", default=None,
+                   help="SQL condition over the scans (image, padded), pairs (difference) or specimen columns, "
+                        "e.g. \"label = 'pth' AND time_index >= 2\"")
+    e.add_argument("--limit", type=int, default=None, help="export at most N images")
+    e.add_argument("--views", default=None, help="multiview: DV, LAT or DV,LAT (the composite, default)")
+    e.add_argument("--overlap-only", action="store_true",
+                   help="difference: 0 where either scan is canvas padding (register before padding)")
 
 
 def _add_demo_and_test(add, common) -> None:
@@ -326,10 +423,21 @@ def _add_ingest(add, common) -> None:
     p.add_argument("--max-decoded-mb", type=float, default=None,
                    help="largest decoded size of one file, in MiB of float32 frames; bigger files are recorded in "
                         "failures, not decoded (default 1024, or $CHRONOFEAT_MAX_DECODED_MB)")
+    p.add_argument("--self-pairs", default=None, action=argparse.BooleanOptionalAction,
+                   help="pair each subject's first time point with itself (interval 0); default: only when the "
+                        "dataset has repeated time points, so single-time-point images make no pairs")
 
 
 def _add_store_commands(add, common) -> None:
     add("tables", cmd_tables, "list the store's tables with row counts and columns")
+
+    p = add("features", cmd_features,
+            "logical features (what --features names resolve to) with their variant tables, rows and provenance")
+    p.add_argument("--dataset", default=None, help="only tables with rows for this dataset; marks the default variant")
+    p.add_argument("--format", default=None, choices=["table", "csv", "json", "parquet"],
+                   help="table on the terminal; with --output the file's suffix decides (.csv, .json, .parquet)")
+    p.add_argument("--output", default=None, help="write the whole list to this file (outside the store)")
+    p.add_argument("--max-rows", type=int, default=200, help="rows printed to the terminal (0 = all; default 200)")
 
     p = add("show", cmd_show, "one table's schema, provenance and first rows")
     p.add_argument("table")
@@ -367,11 +475,16 @@ def _add_extract(add, common) -> None:
     p.add_argument("--extractor", required=True, help=extractor_names)
     p.add_argument("--dataset", required=True)
     p.add_argument("--limit", type=int, default=None, help="compute at most N items in this run")
+    p.add_argument("--slices", default=None, metavar="POLICY",
+                   help="which slices of each volume: all (default), every:K, central:N, mip:axial|coronal|sagittal, "
+                        "kth (ChronoMID k-th-slice pairs); each policy is its own table, recorded in provenance")
     p.add_argument("--engine", default="local", choices=["local", "ray"], help="run here (default) or on Ray Data")
     p.add_argument("--address", default=None, help="Ray cluster address (with --engine ray), e.g. auto or ray://head:10001")
     cnn = p.add_argument_group("CNN options")
     cnn.add_argument("--model", default=None, help="any timm model name (overrides the short name)")
-    cnn.add_argument("--input", default=None, choices=["image", "difference", "multiview"])
+    cnn.add_argument("--input", default=None, choices=["image", "difference", "multiview", "volume"],
+                     help="volume: with --extractor siamese|cae, a network from 'train ... --input volume' (one row "
+                          "per volume)")
     cnn.add_argument("--views", default=None,
                      help="DV, LAT or DV,LAT: only those views (image: their scans; multiview: the specimen's mean "
                           "DV or LAT image, DV,LAT = the composite); each choice is its own table")
@@ -517,8 +630,20 @@ def _add_train_and_transfer(add, common) -> None:
                    help="siamese: width of the FC7 embedding = of the extracted features (default 128; paper: 1024)")
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (default 1e-3, Adam; the spine paper: 1e-5 for the Siamese network)")
-    p.add_argument("--input", dest="train_input", default=None, choices=["image", "multiview"],
-                   help="cae: scans (default) or one input per specimen: the IMPC multiview composite")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop after N epochs without a better validation loss (default siamese 8, cae 5; 0: never)")
+    p.add_argument("--input", dest="train_input", default=None, choices=["image", "multiview", "volume"],
+                   help="cae: scans (default) or one input per specimen: the IMPC multiview composite; siamese|cae: "
+                        "volume = 3-D networks on the 'volumes' table")
+    p.add_argument("--volume-size", type=int, default=None,
+                   help="--input volume: side of the cube every volume is resampled into, in [32, 512] divisible by "
+                        "16 (default 32)")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="--input volume: train on random PATCH^3 patches and describe a volume by the mean over a "
+                        "sliding grid (stride PATCH/2); default: patches only when the cube exceeds 64^3 voxels")
+    p.add_argument("--spacing", type=float, default=None,
+                   help="--input volume: isotropic voxel size in mm (default: the dataset's largest extent / "
+                        "--volume-size)")
     p.add_argument("--views", default=None,
                    help="cae with --input multiview: DV or LAT (the specimen's mean image of that view) or DV,LAT "
                         "(the composite; default)")
@@ -552,9 +677,22 @@ def _add_predict_and_runs(add, common) -> None:
     p = add("runs", cmd_runs, "list fitted runs")
     p.add_argument("--limit", type=int, default=50)
 
+    p = add("config", cmd_config, "the options a fit run or a feature table was made with, as a --config file")
+    chosen = p.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--run", default=None, help="a run id (or a unique prefix), see 'runs'")
+    chosen.add_argument("--table", default=None, help="a feature table written by 'extract'")
+    p.add_argument("--output", default=None, help="write it to this .toml/.yaml file (default: print TOML)")
+
     p = add("report", cmd_report, "write an HTML report with plots for a run")
     p.add_argument("run")
     p.add_argument("--output", default=None, help="folder for the report (default: inside the store)")
+
+    p = add("view", cmd_view, "write a static HTML browser of a dataset into the store: subject timelines, pairs "
+            "with difference images, filters by label, split and a run's right/wrong predictions")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--subjects", type=int, default=None, help="show only the first N subjects (default all)")
+    p.add_argument("--reference", default=None, help="show only pairs of this reference mode (default all)")
+    p.add_argument("--runs", type=int, default=10, help="latest runs of the dataset offered by the prediction filter")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -564,11 +702,14 @@ def main(argv: list[str] | None = None) -> int:
     to do), 3 internal error (the traceback goes to the store's ``logs/``, one line says where),
     130 interrupted, 141 the reader of our output went away (``| head``).
     """
-    args = build_parser().parse_args(argv)
+    from store.config_files import parse_command_line, recording_options
+
+    args = parse_command_line(build_parser(), argv)  # with --config FILE: the file's options as defaults
     from features.errors import ChronofeatError
 
     try:
-        return args.func(args)
+        with recording_options(args):  # runs and feature tables record the effective options
+            return args.func(args)
     except ChronofeatError as exc:
         _note(f"error: {exc}")
         return EXIT_ERROR

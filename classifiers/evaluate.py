@@ -406,6 +406,7 @@ def _run_config(plan: FitPlan, design: Design, fits: _Fits, splits: dict[int, Se
         "n_boot": plan.n_boot, "classes": design.classes, "multilabel": design.multilabel,
         "columns": {k: list(v) for k, v in design.columns.items()},
         "notes": plan.notes + design.notes + sorted(fits.notes),
+        "feature_resolution": plan.resolutions,
         "test_subjects": {str(seed): len(set(design.subjects[s.test].tolist())) for seed, s in splits.items()},
         "dev": next(iter(splits.values())).dev if splits else "cv",
         "search_metric": plan.search_metric or default_search_metric(design.multilabel),

@@ -386,24 +386,25 @@ def default_features(store, dataset: str) -> tuple[str, str]:
     """The feature table ``fit hierarchical`` uses without ``--features``, and a note saying so.
 
     The dataset's specimen tables of the multiview composite first, then any specimen embedding table,
-    then any per-scan embedding table (``classifiers.profiles`` order of backbones). ``ParameterError``
-    naming the commands that make one when the dataset has none.
+    then any per-scan embedding table (``classifiers.profiles`` order of backbones), by logical feature
+    name (``store.feature_catalog``: never a random-weights table). ``ParameterError`` naming the commands
+    that make one when the dataset has none.
     """
-    from classifiers.profiles import resolve_candidate
-    from store.featureset import datasets_with_features, feature_tables
+    from classifiers.profiles import choose_default
+    from store.feature_catalog import FeatureCatalog
 
-    ours = set(datasets_with_features(store).get(dataset, []))
-    tables = {name: info for name, info in feature_tables(store).items() if name in ours}
+    catalog = FeatureCatalog(store, dataset)
     for candidates, unit in ((("*multiview*", "{embedding}"), "specimens"), (("{embedding}",), "scans")):
-        found, _ = resolve_candidate(candidates, tables, unit)
+        found, _, resolutions = choose_default(candidates, catalog, unit)
         if found is not None:
             name = found.tables[0]
             return name, (f"note: no --features given: using {name!r} (the {unit[:-1]} embedding table of "
-                          f"{dataset!r}; pass --features TABLE to choose another).")
+                          f"{dataset!r}: {resolutions[0][0].sentence()}; pass --features TABLE to choose another).")
     raise ParameterError(
-        f"fit hierarchical needs --features TABLE, and dataset {dataset!r} has no embedding table to default to. "
+        f"fit hierarchical needs --features TABLE, and dataset {dataset!r} has no embedding table to default to "
+        "(random-weights tables are used only when named with --features). "
         f"Make one, e.g. 'python cli.py extract --extractor efficientnet --input multiview --dataset {dataset}' "
-        "(add --weights random offline), or 'python cli.py train cae --input multiview --dataset "
+        "(weights imported with 'cli.py weights import'), or 'python cli.py train cae --input multiview --dataset "
         f"{dataset}' then 'extract --extractor cae --input multiview --artifact ID'; or run the whole "
         f"comparison: 'fit hierarchical --dataset {dataset} --compare-views cae'."
     )

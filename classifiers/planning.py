@@ -14,12 +14,13 @@ import re
 from dataclasses import dataclass, field
 
 from classifiers._registry import create_model, is_ensemble, learns_from_features, list_models, model_class
-from classifiers.profiles import Profile, TargetSpec, profile_for, resolve_candidate, resolve_target
+from classifiers.profiles import Profile, TargetSpec, choose_default, profile_for, resolve_target
 from classifiers.request import FitRequest
 from classifiers.search import SEARCH_LEVELS, SEARCH_METRICS
 from features.errors import DatasetError, EvaluationError, ParameterError, TableNotFoundError, is_int
 from features.sets import FeatureSet, extend_feature_set, parse_feature_set
 from features.splits import PER_CLASS_FRACTION
+from store.feature_catalog import FeatureCatalog
 from store.featureset import datasets_with_features, feature_tables
 from store.layout import Store
 from store.provenance import canonical_json
@@ -78,6 +79,7 @@ class FitPlan:
     test_list_source: str = "listed in --test-subjects"  # where test_subject_list came from, as the plan says it
     variance_threshold: float | None = None  # None: the models' default (0: constant columns only)
     search_metric: str | None = None  # None: macro F1 (multi-label: mean per-label AUC)
+    resolutions: list[str] = field(default_factory=list)  # which table each feature name resolved to, and why
 
     @property
     def ensemble(self) -> bool:
@@ -308,47 +310,56 @@ def _unit_of(feature_set: FeatureSet, tables: dict) -> str:
     return units.pop() if units else "scans"
 
 
-def _check_exists(feature_set: FeatureSet, tables: dict, where: str) -> None:
-    for table in feature_set.tables:
-        if table not in tables:
-            known = ", ".join(sorted(tables)) or "none yet"
-            raise TableNotFoundError(
-                f"{where} names feature table {table!r}, which does not exist (feature tables: {known}). Run "
-                f"'python cli.py extract --extractor ... --dataset ...' to compute it, or name an existing table."
-            )
-
-
 class _MemberPlanner:
     """Chooses each member's feature set: ``--members`` / ``--features`` when given, else the profile's
-    default among this dataset's tables (a member without one is left out, with a note)."""
+    default among this dataset's tables (a member without one is left out, with a note). Every name is
+    resolved through ``store.feature_catalog`` (logical name or exact table); ``resolutions`` says how."""
 
-    def __init__(self, profile: Profile, dataset: str, features: str | None, tables: dict) -> None:
-        self.profile, self.dataset, self.features, self.tables = profile, dataset, features, tables
-        self.ours = {n: i for n, i in tables.items() if not i.datasets or dataset in i.datasets}
+    def __init__(self, profile: Profile, dataset: str, features: str | None, catalog: FeatureCatalog) -> None:
+        self.profile, self.dataset, self.features, self.catalog = profile, dataset, features, catalog
         self.explicit = features is not None and not str(features).strip().startswith("+")
-        self.unit_hint = _unit_of(parse_feature_set(features), tables) if self.explicit else profile.unit
+        self.resolutions: dict[str, None] = {}
+        self.explicit_set = self._resolve(parse_feature_set(features)) if self.explicit else None
+        self.unit_hint = _unit_of(self.explicit_set, catalog.tables) if self.explicit else profile.unit
         self.notes: list[str] = []
+
+    def _resolve(self, feature_set: FeatureSet) -> FeatureSet:
+        resolved, found = self.catalog.resolve_set(feature_set)
+        for resolution, term in zip(found, feature_set.terms, strict=True):
+            self.resolutions[resolution.sentence(term.mode)] = None
+        return resolved
 
     def plan(self, name: str, model: str, member_features: str | None) -> MemberPlan | None:
         """The plan of member ``name`` (model ``model``), or None when it is left out (see ``notes``)."""
         params = self.profile.params_for(model)
         if member_features is not None:
-            fs = parse_feature_set(member_features)
-            _check_exists(fs, self.tables, f"--members {model}={member_features}")
-            return MemberPlan(name, model, fs, params, "--members")
+            return MemberPlan(name, model, self._resolve(parse_feature_set(member_features)), params, "--members")
         if self.explicit:
-            fs = parse_feature_set(self.features)
-            _check_exists(fs, self.tables, f"--features {self.features}")
-            return MemberPlan(name, model, fs, params, "--features")
-        fs, why = resolve_candidate(self.profile.features_for(model), self.ours, self.unit_hint)
+            return MemberPlan(name, model, self.explicit_set, params, "--features")
+        candidates = self.profile.features_for(model)
+        fs, why, found = choose_default(candidates, self.catalog, self.unit_hint)
         if fs is None:
-            self.notes.append(f"left out member {name}: {why}; compute that table (python cli.py extract ... --dataset "
-                              f"{self.dataset}) to include it")
+            self.notes.append(f"left out member {name}: {why}{_random_only(self.catalog, candidates)}; compute that "
+                              f"table (python cli.py extract ... --dataset {self.dataset}) to include it")
             return None
-        if self.features is not None:  # '+time' style: extends the default
-            fs = extend_feature_set(fs, self.features)
-            _check_exists(fs, self.tables, f"--features {self.features}")
+        for resolution, mode in found:
+            self.resolutions[resolution.sentence(mode)] = None
+        if self.features is not None:  # '+time' style: extends the default; only the added names are resolved
+            extended = extend_feature_set(fs, self.features)
+            added = extended.terms[len(fs.terms):]
+            added = self._resolve(FeatureSet(added)).terms if added else ()
+            fs = FeatureSet(tuple(dict.fromkeys(fs.terms + added)), extended.time)
         return MemberPlan(name, model, fs, params, "profile default" + (f" {self.features}" if self.features else ""))
+
+
+def _random_only(catalog: FeatureCatalog, candidates: tuple[str, ...]) -> str:
+    """Words naming the random-weights tables of the candidates' logical names (never chosen implicitly)."""
+    names = {t.strip().partition(":")[0] for c in candidates for t in c.split("+")}
+    tables = sorted(v.table for n in names for v in catalog.variants_of(n) if v.random)
+    if not tables:
+        return ""
+    return (f" ({', '.join(tables)} {'has' if len(tables) == 1 else 'have'} random weights, used only when named, "
+            "e.g. --features TABLE:diff)")
 
 
 def _member_specs(request: FitRequest, profile: Profile, dataset: str) -> list[tuple[str, str | None]]:
@@ -364,11 +375,12 @@ def _member_specs(request: FitRequest, profile: Profile, dataset: str) -> list[t
 
 
 def _plan_members(
-    request: FitRequest, profile: Profile, dataset: str, tables: dict
-) -> tuple[list[MemberPlan], list[str]]:
-    """(the members to fit, notes on members left out); ``TableNotFoundError`` when none is left."""
+    request: FitRequest, profile: Profile, dataset: str, catalog: FeatureCatalog
+) -> tuple[list[MemberPlan], list[str], list[str]]:
+    """(the members to fit, notes on members left out, resolution sentences); ``TableNotFoundError`` when
+    none is left."""
     specs = _member_specs(request, profile, dataset)
-    planner = _MemberPlanner(profile, dataset, request.features, tables)
+    planner = _MemberPlanner(profile, dataset, request.features, catalog)
     planned: list[MemberPlan] = []
     counts: dict[str, int] = {}
     for model, member_features in specs:
@@ -383,7 +395,7 @@ def _plan_members(
             + f". Run the extraction first (python cli.py extract --extractor ... --dataset {dataset}), or name "
             "existing tables with --features / --members."
         )
-    return planned, planner.notes
+    return planned, planner.notes, list(planner.resolutions)
 
 
 def _with_device(planned: list[MemberPlan], device: str) -> list[MemberPlan]:
@@ -450,7 +462,7 @@ def plan_fit(store: Store, request: FitRequest | str, **options) -> FitPlan:
     profile = profile_for(dataset)
     target = resolve_target(profile, request.target)
     tables = feature_tables(store)
-    planned, notes = _plan_members(request, profile, dataset, tables)
+    planned, notes, resolutions = _plan_members(request, profile, dataset, FeatureCatalog(store, dataset, tables))
     if request.device is not None:
         planned = _with_device(planned, request.device)
     if request.variance_threshold is not None:
@@ -466,6 +478,7 @@ def plan_fit(store: Store, request: FitRequest | str, **options) -> FitPlan:
         augment=bool(request.augment), model_params=_ensemble_params(request, planned), notes=notes,
         n_boot=int(request.n_boot), test_subject_list=rule.subjects,
         variance_threshold=request.variance_threshold, search_metric=request.search_metric,
+        resolutions=resolutions,
     )
     from classifiers.leakage import guard_network_subjects  # never judge on subjects a feature network saw
 
@@ -534,6 +547,7 @@ def describe_plan(plan: FitPlan, dataset_reason: str | None = None, *, dev: str 
     for m in plan.members:
         params = f" {canonical_json(m.params)}" if m.params else ""
         lines.append(f"  {m.name:<{width}}  {m.model:<13} on {m.feature_set}  [{m.source}]{params}")
+    lines += [f"features: {sentence}" for sentence in plan.resolutions]
     lines += [f"NOTE: {note}" for note in plan.notes]
     lines.append(f"splits: {_split_text(plan)}; {_evaluation_text(plan, dev)}")
     if plan.variance_threshold is not None:

@@ -4,8 +4,10 @@ A profile says what the paper behind a dataset did (CRMO: pairs, logistic on the
 difference + SVM and naive Bayes on the BoVW concatenation, voting; ChronoMID: scans, one mouse per
 class held out, the integer week as a feature; IMPC: specimens, level-wise targets, 5 seeds; spine:
 disc grade per scan in ``label``). Any other dataset gets the generic profile. Default feature sets are written as
-candidates: an exact table name, a glob (``*bovw*``) or ``{embedding}`` / ``{histogram}`` (any feature
-table with that column); the first candidate that exists for the dataset is used.
+candidates: a logical feature name (``inception_v3``: whichever pretrained variant the store holds, e.g.
+``inception_v3_bf16``; see ``store.feature_catalog``), a glob over logical names (``*bovw*``) or
+``{embedding}`` / ``{histogram}`` (any logical feature with that column); the first candidate that exists
+for the dataset is used. Random-weights tables are never chosen here.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ __all__ = [
     "Profile",
     "PROFILES",
     "profile_for",
-    "resolve_candidate",
+    "choose_default",
     "resolve_target",
 ]
 
@@ -196,12 +198,20 @@ def profile_for(dataset: str, *, unit: str = "scans") -> Profile:
     )
 
 
-def _match_table(pattern: str, tables: dict, key: str) -> str | None:
-    """The feature table a candidate table ``pattern`` means, among ``tables`` keyed by ``key``."""
-    usable = {name: info for name, info in tables.items() if info.key == key}
+def _logical_columns(catalog, key: str) -> dict:
+    """Logical feature -> the columns of its non-random variants keyed by ``key`` with rows for the dataset."""
+    usable: dict = {}
+    for logical in catalog.logical():
+        for variant in catalog.variants_of(logical, key=key):
+            if not variant.random:
+                usable.setdefault(logical, set()).update(catalog.tables[variant.table].columns)
+    return usable
+
+
+def _match_name(pattern: str, usable: dict) -> str | None:
+    """The logical feature a candidate ``pattern`` means among ``usable`` (name -> columns)."""
     if pattern.startswith("{") and pattern.endswith("}"):
-        column = pattern[1:-1]
-        names = sorted(n for n, info in usable.items() if column in info.columns)
+        names = sorted(n for n, columns in usable.items() if pattern[1:-1] in columns)
         for prefix in PREFERRED_EMBEDDINGS:
             for name in names:
                 if name.startswith(prefix):
@@ -213,28 +223,37 @@ def _match_table(pattern: str, tables: dict, key: str) -> str | None:
     return pattern if pattern in usable else None
 
 
-def resolve_candidate(candidates: tuple[str, ...], tables: dict, unit: str) -> tuple[FeatureSet | None, str]:
-    """The first candidate whose tables all exist (``tables``: name -> FeatureTableInfo) for ``unit``.
+def choose_default(candidates: tuple[str, ...], catalog, unit: str) -> tuple[FeatureSet | None, str, list]:
+    """The first candidate whose logical features all resolve in ``catalog`` (a ``FeatureCatalog`` of the dataset).
 
-    Returns (feature set, "") or (None, reason naming what was looked for).
+    Returns (feature set of table names, "", resolutions) or (None, reason naming what was looked for, []).
+    An ambiguous logical name raises ``AmbiguousNameError`` listing its tables.
     """
+    from features.errors import TableNotFoundError
+
     unit_key = {"scans": "scan_id", "pairs": "pair_id", "specimens": "specimen_id"}[unit]
     for candidate in candidates:
-        resolved = []
+        resolved, resolutions = [], []
         for token in candidate.split("+"):
             token = token.strip()
             if token == "time":
                 resolved.append(token)
                 continue
             pattern, sep, mode = token.partition(":")
-            name = _match_table(pattern, tables, "scan_id" if mode else unit_key)
-            if name is None:
+            key = "scan_id" if mode else unit_key
+            name = _match_name(pattern, _logical_columns(catalog, key))
+            try:
+                found = catalog.resolve(name, key=key) if name is not None else None
+            except TableNotFoundError:
+                found = None
+            if found is None:
                 break
-            resolved.append(f"{name}{sep}{mode}")
+            resolved.append(f"{found.table}{sep}{mode}")
+            resolutions.append((found, mode or None))
         else:
-            return parse_feature_set("+".join(resolved)), ""
+            return parse_feature_set("+".join(resolved)), "", resolutions
     wanted = " or ".join(c.replace("{", "any table with column '").replace("}", "'") for c in candidates)
-    return None, f"no feature table for it ({wanted})"
+    return None, f"no feature table for it ({wanted})", []
 
 
 def resolve_target(profile: Profile, text: str | None) -> TargetSpec:

@@ -288,6 +288,9 @@ def write_report(store: Store, run_id: str, out_dir: str | Path | None = None) -
     from classifiers.gradcam_report import gradcam_section  # Grad-CAM maps of worst/best units ('' if none)
 
     extra = gradcam_section(store, run.row, run.predictions, directory)
+    from classifiers.report_look import look_sections  # embedding maps, worst/best thumbnails, link to 'view'
+
+    extra += look_sections(store, run.row, run.predictions, directory)
     path = directory / "index.html"
     path.write_text(_page(run, images).replace("</body>", f"{extra}</body>"), encoding="utf-8")
     return path

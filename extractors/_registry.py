@@ -16,8 +16,10 @@ EXTRACTORS = Registry("extractor", builtin_modules=(
     "extractors.cnn",
     "extractors.bovw",
     "extractors.diffstats",
+    "extractors.diffstats3d",
     "extractors.siamese",
     "extractors.cae",
+    "extractors.volume_nets",
 ))
 
 

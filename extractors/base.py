@@ -147,6 +147,11 @@ class Extractor(BaseEstimator):
         return {}
 
     # --- work ------------------------------------------------------------------------------
+    def for_dataset(self, store: Store, dataset: str) -> Extractor:
+        """The extractor that serves ``dataset`` (the runner asks first): ``self``, unless a family adapts
+        to the kind of data the dataset holds (``diffstats`` on volume pairs gives ``diffstats3d``)."""
+        return self
+
     def units(self, store: Store, dataset: str) -> pa.Table:
         """Work units of ``dataset``: key column, ``source_sha256`` and whatever ``transform`` needs."""
         raise NotImplementedError

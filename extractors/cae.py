@@ -25,7 +25,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from extractors._registry import register_cli_alias, register_extractor
+from extractors._registry import build_from_options, register_cli_alias, register_extractor
 from extractors.siamese import (
     SiameseEmbedding,
     TrainingScans,
@@ -383,6 +383,8 @@ def _cae_from_cli(options: dict) -> CAEFeatures:
     image|multiview`` (multiview for a network from ``train cae --input multiview``)."""
     options = dict(options or {})
     chosen = options.pop("input", None)
+    if chosen == "volume":  # a network from 'train cae --input volume': extractors.volume_nets
+        return build_from_options("cae_volume", options)
     if chosen not in (None, "image", "multiview"):
         raise ParameterError(f"extract --extractor cae takes --input image or multiview; got {chosen!r}.")
     if options.get("views") is not None:

@@ -185,6 +185,20 @@ class DiffStats(Extractor):
     def units(self, store: Store, dataset: str) -> pa.Table:
         return pair_units(store, dataset, self.reference)
 
+    def for_dataset(self, store: Store, dataset: str) -> Extractor:
+        """``diffstats3d`` (``extractors.diffstats3d``) with this ``reference``, ``n_bins`` and ``k_sigmas``
+        for a dataset that has volume pairs (its 2-D slice pairs are for ``extract --slices``), else ``self``."""
+        from extractors.diffstats3d import DiffStats3D, has_volume_pairs
+
+        if not has_volume_pairs(store, dataset, self.reference):
+            return self
+        if not self.register or self.rigid or self.upsample != 20:
+            raise ParameterError(
+                f"Dataset {dataset!r} holds 3-D pairs: they are always registered (rigidly, by SimpleITK), "
+                "so 'register', 'rigid' and 'upsample' do not apply; use diffstats3d's parameters instead."
+            )
+        return DiffStats3D(reference=self.reference, n_bins=self.n_bins, k_sigmas=tuple(self.k_sigmas))
+
     def transform(self, store: Store, pending: pa.Table) -> Iterator[ExtractedBatch]:
         root = str(store.root)
         options = {

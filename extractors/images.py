@@ -133,12 +133,18 @@ class ImageLoader:
                 self._cache.popitem(last=False)
         return pixels
 
+    def raw(self, row: dict) -> np.ndarray:
+        """The scan's stored pixel values, greyscale float32 (a copy the caller may change)."""
+        return self._raw(row).copy()
+
+    def unit(self, row: dict) -> np.ndarray:
+        """The scan in [0, 1] by the intensity policy, at its own size."""
+        center, width = row.get("window_center"), row.get("window_width")
+        return to_unit_range(self._raw(row), window_center=center, window_width=width)
+
     def unit_canvas(self, row: dict) -> np.ndarray:
         """The scan in [0, 1], centred on the canvas."""
-        unit = to_unit_range(
-            self._raw(row), window_center=row.get("window_center"), window_width=row.get("window_width")
-        )
-        return pad_to_canvas(unit, self.recipe.canvas)
+        return pad_to_canvas(self.unit(row), self.recipe.canvas)
 
     def image(self, row: dict) -> np.ndarray:
         """The scan as a ``(size, size)`` float32 network input."""
@@ -147,6 +153,11 @@ class ImageLoader:
 
     def difference(self, reference: dict, comparison: dict, *, is_first: bool) -> np.ndarray:
         """``comparison - registered reference`` in the comparison's unit scale, ``(size, size)``."""
+        size = self.recipe.size
+        return resize(self.difference_canvas(reference, comparison, is_first=is_first), (size, size), keep_aspect=True)
+
+    def difference_canvas(self, reference: dict, comparison: dict, *, is_first: bool) -> np.ndarray:
+        """``comparison - registered reference`` in the comparison's unit scale, on the canvas (before resizing)."""
         cmp_raw = self._raw(comparison)
         low, high = _linear_range(cmp_raw, comparison.get("window_center"), comparison.get("window_width"))
         scale = 1.0 / (high - low) if high > low else 1.0
@@ -159,8 +170,7 @@ class ImageLoader:
             ref_raw = self._raw(reference)
             ref_unit = pad_to_canvas(np.clip((ref_raw - low) * scale, 0.0, 1.0).astype(np.float32), self.recipe.canvas)
             diff, _ = difference_image(ref_unit, cmp_unit, upsample=self.upsample)
-        size = self.recipe.size
-        return resize(diff, (size, size), keep_aspect=True)
+        return diff
 
     def _overlap_difference(self, ref_raw: np.ndarray, cmp_raw: np.ndarray, low: float, scale: float) -> np.ndarray:
         """The difference on the canvas where both scans hold data, 0 elsewhere: the scans are registered

@@ -7,6 +7,8 @@
   embedding (vertebral level), seed 001 section 2.
 - ``ConvAutoencoder``: encoder to a small latent map, decoder back to the image (MSE), seed 003 4.2.
 - ``ClassifierNet``: a backbone plus a fully connected head (transfer experiments).
+- for volumes (``extractors.nets3d``): ``build_backbone("small3d")`` (``SmallCNN3d``) and the family
+  ``cae3d`` (``ConvAutoencoder3d``).
 
 ``network_to_bytes`` / ``network_from_bytes`` serialise a network with the configuration that rebuilds
 it (a plain dict), for artifacts of kind ``networks``.
@@ -19,6 +21,7 @@ import io
 import torch
 from torch import nn
 
+from extractors.nets3d import ConvAutoencoder3d, SmallCNN3d
 from features.errors import ParameterError, WeightsError
 
 __all__ = [
@@ -90,11 +93,14 @@ class _TimmBackbone(nn.Module):
 
 
 def build_backbone(name: str, in_chans: int = 1) -> nn.Module:
-    """The backbone called ``name``: ``"small"`` (``SmallCNN``) or any timm model, randomly initialised."""
+    """The backbone called ``name``: ``"small"`` (``SmallCNN``), ``"small3d"`` (``SmallCNN3d``, for volumes)
+    or any timm model, randomly initialised."""
     if not isinstance(name, str) or not name:
         raise ParameterError(f"The 'backbone' parameter must be 'small' or a timm model name. Got {name!r} instead.")
     if name == "small":
         return SmallCNN(in_chans)
+    if name == "small3d":
+        return SmallCNN3d(in_chans)
     return _TimmBackbone(name, in_chans)
 
 
@@ -176,7 +182,7 @@ class ClassifierNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-_FAMILIES = {"siamese": SiameseNet, "cae": ConvAutoencoder, "classifier": ClassifierNet}
+_FAMILIES = {"siamese": SiameseNet, "cae": ConvAutoencoder, "cae3d": ConvAutoencoder3d, "classifier": ClassifierNet}
 
 
 def build_network(config: dict) -> nn.Module:

@@ -545,6 +545,7 @@ def run_extraction_ray(
     ``$CHRONOFEAT_FLUSH_SECONDS``, else 30), as by the local engine.
     """
     started = time.perf_counter()
+    extractor = extractor.for_dataset(store, dataset)
     settings = _RunSettings(dataset, limit, rows_per_part, flush_interval(flush_seconds), progress, block_rows)
     if not _identity_needs_cluster(extractor):  # nothing to do: answer without starting Ray
         work = find_pending(extractor, store, dataset, limit=limit)

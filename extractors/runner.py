@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from extractors.base import ExtractedBatch, Extractor
 from features.errors import ParameterError, StoreError
+from store.command_options import recorded_options
 from store.failures import Failure, open_failures, record_failures, resolve_failures
 from store.layout import Store
 from store.provenance import part_metadata
@@ -169,8 +170,10 @@ def find_pending(extractor: Extractor, store: Store, dataset: str, *, limit: int
 def extraction_metadata(extractor: Extractor, dataset: str, *, provenance: dict | None = None) -> dict[str, str]:
     """Key-value metadata of every part an extraction of ``dataset`` writes (both engines use it).
 
-    ``provenance`` replaces ``extractor.provenance()`` (call it after ``prepare``) when given.
+    ``provenance`` replaces ``extractor.provenance()`` (call it after ``prepare``) when given. Under
+    ``cli.py extract`` the command's effective options go in ``chronofeat.cli`` (``cli.py config --table``).
     """
+    recorded = recorded_options()
     return part_metadata(
         producer=f"extractor:{extractor.name}",
         params=extractor.config(),
@@ -179,6 +182,7 @@ def extraction_metadata(extractor: Extractor, dataset: str, *, provenance: dict 
             "key": extractor.key_column(),
             "dataset": dataset,
             **(extractor.provenance() if provenance is None else provenance),
+            **({"cli": recorded} if recorded is not None else {}),
         },
     )
 
@@ -281,6 +285,7 @@ def run_extraction(
     what is still missing.
     """
     started = time.perf_counter()
+    extractor = extractor.for_dataset(store, dataset)
     table = extractor.table_name()
     key = extractor.key_column()
     flush_every = flush_interval(flush_seconds)

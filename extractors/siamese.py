@@ -23,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from extractors._registry import register_cli_alias, register_extractor
+from extractors._registry import build_from_options, register_cli_alias, register_extractor
 from extractors.base import ExtractedBatch, Extractor
 from features.errors import DatasetError, ParameterError, check_param, is_int
 from store.failures import Failure
@@ -168,9 +168,11 @@ def load_network_artifact(store, ref: str, *, family: str):
     artifact = find_artifact(store, NETWORK_KIND, ref)
     config, model = network_from_bytes(artifact.path.read_bytes(), what=f"network artifact {artifact.short}")
     if config.get("family") != family:
+        hint = " (a network trained with --input volume: extract it with --input volume)" if (
+            config.get("input") == "volume") else ""
         raise ParameterError(
-            f"Artifact {artifact.short} is a {config.get('family')!r} network, not a {family!r} one; give the id "
-            f"printed by 'train {family}'."
+            f"Artifact {artifact.short} is a {config.get('family')!r} network, not a {family!r} one{hint}; give the "
+            f"id printed by 'train {family}'."
         )
     return artifact, config, model
 
@@ -527,19 +529,29 @@ class _SiameseTraining:
         if len(side.pairs) == 0:
             return {"loss": float("nan"), "auc": float("nan"), "aux_accuracy": float("nan")}
         margin, same = self.settings.margin, side.same
-        emb = _embed(self.model, self.images, self.device, batch_size=256)
+        emb = self.embeddings()
         distance = np.sqrt(((emb[side.pairs[:, 0]] - emb[side.pairs[:, 1]]) ** 2).sum(axis=1))
         contrast = np.mean(same * distance**2 + (1 - same) * np.clip(margin - distance, 0, None) ** 2)
         auc = roc_auc_score(same, -distance) if 0 < same.sum() < len(same) else float("nan")
         result = {"loss": float(contrast), "auc": float(auc), "aux_accuracy": float("nan"), "total": float(contrast)}
         if self.task.n_aux and len(side.rows):
             codes = self.task.codes[side.rows]
-            logits = _aux_logits(self.model, self.images[torch.from_numpy(side.rows).to(self.device)], self.device)
+            logits = self.aux_logits(side.rows)
             result["aux_accuracy"] = float((logits.argmax(1) == codes).mean())
             aux = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(codes),
                                                     weight=self.aux_weights.cpu())
             result["total"] += self.settings.aux_weight * float(aux)
         return result
+
+    def embeddings(self) -> np.ndarray:
+        """FC7 embeddings of every input (eval mode), ``(N, embed_dim)`` float32."""
+        return _embed(self.model, self.images, self.device, batch_size=256)
+
+    def aux_logits(self, rows: np.ndarray) -> np.ndarray:
+        """Auxiliary (FC8) logits of the inputs ``rows`` as a float32 array."""
+        import torch
+
+        return _aux_logits(self.model, self.images[torch.from_numpy(rows).to(self.device)], self.device)
 
     def validate(self, epoch: int) -> dict:
         judged = self.judge(self.task.val)
@@ -693,6 +705,9 @@ class SiameseEmbedding(Extractor):
 
         self.device_ = select_device(self.device)
         artifact, config, model = load_network_artifact(store, self.artifact, family=self.family)
+        if config.get("input") == "volume":
+            raise ParameterError(f"Network artifact {artifact.short} was trained on volumes; extract it with "
+                                 f"--input volume (one row per volume).")
         self.artifact_, self.config_ = artifact, config
         self.model_ = model.to(self.device_).eval()
         recipe = ImageRecipe.from_dict(config["recipe"])
@@ -766,6 +781,8 @@ def build_from_cli(cls):
     """A CLI-alias builder for ``cls``: takes ``artifact``, ``device``, ``batch_size``; rejects the rest."""
 
     def builder(options: dict):
+        if options.get("input") == "volume":  # a network from 'train ... --input volume': extractors.volume_nets
+            return build_from_options(f"{cls.family}_volume", options)
         given = {k: v for k, v in dict(options).items() if v not in (None, False) and k not in _RUNTIME_OPTIONS}
         if given:
             raise ParameterError(

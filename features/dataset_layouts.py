@@ -14,7 +14,9 @@ slices are ordered by ``slice`` (then frame, then path); the k-th slice of one t
 the k-th of the other, stopping when either runs out (ChronoMID). ``absolute`` compares each time
 point with the group's first, ``relative`` with the previous available one (missing time points are
 skipped, never interpolated). The first time point's slices pair with themselves in both modes
-(``interval_days`` 0). A slice left without a partner in some mode counts as unpaired.
+(``interval_days`` 0) -- but only in a dataset with a time course (some group seen at two or more time
+points, ``has_time_course``) or on request (``self_pairs=True``): images of single time points make no
+pairs at all. A slice left without a partner in some mode counts as unpaired.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "scan_id",
     "pair_id",
     "time_index_from_days",
+    "has_time_course",
     "longitudinal_pairs",
     "given_pairs",
 ]
@@ -56,7 +59,7 @@ class GivenPair:
     comparison_path: str
     label: str | None
 
-DEMO_DATASETS = ("crmo", "chronomid", "impc", "spine")
+DEMO_DATASETS = ("crmo", "chronomid", "impc", "spine", "tibia3d")
 OTHER_VIEW = "other"
 # Projection and plane codes: DICOM ViewPosition defined terms (AP, PA, LL, RL, ...), mammography views,
 # veterinary projections (DV, VD, LAT) and the imaging planes series descriptions name.
@@ -93,12 +96,13 @@ class Layout:
     dicom_only: bool = True
     constant_time_index: int | None = None
     views: tuple[str, ...] = VIEW_TERMS
+    volumes: bool = False  # index NIfTI files and DICOM series as volumes (store.volume_index)
 
 
 LAYOUTS: dict[str, Layout] = {
     "generic": Layout(
         "generic", "auto", ("ViewPosition", "SeriesDescription"), pair_modes=("absolute", "relative"),
-        given_pairs="optional", dicom_only=False,
+        given_pairs="optional", dicom_only=False, volumes=True,
     ),
     "crmo": Layout("crmo", "week", ("ViewPosition",), given_pairs="required"),
     "chronomid": Layout(
@@ -109,6 +113,10 @@ LAYOUTS: dict[str, Layout] = {
         constant_time_index=0,
     ),
     "spine": Layout("spine", "day", ("ViewPosition",), pair_modes=("absolute", "relative"), match_columns=("level",)),
+    "tibia3d": Layout(
+        "tibia3d", "week", (), pair_modes=("absolute", "relative"), pair_label="subject", dicom_only=False,
+        volumes=True,
+    ),
 }
 
 
@@ -198,22 +206,41 @@ def _subject_labels(scans: Sequence[dict]) -> dict[str, str | None]:
     return subject_majority_labels([scan["subject"] for scan in scans], [scan.get("label") for scan in scans])
 
 
-def longitudinal_pairs(scans: Sequence[dict], layout: Layout, dataset: str) -> tuple[list[dict], int]:
-    """Absolute/relative pair rows of ``scans`` under ``layout`` and the number of unpaired slices.
-
-    ``scans`` are dicts with scan_id, subject, time_index, days_from_baseline, view, slice, frame, path,
-    label and the layout's match columns. Scans without a time index are not paired. The count is of
-    distinct scans after their subject's first time point that lack a partner in at least one mode.
-    """
-    if not layout.pair_modes:
-        return [], 0
-    labels = _subject_labels(scans) if layout.pair_label == "subject" else {}
+def _time_groups(scans: Sequence[dict], layout: Layout) -> dict[tuple, dict[int, list[dict]]]:
+    """Scans with a time index by (subject, view, match columns), then by time index."""
     groups: dict[tuple, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for scan in scans:
         if scan.get("time_index") is None:
             continue
         key = (scan["subject"], scan.get("view") or "") + tuple(str(scan.get(c)) for c in layout.match_columns)
         groups[key][scan["time_index"]].append(scan)
+    return groups
+
+
+def has_time_course(scans: Sequence[dict], layout: Layout) -> bool:
+    """Whether some subject (within one view and the layout's match columns) has scans at two or more
+    distinct time indices: only then do longitudinal pairs, self-pairs included, exist by default."""
+    return any(len(by_time) > 1 for by_time in _time_groups(scans, layout).values())
+
+
+def longitudinal_pairs(
+    scans: Sequence[dict], layout: Layout, dataset: str, *, self_pairs: bool | None = None
+) -> tuple[list[dict], int]:
+    """Absolute/relative pair rows of ``scans`` under ``layout`` and the number of unpaired slices.
+
+    ``scans`` are dicts with scan_id, subject, time_index, days_from_baseline, view, slice, frame, path,
+    label and the layout's match columns. Scans without a time index are not paired. The count is of
+    distinct scans after their subject's first time point that lack a partner in at least one mode.
+    ``self_pairs``: whether each group's first time point pairs with itself (``interval_days`` 0);
+    ``None`` (default) means only when the dataset has a time course (``has_time_course``), so a
+    dataset of single time points gets no pairs.
+    """
+    if not layout.pair_modes:
+        return [], 0
+    labels = _subject_labels(scans) if layout.pair_label == "subject" else {}
+    groups = _time_groups(scans, layout)
+    if self_pairs is None:
+        self_pairs = any(len(by_time) > 1 for by_time in groups.values())
 
     def label_of(scan: dict):
         return labels.get(scan["subject"]) if layout.pair_label == "subject" else scan.get("label")
@@ -225,7 +252,7 @@ def longitudinal_pairs(scans: Sequence[dict], layout: Layout, dataset: str) -> t
         times = sorted(by_time)
         volumes = {t: sorted(by_time[t], key=_slice_order) for t in times}
         first = volumes[times[0]]
-        for scan in first:
+        for scan in first if self_pairs else ():
             for mode in layout.pair_modes:
                 pairs.append(_pair(dataset, scan, scan, mode, label_of(scan), self_pair=True))
         for position in range(1, len(times)):

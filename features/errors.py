@@ -15,6 +15,7 @@ __all__ = [
     "DecodeError",
     "StoreError",
     "TableNotFoundError",
+    "AmbiguousNameError",
     "ConfigMismatchError",
     "DamagedPartError",
     "SecretMismatchError",
@@ -52,6 +53,10 @@ class StoreError(ChronofeatError, OSError):
 
 class TableNotFoundError(StoreError, LookupError):
     """A table was asked for that the store does not hold."""
+
+
+class AmbiguousNameError(ChronofeatError, LookupError):
+    """A feature name fits several stored tables equally well; the message lists them to choose from."""
 
 
 class ConfigMismatchError(StoreError):

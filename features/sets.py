@@ -10,7 +10,9 @@ A feature set is written ``TERM+TERM+...`` (``,`` works as ``+``); a term is ``T
 - ``time`` — the integer time index (weeks/days, never normalised) as one more feature (ChronoMID).
 
 Text starting with ``+`` (``+time``) extends a default feature set rather than replacing it.
-The loading side (which rows, which pixels are current) is ``store.featureset``.
+A TABLE may also be a logical feature name (``inception_v3`` for ``inception_v3_bf16``); which table it
+means is decided by ``store.feature_catalog`` before loading. The loading side (which rows, which pixels
+are current) is ``store.featureset``.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ __all__ = [
 ]
 
 PAIR_MODES = ("diff", "absdiff", "concat", "reference", "comparison")
-KEY_COLUMNS = ("scan_id", "pair_id", "specimen_id")
-UNIT_OF_KEY = {"scan_id": "scans", "pair_id": "pairs", "specimen_id": "specimens"}
+KEY_COLUMNS = ("scan_id", "pair_id", "specimen_id", "volume_id")
+UNIT_OF_KEY = {"scan_id": "scans", "pair_id": "pairs", "specimen_id": "specimens", "volume_id": "volumes"}
 _TABLE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _SYNTAX = (
     "Write a feature set as TERM+TERM+..., each TERM a table name, TABLE:MODE (MODE one of "

@@ -46,6 +46,7 @@ from store.units import (
     unit_sql,
     with_source_sha256,
 )
+from store.volumes import volume_pair_label_units
 
 __all__ = [
     "RESERVED_TABLES",
@@ -60,7 +61,8 @@ __all__ = [
     "unit_key",
 ]
 
-RESERVED_TABLES = frozenset({"scans", "pairs", "failures", "datasets", "runs", "metrics", "predictions"})
+RESERVED_TABLES = frozenset({"scans", "pairs", "failures", "datasets", "runs", "metrics", "predictions", "volumes",
+                             "volume_pairs"})
 UNITS = UNIT_KINDS
 _KEY_OF_UNIT = {unit: key for key, unit in UNIT_OF_KEY.items()}
 
@@ -158,7 +160,7 @@ _SCAN_CORE = frozenset({"scan_id", "pixel_sha256", "dataset", "subject", "time_i
 
 
 def _require_tables(store: Store, dataset: str, unit: str) -> None:
-    needed = "pairs" if unit == "pairs" else "scans"
+    needed = {"pairs": "pairs", "volumes": "volumes"}.get(unit, "scans")
     for table in ("scans", needed):
         if not table_exists(store, table):
             raise DatasetError(
@@ -183,8 +185,9 @@ def _pair_label_units(con, store: Store, dataset: str, reference_mode: str | Non
     select = (f"p.pair_id AS key, p.* {exclude} {select_shared}, "
               f"r.pixel_sha256 AS ref_pixel_sha256, c.pixel_sha256 AS cmp_pixel_sha256 {select_extra}")
     sql = unit_sql("pairs", select, by_mode=bool(reference_mode), order="p.subject, p.time_index NULLS LAST, p.pair_id")
-    units = read_units(con, sql, [dataset] + ([reference_mode] if reference_mode else []))
-    return with_source_sha256(units, "pairs")
+    units = with_source_sha256(read_units(con, sql, [dataset] + ([reference_mode] if reference_mode else [])), "pairs")
+    volume_pairs = volume_pair_label_units(store, dataset, reference_mode)  # 3-D pairs (store.volumes) too
+    return pa.concat_tables([units, volume_pairs], promote_options="default") if volume_pairs.num_rows else units
 
 
 def _specimen_label_units(con, store: Store, dataset: str, reference_mode: str | None) -> pa.Table:
@@ -194,7 +197,14 @@ def _specimen_label_units(con, store: Store, dataset: str, reference_mode: str |
     return with_source_sha256(units, "specimens")
 
 
-_LABEL_UNITS = {"scans": _scan_label_units, "pairs": _pair_label_units, "specimens": _specimen_label_units}
+def _volume_label_units(con, store: Store, dataset: str, reference_mode: str | None) -> pa.Table:
+    sql = unit_sql("volumes", "volume_id AS key, pixel_sha256 AS source_sha256, *",
+                   order="subject, time_index NULLS LAST, volume_id")
+    return read_units(con, sql, [dataset])
+
+
+_LABEL_UNITS = {"scans": _scan_label_units, "pairs": _pair_label_units, "specimens": _specimen_label_units,
+                "volumes": _volume_label_units}
 
 
 def load_units(store: Store, dataset: str, unit: str, *, reference_mode: str | None = None) -> pa.Table:

@@ -66,12 +66,14 @@ from features.dataset_layouts import (
     default_layout,
     get_layout,
     given_pairs,
+    has_time_course,
     longitudinal_pairs,
     pair_id,
     scan_id,
 )
 from features.errors import ChronofeatError, DatasetError, check_param
 from store._frame_hasher import FrameHasher
+from store.bids import read_bids_tree
 from store.cores import usable_cores
 from store.digest import keyed_sha256
 from store.failures import Failure, open_failures, record_failures, resolve_failures
@@ -94,6 +96,8 @@ from store.pseudonym import Pseudonymizer, redact
 from store.schema import DATASETS, PAIRS_CORE
 from store.secret import SECRET_FINGERPRINT_KEY, load_secret, secret_fingerprint
 from store.tables import read_table, replace_table, table_exists, table_lock, write_part
+from store.volume_index import VolumeIndex, index_volumes, record_volume_failures
+from store.volumes import VOLUME_PAIRS, VOLUME_PAIRS_TABLE, VOLUMES, VOLUMES_TABLE
 
 __all__ = ["IngestSummary", "INDEX_SCHEMA", "IndexLocation", "ingest_dataset", "index_location", "DEFAULT_CHUNK_SIZE"]
 
@@ -150,6 +154,7 @@ class IngestSummary:
     pairs_rows: int
     unpaired_slices: int
     seconds: float
+    pairs_note: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -162,7 +167,7 @@ class IngestSummary:
         line = (
             f"ingest {self.dataset} [{self.layout}{demo}]: {self.files} files, {self.ingested} ingested, "
             f"{self.skipped} already present, {self.failed} failed; scans {self.scans_rows} rows, pairs "
-            f"{self.pairs_rows} rows, {self.unpaired_slices} unpaired slices; {self.seconds:.1f}s"
+            f"{self.pairs_rows} rows, {self.unpaired_slices} unpaired slices{self.pairs_note}; {self.seconds:.1f}s"
         )
         if self.failed:
             line += (
@@ -556,6 +561,14 @@ def _replace_dataset_rows(store: Store, name: str, dataset: str, new: pa.Table, 
     return new.num_rows
 
 
+def _write_volumes(store: Store, dataset: str, volumes: VolumeIndex, metadata: dict[str, str]) -> None:
+    """Make ``volumes`` the dataset's rows of ``volumes`` and ``volume_pairs`` (caller holds the tables lock)."""
+    _replace_dataset_rows(store, VOLUMES_TABLE, dataset, pa.Table.from_pylist(volumes.volumes, schema=VOLUMES),
+                          metadata)
+    _replace_dataset_rows(store, VOLUME_PAIRS_TABLE, dataset, pa.Table.from_pylist(volumes.pairs, schema=VOLUME_PAIRS),
+                          metadata)
+
+
 def _given_key(file_key, given: GivenPair) -> str:
     return pair_id(file_key(given.reference_path), file_key(given.comparison_path), "given-unresolved")
 
@@ -741,7 +754,7 @@ def _resolve_fixed(run: _Run, items: list[InputFile], state: _IndexState, ingest
     failed = state.failed_table
     gone = {
         key for key, stage in zip(failed.column("key").to_pylist(), failed.column("stage").to_pylist(), strict=True)
-        if stage != "ingest:pairs" and key not in listed_keys
+        if stage not in ("ingest:pairs", "ingest:volume") and key not in listed_keys
     }
     fixed = (ingested_keys & state.failed_before) | gone
     if fixed:
@@ -771,11 +784,23 @@ class _Written(NamedTuple):
     pairs_rows: int
     unpaired: int
     bad_pairs: int
+    pairs_note: str = ""
+
+
+def _self_pairs_note(spec: Layout, time_course: bool, self_pairs: bool | None) -> str:
+    """What the summary line says about self-pairs when they are not the default of a time course."""
+    if not spec.pair_modes:
+        return ""
+    if time_course:
+        return " (no self-pairs, on request)" if self_pairs is False else ""
+    if self_pairs:
+        return " (no repeated time points; self-pairs on request: each image paired with itself)"
+    return " (no repeated time points: no pairs; --self-pairs pairs each image with itself)"
 
 
 def _derive_and_write(
     run: _Run, index_rows: list[dict], spec: Layout, manifest: Manifest | None, given: list[GivenPair] | None,
-    source: _Source,
+    source: _Source, self_pairs: bool | None = None,
 ) -> _Written:
     """Derive ``scans`` and ``pairs`` from the index and replace the dataset's rows (and its ``datasets`` row)."""
     manifest_by_key = {run.file_key(p): entry for p, entry in manifest.rows.items()} if manifest else {}
@@ -783,7 +808,12 @@ def _derive_and_write(
         index_rows, dataset=run.dataset, layout=spec, manifest=manifest, pseudonyms=Pseudonymizer(run.secret),
         manifest_by_key=manifest_by_key,
     )
-    pair_rows, unpaired = longitudinal_pairs(derived.scans, spec, run.dataset)
+    volumes = VolumeIndex()
+    if spec.volumes:  # before the scans are written: member slices get their volume_id
+        volumes = index_volumes(derived.scans, index_rows, folder=source.folder, secret=run.secret,
+                                dataset=run.dataset, layout=spec, self_pairs=self_pairs)
+    pair_rows, unpaired = longitudinal_pairs(derived.scans, spec, run.dataset, self_pairs=self_pairs)
+    note = _self_pairs_note(spec, has_time_course(derived.scans, spec), self_pairs)
     unresolved: list[GivenPair] = []
     if given is not None:
         given_rows, unresolved = given_pairs(derived.scans, given, run.dataset, file_key=run.file_key)
@@ -796,9 +826,13 @@ def _derive_and_write(
         scans_rows = _replace_dataset_rows(store, "scans", dataset, scans_table(derived.scans, manifest), metadata)
         pairs_table = pa.Table.from_pylist(pair_rows, schema=PAIRS_CORE)
         pairs_rows = _replace_dataset_rows(store, "pairs", dataset, pairs_table, metadata)
+        _write_volumes(store, dataset, volumes, metadata)
         _write_dataset_row(store, dataset, source.folder, spec.name, source.synthetic, derived.time_unit, metadata)
     bad_pairs = _given_failures(store, dataset, unresolved, run.file_key)
-    return _Written(scans_rows, pairs_rows, unpaired, bad_pairs)
+    bad_pairs += record_volume_failures(store, dataset, volumes.failures, producer=PRODUCER)
+    if volumes.volumes:
+        note += f"; volumes {len(volumes.volumes)} rows, volume_pairs {len(volumes.pairs)} rows"
+    return _Written(scans_rows, pairs_rows, unpaired, bad_pairs, note)
 
 
 # ------------------------------------------------------------------------------------------ public
@@ -815,6 +849,7 @@ def ingest_dataset(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     retry_failed: bool = False,
     max_decoded_mb: float | None = None,
+    self_pairs: bool | None = None,
 ) -> IngestSummary:
     """Ingest the folder ``root`` as ``dataset`` with ``layout``; build ``scans`` (and ``pairs``).
 
@@ -826,7 +861,8 @@ def ingest_dataset(
     failed (unless ``retry_failed``; a retried file that now decodes has its failure marked resolved),
     are not read again. Unreadable inputs go to ``failures`` and the run goes on; so do files whose
     frames would exceed ``max_decoded_mb`` MiB as float32 (``None``: ``store.limits``' budget).
-    Progress (files/s) goes to stderr.
+    Progress (files/s) goes to stderr. ``self_pairs``: whether each subject's first time point pairs with
+    itself; ``None`` (default): only when the dataset has repeated time points (``has_time_course``).
     """
     started = time.perf_counter()
     _check_dataset_name(dataset)
@@ -835,13 +871,18 @@ def ingest_dataset(
         "ingest", "chunk_size", chunk_size, kind="an int in [1, inf)",
         ok=isinstance(chunk_size, int) and chunk_size >= 1,
     )
+    check_param("ingest", "self_pairs", self_pairs, kind="True, False or None",
+                ok=self_pairs is None or isinstance(self_pairs, bool))
     budget = max_decoded_bytes(max_decoded_mb)
     spec = get_layout(layout or default_layout(dataset))
     source = _locate_source(store, dataset, root, progress=progress)
     manifest = read_manifest(source.manifest, list_columns=spec.list_columns) if source.manifest else None
+    bids = read_bids_tree(source.folder) if manifest is None else None  # sub-*/ses-*/anat/*.nii.gz
+    manifest = bids.manifest if bids is not None else manifest
     given = _read_given_pairs(spec, source.folder)
     secret = load_secret(store)
-    items = list_inputs(source.folder, spec, manifest, source.manifest, secret=secret, dataset=dataset)
+    items = list_inputs(source.folder, spec, manifest, source.manifest, secret=secret, dataset=dataset,
+                        not_inputs=bids.not_inputs if bids is not None else frozenset())
     run = _Run(store, dataset, secret, *index_location(store, dataset))
 
     # Everything from here on holds the dataset's lock: what is pending is decided, decoded, written and
@@ -856,7 +897,7 @@ def ingest_dataset(
         _resolve_fixed(run, items, state, ingested_keys)
         index_rows = _current_index_rows(run, items, state.paths)
         _redact_recorded(store, dataset, state.paths)
-        written = _derive_and_write(run, index_rows, spec, manifest, given, source)
+        written = _derive_and_write(run, index_rows, spec, manifest, given, source, self_pairs)
 
     present = {row["file_key"] for row in index_rows}
     return IngestSummary(
@@ -872,4 +913,5 @@ def ingest_dataset(
         pairs_rows=written.pairs_rows,
         unpaired_slices=written.unpaired,
         seconds=time.perf_counter() - started,
+        pairs_note=written.pairs_note,
     )

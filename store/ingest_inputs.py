@@ -166,11 +166,13 @@ def walk_inputs(root: Path, dicom_only: bool, skip: set[str]) -> Iterator[tuple[
 
 
 def list_inputs(
-    root: Path, layout: Layout, manifest: Manifest | None, manifest_file: Path | None, *, secret: bytes, dataset: str
+    root: Path, layout: Layout, manifest: Manifest | None, manifest_file: Path | None, *, secret: bytes, dataset: str,
+    not_inputs: frozenset[str] = frozenset(),
 ) -> list[InputFile]:
-    """Every input, sorted by path: entries in the folder (hidden ones and the CSVs excluded; only
-    ``*.dcm`` for the DICOM layouts) plus every path the manifest lists. Nothing is opened."""
-    skip = {MANIFEST_NAME, PAIRS_NAME}
+    """Every input, sorted by path: entries in the folder (hidden ones, the CSVs and the relative paths in
+    ``not_inputs``, e.g. a BIDS tree's sidecars, excluded; only ``*.dcm`` for the DICOM layouts) plus every
+    path the manifest lists. Nothing is opened."""
+    skip = {MANIFEST_NAME, PAIRS_NAME, *not_inputs}
     if manifest_file is not None and manifest_file.parent == root:
         skip.add(manifest_file.name)
     found = dict(walk_inputs(root, layout.dicom_only, skip))

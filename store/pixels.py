@@ -33,8 +33,10 @@ from store.digest import (
 )
 from store.images import image_kind, read_image
 from store.layout import Store
+from store.nifti import read_nifti, sniff_nifti
 from store.paths import PathResolver, check_relative
 from store.secret import load_secret
+from store.volumes import MIP_PREFIX, derived_frames
 
 __all__ = [
     "DecodedFile",
@@ -74,18 +76,19 @@ class FileContents:
 
 
 def sniff_kind(path: str | Path) -> str:
-    """``dicom``, ``png``, ``jpeg``, ``tiff`` or ``npy`` from the file's first bytes, else ``unknown``."""
+    """``dicom``, ``png``, ``jpeg``, ``tiff``, ``npy`` or ``nifti`` from the file's first bytes, else ``unknown``."""
     with open_regular(path, label=Path(path).name) as handle:
         head = handle.read(_SNIFF_BYTES)
-    if is_dicom_bytes(head):
-        return "dicom"
-    return image_kind(head) or "unknown"
+        if is_dicom_bytes(head):
+            return "dicom"
+        handle.seek(0)
+        return image_kind(head) or ("nifti" if sniff_nifti(handle) else "unknown")
 
 
 def _not_an_image(label: str) -> DecodeError:
     return DecodeError(
         f"{label}: not a DICOM file (no 'DICM' marker after the 128-byte preamble) and not a "
-        "PNG/NPY/TIFF image. Convert it, or move it out of the dataset folder."
+        "PNG/NPY/TIFF/NIfTI image. Convert it, or move it out of the dataset folder."
     )
 
 
@@ -97,6 +100,8 @@ def _sniffed(path: str | Path, label: str):
         head = handle.read(_SNIFF_BYTES)
         handle.seek(0)
         kind = "dicom" if is_dicom_bytes(head) else image_kind(head)
+        if kind is None and sniff_nifti(handle):
+            kind = "nifti"
         if kind is None:
             raise _not_an_image(label)
         yield handle, kind
@@ -115,6 +120,9 @@ def decode_file(path: str | Path, *, name: str | None = None, max_bytes: int | N
         if kind == "dicom":
             image = read_dicom(handle, name=label, max_bytes=max_bytes)
             return DecodedFile(kind=kind, frames=image.frames, header=image.header)
+        if kind == "nifti":  # one frame per (z) slice of the volume
+            volume = read_nifti(handle, name=label, max_bytes=max_bytes)
+            return DecodedFile(kind=kind, frames=volume.array.astype(np.float32, copy=False))
         return DecodedFile(kind=kind, frames=read_image(handle, kind, name=label, max_bytes=max_bytes))
 
 
@@ -133,7 +141,10 @@ def read_contents(
         if kind == "dicom":
             found = read_dicom_contents(handle, name=label, defer_pixels=defer_pixels, max_bytes=max_bytes)
             return FileContents(kind=kind, shape=found.shape, contents=found.contents, header=found.header)
-        frames = read_image(handle, kind, name=label, max_bytes=max_bytes)
+        if kind == "nifti":
+            frames = read_nifti(handle, name=label, max_bytes=max_bytes).array.astype(np.float32, copy=False)
+        else:
+            frames = read_image(handle, kind, name=label, max_bytes=max_bytes)
         return FileContents(kind=kind, shape=tuple(frames.shape), contents=[float_content(f) for f in frames])
 
 
@@ -191,6 +202,8 @@ class PixelReader:
         """Every frame of the file at stored path ``path`` (relative to the dataset root), ``(n, H, W[, 3])``."""
         if path == self._cached_path and self._cached_frames is not None:
             return self._cached_frames
+        if path.startswith(MIP_PREFIX):  # a derived image (slice policy mip:PLANE): computed from its volume
+            return derived_frames(self.store, path)
         decoded = decode_file(self._resolver.resolve(path), name=path)
         if decoded.frames.shape[0] > 1:
             self._cached_path, self._cached_frames = path, decoded.frames

@@ -196,11 +196,16 @@ class RunRecorder:
               model_meta: Mapping[str, Any] | None = None) -> Artifact:
         """Write the model, metrics, predictions and last the ``runs`` row (see ``write_run``).
 
-        ``config`` is stored as canonical JSON; ``timings`` (seconds) gains ``total`` since the recorder
+        ``config`` is stored as canonical JSON, with the effective options of the command being run under
+        ``cli`` (``store.config_files.recording_options``); ``timings`` (seconds) gains ``total`` since the recorder
         was made unless given. Returns the model artifact.
         """
+        from store.command_options import recorded_options
         from store.provenance import canonical_json
 
+        config = dict(config)
+        if recorded_options() is not None:  # the command's effective options: 'cli.py config --run' writes them out
+            config.setdefault("cli", recorded_options())
         hashes = dict(feature_hashes or {})
         spent = {k: float(v) for k, v in (timings or {}).items()}
         spent.setdefault("total", time.perf_counter() - self.started)

@@ -31,6 +31,8 @@ SCANS_CORE = pa.schema(
         ("view", pa.string()),  # a coded view (DV, LAT, AP...), 'other' for an uncoded header value, or ''
         ("slice", pa.int32()),  # InstanceNumber / manifest slice; frame number for multi-frame files
         ("frame", pa.int32()),  # frame within a multi-frame file, else 0
+        ("volume_id", pa.string()),  # the volume (store.volumes) this image is a slice of; null for a 2-D image
+        ("volume_slice", pa.int32()),  # 0-based index of this slice along the volume's k axis; null outside one
         # relative to the dataset root, POSIX separators; identifying or non-UTF-8 components are keyed
         # markers '[label~tag]' (store.paths) that store.pixels resolves with the secret
         ("path", pa.string()),

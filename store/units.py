@@ -31,7 +31,7 @@ __all__ = [
     "specimen_units",
 ]
 
-UNIT_KINDS = ("scans", "pairs", "specimens")
+UNIT_KINDS = ("scans", "pairs", "specimens", "volumes")
 # A specimen is one subject at one time point (all its views): its key is this hash, 32 hex characters.
 SPECIMEN_ID = "sha256(subject || chr(0) || coalesce(CAST(time_index AS VARCHAR), ''))[1:32]"
 # A scan's source hash is its pixel hash (select item for scans).
@@ -57,6 +57,8 @@ def unit_sql(unit: str, select: str, *, order: str = "", by_mode: bool = False, 
     if unit == "pairs":
         mode = " AND p.reference_mode = ?" if by_mode else ""
         return f"SELECT {select} {_PAIRS_FROM} WHERE p.dataset = ?{mode} ORDER BY {order}"
+    if unit == "volumes":  # one row per 3-D volume (store.volumes), keyed by volume_id
+        return f"SELECT {select} FROM volumes WHERE dataset = ? ORDER BY {order}"
     if unit == "specimens":
         return (
             f"SELECT {SPECIMEN_ID} AS {key}, subject, time_index, {select} FROM scans WHERE dataset = ? "

@@ -42,7 +42,7 @@ def core_copy(store, dest: Path, *, artifacts: bool = False):
     copy = open_store(dest)
     if artifacts and store.artifacts_dir.is_dir():
         shutil.copytree(store.artifacts_dir, copy.artifacts_dir, dirs_exist_ok=True)
-    for table in ("scans", "pairs", "datasets"):
+    for table in ("scans", "pairs", "datasets", "volumes", "volume_pairs"):
         source = store.tables_dir / table
         if source.is_dir():
             shutil.copytree(source, copy.tables_dir / table, ignore=shutil.ignore_patterns(".lock", ".tmp-*"))

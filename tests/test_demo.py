@@ -108,7 +108,7 @@ def _check_dicom(path: Path, *, sop_class: str, modality: str, photometric: str 
 
 
 def test_public_names_and_notices():
-    assert DEMO_NAMES == ("crmo", "chronomid", "impc", "spine")
+    assert DEMO_NAMES == ("crmo", "chronomid", "impc", "spine", "tibia3d")
     assert all(is_demo(name) for name in DEMO_NAMES)
     assert not is_demo("my_study") and not is_demo("CRMO")
     for name in DEMO_NAMES:

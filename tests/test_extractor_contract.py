@@ -66,6 +66,32 @@ def _siamese(store) -> dict:
     return {"artifact": result.artifact.short, "batch_size": 8, "device": "cpu"}
 
 
+def _volumes(store) -> None:
+    from store.ingest import ingest_dataset
+    from store.tables import read_table, table_exists
+
+    present = read_table(store, "volumes").column("dataset").to_pylist() if table_exists(store, "volumes") else []
+    if "tibia3d" not in present:
+        ingest_dataset(store, "tibia3d", progress=False)
+
+
+def _siamese_volume(store) -> dict:
+    from extractors.volume_nets import train_siamese_volumes
+
+    _volumes(store)
+    result = train_siamese_volumes(store, "tibia3d", epochs=1, embed_dim=8, seed=0, device="cpu", progress=False)
+    return {"artifact": result.artifact.short, "batch_size": 4, "device": "cpu"}
+
+
+def _cae_volume(store) -> dict:
+    from extractors.volume_nets import train_cae_volumes
+
+    _volumes(store)
+    result = train_cae_volumes(store, "tibia3d", epochs=1, patch_size=16, base=4, depth=2, latent_channels=2, seed=0,
+                               device="cpu", progress=False)
+    return {"artifact": result.artifact.short, "batch_size": 4, "device": "cpu"}
+
+
 CONTRACTS = {
     "cnn": Contract(
         "crmo",
@@ -89,6 +115,11 @@ CONTRACTS = {
     ),
     "cae": Contract("crmo", _cae, {"batch_size": 0}),
     "siamese": Contract("crmo", _siamese, {"batch_size": 0}),
+    "siamese_volume": Contract("tibia3d", _siamese_volume, {"batch_size": 0}),
+    "diffstats3d": Contract("tibia3d", lambda store: _volumes(store) or {
+        "shrink": (2, 1), "smoothing": (1.0, 0.0), "samples": 2000, "iterations": 20, "n_slabs": 2, "n_bins": 8,
+    }, {"registration": "bspline"}),
+    "cae_volume": Contract("tibia3d", _cae_volume, {"artifact": "xyz"}),
 }
 
 
@@ -245,7 +276,10 @@ def test_bad_input_raises_the_projects_errors(name, params_of, base_store, tmp_p
     extractor = create_extractor(name, **params)
     units = extractor.units(store, contract.dataset)
     broken_key = units.column(extractor.key_column())[0].as_py()
-    target = copied / _key_path(units)
+    from store.paths import PathResolver
+    from store.secret import load_secret
+
+    target = PathResolver(copied, lambda: load_secret(store)).resolve(_key_path(units))  # stored paths may be redacted
     target.write_bytes(target.read_bytes()[:200])
     try:
         summary = run_extraction(extractor, store, dataset=contract.dataset, limit=LIMIT, progress=False)
