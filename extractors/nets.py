@@ -7,8 +7,9 @@
   embedding (vertebral level), seed 001 section 2.
 - ``ConvAutoencoder``: encoder to a small latent map, decoder back to the image (MSE), seed 003 4.2.
 - ``ClassifierNet``: a backbone plus a fully connected head (transfer experiments).
-- for volumes (``extractors.nets3d``): ``build_backbone("small3d")`` (``SmallCNN3d``) and the family
-  ``cae3d`` (``ConvAutoencoder3d``).
+- for volumes: ``SmallCNN3d`` (``build_backbone("small3d")``, the spine paper's 3-D kernels) and
+  ``ConvAutoencoder3d`` (family ``cae3d``), the same blocks with ``dims=3``; patch-wise outputs are in
+  ``extractors.nets3d``.
 
 ``network_to_bytes`` / ``network_from_bytes`` serialise a network with the configuration that rebuilds
 it (a plain dict), for artifacts of kind ``networks``.
@@ -21,7 +22,6 @@ import io
 import torch
 from torch import nn
 
-from extractors.nets3d import ConvAutoencoder3d, SmallCNN3d
 from features.errors import ParameterError, WeightsError
 
 __all__ = [
@@ -29,6 +29,8 @@ __all__ = [
     "build_backbone",
     "SiameseNet",
     "ConvAutoencoder",
+    "ConvAutoencoder3d",
+    "SmallCNN3d",
     "ClassifierNet",
     "build_network",
     "network_to_bytes",
@@ -125,42 +127,86 @@ class SiameseNet(nn.Module):
         return embedding, (self.fc8(embedding) if self.fc8 is not None else None)
 
 
-def _block(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+_LAYERS = {2: (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d), 3: (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d)}
+
+
+def _block(cin: int, cout: int, dims: int = 2) -> list[nn.Module]:
+    conv, norm, _ = _LAYERS[dims]
+    return [conv(cin, cout, 3, padding=1, bias=False), norm(cout), nn.ReLU(inplace=True)]
 
 
 class ConvAutoencoder(nn.Module):
     """Encoder (``depth`` conv-pool steps, widths doubling from ``base``) to a ``latent_channels`` map
     at 1/2**depth of the input size; decoder mirrors it with upsampling and ends in a sigmoid.
 
-    Inputs are images scaled to [0, 1] with sides divisible by 2**depth.
+    Inputs are images ``(N, in_chans, H, W)`` (``dims`` 2) or volumes ``(N, in_chans, D, H, W)`` (``dims`` 3)
+    scaled to [0, 1], with sides divisible by 2**depth.
     """
 
-    def __init__(self, *, in_chans: int = 1, base: int = 16, depth: int = 3, latent_channels: int = 16):
+    def __init__(self, *, in_chans: int = 1, base: int = 16, depth: int = 3, latent_channels: int = 16,
+                 dims: int = 2):
         super().__init__()
+        conv, _, pool = _LAYERS[dims]
         widths = [base * 2**i for i in range(depth)]
         enc: list[nn.Module] = []
         previous = in_chans
         for width in widths:
-            enc += _block(previous, width) + [nn.MaxPool2d(2)]
+            enc += _block(previous, width, dims) + [pool(2)]
             previous = width
-        enc += [nn.Conv2d(previous, latent_channels, 3, padding=1), nn.ReLU(inplace=True)]
+        enc += [conv(previous, latent_channels, 3, padding=1), nn.ReLU(inplace=True)]
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = []
         previous = latent_channels
         for width in reversed(widths):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest")] + _block(previous, width)
+            dec += [nn.Upsample(scale_factor=2, mode="nearest")] + _block(previous, width, dims)
             previous = width
-        dec += [nn.Conv2d(previous, in_chans, 3, padding=1), nn.Sigmoid()]
+        dec += [conv(previous, in_chans, 3, padding=1), nn.Sigmoid()]
         self.decoder = nn.Sequential(*dec)
         self.depth = depth
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Latent map ``(N, latent_channels, H / 2**depth, W / 2**depth)``."""
+        """Latent map ``(N, latent_channels, *sides / 2**depth)``."""
         return self.encoder(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
+
+
+class SmallCNN3d(nn.Module):
+    """Conv3x3x3-BN-ReLU stages of ``widths`` channels with 2x2x2 max pooling between them, then global
+    average pooling. Input ``(N, in_chans, D, H, W)`` (sides >= 2 ** (len(widths) - 1)); output
+    ``(N, widths[-1])`` (``out_features``)."""
+
+    def __init__(self, in_chans: int = 1, widths: tuple[int, ...] = (8, 16, 32, 64)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = in_chans
+        for i, width in enumerate(widths):
+            layers += _block(previous, width, 3)
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool3d(2))
+            previous = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.out_features = previous
+        for module in self.modules():
+            if isinstance(module, nn.Conv3d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's map ``(N, widths[-1], d, h, w)`` before pooling."""
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x)).flatten(1)
+
+
+class ConvAutoencoder3d(ConvAutoencoder):
+    """``ConvAutoencoder`` for volumes ``(N, in_chans, D, H, W)`` in [0, 1] (sides divisible by 2**depth),
+    with the narrower defaults a 3-D network needs on a CPU."""
+
+    def __init__(self, *, in_chans: int = 1, base: int = 8, depth: int = 3, latent_channels: int = 8):
+        super().__init__(in_chans=in_chans, base=base, depth=depth, latent_channels=latent_channels, dims=3)
 
 
 class ClassifierNet(nn.Module):
