@@ -565,6 +565,9 @@ def _add_fit(add, common) -> None:
     p.add_argument("--variance-threshold", type=float, default=None,
                    help="drop features whose variance on the training rows is <= this, inside every fit (default 0: "
                         "constant features only); the counts kept are printed")
+    p.add_argument("--exact", action="store_true",
+                   help="svm_rbf: the exact kernel SVM at any row count (default: Nystroem approximation above "
+                        "20,000 training rows)")
     p.add_argument("--voting", default=None, choices=["soft", "hard"], help="ensemble: soft (default) or hard voting")
     p.add_argument("--member-weights", default=None,
                    help="ensemble: one weight per member in member order, e.g. 2,1,1 (default: equal)")
@@ -589,7 +592,7 @@ def _add_fit(add, common) -> None:
                    help="xcnn / finetune: most training epochs (default xcnn 30, finetune 10; early stopping on "
                         "the validation loss)")
     p.add_argument("--patience", type=int, default=None,
-                   help="xcnn / finetune: stop after N epochs without a better validation loss (default xcnn 6, "
+                   help="xcnn / finetune: stop after N epochs without a better validation loss (default xcnn 12, "
                         "finetune 5; 0: never)")
     p.add_argument("--model", dest="backbone", default=None, metavar="TIMM_NAME",
                    help="finetune: the timm network to fine-tune, e.g. efficientnet_b0, convnext_tiny")

@@ -16,8 +16,9 @@ to the full size — labelled as a trend, not a measurement.
 The models are the registered ones as ``fit`` uses them by default (``create_model(name)``: low-variance
 filter + scaling where the model uses it + the estimator); the "configuration" column says what that is:
 logistic (lbfgs, float64 internally), svm_rbf (RBF SVC, Platt-calibrated on 3 subject-grouped folds:
-3 SVC fits on 2/3 of the rows + 1 on all), xgboost (hist, n_estimators boosting rounds x 3 classes, all
-usable cores unless --device cuda) and the CRMO ensemble (logistic on one half of the columns, svm_rbf
+3 SVC fits on 2/3 of the rows + 1 on all; above 20,000 rows Nystroem (1000 components) + LinearSVC
+instead), xgboost (hist, n_estimators boosting rounds x 3 classes, all usable cores unless --device cuda)
+and the CRMO ensemble (logistic on one half of the columns, svm_rbf
 + naive Bayes on the other, soft voting). The labels are 3 classes with a weak low-rank signal (see ``synthetic``).
 
 Loading: the same 100k x 2048 (or --quick 10k x 512) FLOAT[d] table, written as the extraction runner
@@ -96,6 +97,9 @@ def describe(name: str, model, d: int) -> str:
         calibrated = model.pipeline_[-1]
         svc = calibrated.calibrated_classifiers_[0].estimator
         folds = len(calibrated.cv) if hasattr(calibrated.cv, "__len__") else calibrated.cv
+        if hasattr(svc, "nystroem_"):  # above approximate_above rows: Nystroem + linear SVM
+            return (f"Nystroem rbf ({svc.nystroem_.n_components} components, gamma {svc.gamma_:.2e}) + LinearSVC "
+                    f"C={svc.C}, Platt on {folds} grouped folds; above {model.approximate_above:,} rows (--exact: SVC)")
         return (f"SVC rbf C={svc.C} gamma={svc.gamma!r} cache {svc.cache_size:.0f} MB, Platt on {folds} grouped "
                 f"folds ({folds} fits on {folds - 1}/{folds} of the rows + 1 on all); {int(svc.n_support_.sum())} SVs")
     if name == "xgboost":

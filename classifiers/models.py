@@ -39,6 +39,7 @@ __all__ = [
     "RandomForest",
     "XGBoost",
     "KNN",
+    "NystroemSVC",
     "LowVarianceFilter",
     "Rule",
     "POSITIVE",
@@ -353,22 +354,33 @@ class SvmRbf(ChronoClassifier):
         **ChronoClassifier.param_rules, "C": POSITIVE,
         "gamma": ("'scale', 'auto' or a float in (0, inf)", lambda v: v in ("scale", "auto") or POSITIVE[1](v)),
         "class_weight": CLASS_WEIGHT, "calibration_folds": int_rule(2),
+        "approximate_above": int_rule(1), "n_components": int_rule(1),
+        "exact": ("a bool", lambda v: isinstance(v, bool)),
     }
     search_spaces = {
         "quick": {"C": [0.1, 1.0, 10.0]},
         "thorough": {"C": [0.1, 1.0, 10.0, 100.0], "gamma": ["scale", 1e-4, 1e-3, 1e-2]},
     }
 
-    def __init__(self, *, C=1.0, gamma="scale", class_weight=None, calibration_folds=3,
-                 variance_threshold=0.0, scale=True, random_state=None):
+    def __init__(self, *, C=1.0, gamma="scale", class_weight=None, calibration_folds=3, approximate_above=20000,
+                 n_components=1000, exact=False, variance_threshold=0.0, scale=True, random_state=None):
         keep_params(self, locals())
+
+    def approximates(self, n_rows: int) -> bool:
+        """True when a fit on ``n_rows`` training rows uses the Nystroem approximation (not ``exact`` and
+        more rows than ``approximate_above``)."""
+        return not self.exact and int(n_rows) > int(self.approximate_above)
 
     def _estimator(self, y, groups):
         from sklearn.calibration import CalibratedClassifierCV
         from sklearn.svm import SVC
 
-        svc = SVC(kernel="rbf", C=self.C, gamma=self.gamma, class_weight=self.class_weight,
-                  random_state=self.random_state)
+        if self.approximates(len(y)):
+            svc = NystroemSVC(C=self.C, gamma=self.gamma, n_components=self.n_components,
+                              class_weight=self.class_weight, random_state=self.random_state)
+        else:
+            svc = SVC(kernel="rbf", C=self.C, gamma=self.gamma, class_weight=self.class_weight,
+                      random_state=self.random_state)
         seed = 0 if self.random_state is None else int(self.random_state)
         folds = inner_splits(y, groups, n_splits=self.calibration_folds, seed=seed)
         if folds is None:
@@ -377,6 +389,51 @@ class SvmRbf(ChronoClassifier):
                 "Use fewer folds (--folds), hold out fewer subjects, or choose another model."
             )
         return CalibratedClassifierCV(svc, method="sigmoid", cv=folds, ensemble=False)
+
+
+class NystroemSVC(ClassifierMixin, BaseEstimator):
+    """An RBF SVM approximated for many rows: ``Nystroem`` features (``n_components`` landmark rows) and a
+    linear SVM (``LinearSVC``, hinge loss) on them; fit time grows linearly in the rows, not as rows^2.
+
+    ``gamma``: 'scale' (1 / (d * X.var()), as ``SVC``), 'auto' (1 / d) or a float; the value used is
+    ``gamma_``. Learnt: ``nystroem_``, ``svm_``, ``classes_``. ``decision_function`` feeds Platt scaling.
+    """
+
+    def __init__(self, C=1.0, gamma="scale", n_components=1000, class_weight=None, random_state=None):
+        self.C = C
+        self.gamma = gamma
+        self.n_components = n_components
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        """Learn the landmarks and the linear SVM from ``X`` (n, d) and labels ``y`` (n,); return ``self``."""
+        from sklearn.kernel_approximation import Nystroem
+        from sklearn.svm import LinearSVC
+
+        X = np.asarray(X)
+        if self.gamma == "scale":
+            variance = float(X.var())
+            self.gamma_ = 1.0 / (X.shape[1] * variance) if variance > 0 else 1.0
+        else:
+            self.gamma_ = 1.0 / X.shape[1] if self.gamma == "auto" else float(self.gamma)
+        self.nystroem_ = Nystroem(kernel="rbf", gamma=self.gamma_, n_components=min(self.n_components, len(X)),
+                                  random_state=self.random_state)
+        Z = self.nystroem_.fit_transform(X)
+        self.svm_ = LinearSVC(C=self.C, class_weight=self.class_weight, dual="auto", max_iter=5000,
+                              random_state=self.random_state).fit(Z, y)
+        self.classes_ = self.svm_.classes_
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Signed distances to the separating hyperplane(s) in Nystroem space: (n,) or (n, k)."""
+        check_is_fitted(self)
+        return self.svm_.decision_function(self.nystroem_.transform(np.asarray(X)))
+
+    def predict(self, X) -> np.ndarray:
+        """The predicted class of each row."""
+        check_is_fitted(self)
+        return self.svm_.predict(self.nystroem_.transform(np.asarray(X)))
 
 
 @register_model("naive_bayes")

@@ -467,6 +467,9 @@ def plan_fit(store: Store, request: FitRequest | str, **options) -> FitPlan:
         planned = _with_device(planned, request.device)
     if request.variance_threshold is not None:
         planned = _with_variance_threshold(planned, request.variance_threshold)
+    if request.exact:
+        planned = [MemberPlan(m.name, m.model, m.feature_set, {**m.params, "exact": True}, m.source)
+                   if m.model == "svm_rbf" else m for m in planned]
     unit = _common_unit(planned, tables)
     reference_mode = _reference_mode(store, dataset, profile, planned, tables) if unit == "pairs" else None
     rule = parse_test_subjects(request.test_subjects, profile)
@@ -527,6 +530,15 @@ def _model_text(plan: FitPlan) -> str:
     return f"{plan.model} ({'; '.join(parts)})"
 
 
+def _svm_scaling_text(member: MemberPlan) -> str:
+    """What an svm_rbf member does on many rows: the exact SVM, or above its threshold the approximation."""
+    model = build_estimator(member.model, member.params, 0)
+    if model.exact:
+        return f"{member.name}: exact RBF SVM at any row count (--exact; fit time grows as rows^2)"
+    return (f"{member.name}: above {model.approximate_above:,} training rows, Nystroem kernel approximation "
+            f"(n_components {model.n_components}) + linear SVM; --exact for the exact SVM")
+
+
 def describe_plan(plan: FitPlan, dataset_reason: str | None = None, *, dev: str | None = None) -> list[str]:
     """Lines that say what will be fitted and which defaults came from the profile.
 
@@ -549,6 +561,7 @@ def describe_plan(plan: FitPlan, dataset_reason: str | None = None, *, dev: str 
         lines.append(f"  {m.name:<{width}}  {m.model:<13} on {m.feature_set}  [{m.source}]{params}")
     lines += [f"features: {sentence}" for sentence in plan.resolutions]
     lines += [f"NOTE: {note}" for note in plan.notes]
+    lines += [_svm_scaling_text(m) for m in plan.members if m.model == "svm_rbf"]
     lines.append(f"splits: {_split_text(plan)}; {_evaluation_text(plan, dev)}")
     if plan.variance_threshold is not None:
         lines.append(f"low-variance filter: features with variance <= {plan.variance_threshold:g} on the training rows "

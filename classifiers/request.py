@@ -59,6 +59,7 @@ class FitRequest:
     batch_size: int | None = None  # finetune: minibatch size
     image_size: int | None = None  # networks trained on images: input side in pixels
     patience: int | None = None  # xcnn: early-stopping patience in epochs (0: train every epoch)
+    exact: bool = False  # svm_rbf: the exact kernel SVM at any row count (no Nystroem approximation)
     compare_views: str | None = None  # hierarchical: IMPC DV vs LAT vs multiview with this backbone (classifiers.impc)
 
     @classmethod

@@ -254,7 +254,7 @@ def test_fit_xcnn_through_the_fit_dispatch_applies_its_defaults(monkeypatch, tmp
     monkeypatch.setattr(xcnn, "fit_xcnn", lambda store, **options: calls.append(options) or "report")
     assert fit(tmp_store, FitRequest(model="xcnn")) == "report"
     assert calls[-1] == {"dataset": "chronomid", "reference": None, "timestamps": None, "epochs": 30, "seeds": [0],
-                         "device": "auto", "image_size": 32, "batch_size": 16, "lr": 1e-3, "patience": 6,
+                         "device": "auto", "image_size": 32, "batch_size": 16, "lr": 1e-3, "patience": 12,
                          "n_boot": 1000, "progress": True}
     fit(tmp_store, FitRequest(model="xcnn", dataset="mice", reference="relative", timestamps=True, epochs=3,
                               device="cpu", seeds=3, image_size=48, patience=2))
