@@ -36,6 +36,7 @@ class XcnnSeed:
     n_test: int
     resumed_from: int = 0
     history: list = field(default_factory=list)
+    refit_epochs: int = 0  # epochs of the final network on train+val (0: the validated network is final)
 
 
 @dataclass

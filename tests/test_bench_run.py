@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bench._common import PeakRSS, bench_row, format_table, machine_details
-from bench.run import QUICK, Context, run_stage_here, stage_cnn_gpu
+from bench.run import QUICK, Context, _decode_row, run_stage_here, stage_cnn_gpu
 from features.errors import InputError
 from store.benchmarks import BENCHMARKS, append_benchmarks, read_benchmarks
 from store.sql import query
@@ -88,6 +88,13 @@ def test_gpu_sweep_code_path_runs_on_the_cpu(tmp_path):
     row = rows[0]
     assert row["status"] == "ok" and row["items"] == 8 and row["items_per_s"] > 0 and row["baseline_items_per_s"] > 0
     assert row["bound"] in ("decode", "forward") and "decode alone" in row["notes"]
+
+
+def test_decode_row_compares_decode_and_preprocess_with_a_bare_pydicom_loop(tmp_path):
+    row = _decode_row(Context(QUICK, True, tmp_path).store("cnn"), "test_efficientnet", 8, 4)
+    assert row["stage"] == "cnn" and row["variant"].startswith("decode") and row["items"] == 8
+    assert row["items_per_s"] > 0 and row["baseline_items_per_s"] > 0 and "pydicom" in row["baseline"]
+    assert row["ratio"] == pytest.approx(row["items_per_s"] / row["baseline_items_per_s"])
 
 
 def test_command_line_runs_stages_prints_the_table_and_records_rows(tmp_path):

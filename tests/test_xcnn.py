@@ -182,6 +182,15 @@ def test_training_with_validation_learns_and_keeps_the_best_epoch(tmp_store):
     assert best["val_accuracy"] > 0.85
     test_accuracy = float((trained.proba["test"].argmax(1) == inputs.y[trained.rows.test]).mean())
     assert test_accuracy > 0.85 and trained.outcome.train_accuracy > 0.85
+    # the final network is trained afresh on train+val for the epochs validation chose, and is what is judged
+    assert trained.outcome.refit_epochs == trained.outcome.best_epoch + 1
+    from dataclasses import replace
+
+    unrefitted = _train_seed(None, data, replace(variant, settings=replace(settings, refit=False)), inputs, 0,
+                             device=torch.device("cpu"), progress=False)
+    assert unrefitted.outcome.refit_epochs == 0 and unrefitted.outcome.best_epoch == trained.outcome.best_epoch
+    assert not np.allclose(unrefitted.proba["test"], trained.proba["test"])
+    assert np.allclose(unrefitted.proba["val"], trained.proba["val"])  # val figures come from the validated net
 
 
 @pytest.mark.slow
