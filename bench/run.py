@@ -357,20 +357,16 @@ def _cnn_end_to_end(store, model: str, *, limit: int | None = None, **params) ->
 
 
 def _bare_dcmread_seconds(store, limit: int) -> tuple[float, int]:
-    """(seconds, images) of a bare ``pydicom.dcmread(path).pixel_array`` loop, one process, over the files of
-    the first ``limit`` scans (each file read once, as a bare script would)."""
-    import pydicom
-
+    """(seconds, files) of ``bench.ingest.bare_loop`` (``pydicom.dcmread(path).pixel_array``, one process) over
+    the files of the first ``limit`` scans (each file read once, as a bare script would)."""
+    from bench.ingest import bare_loop
     from store.pixels import dataset_root, resolve_relative
     from store.units import scan_units
 
     root = dataset_root(store, DATASET)
     units = scan_units(store, DATASET).slice(0, limit)
     paths = list(dict.fromkeys(resolve_relative(root, p) for p in units.column("path").to_pylist()))
-    started = time.perf_counter()
-    for path in paths:
-        pydicom.dcmread(path).pixel_array  # noqa: B018  (decoding is the point)
-    return time.perf_counter() - started, len(paths)
+    return bare_loop(paths)[0], len(paths)
 
 
 def _decode_row(store, model: str, n: int, batch: int) -> dict:
