@@ -294,6 +294,12 @@ def _with_variance_threshold(planned: list[MemberPlan], threshold: float) -> lis
     return out
 
 
+def _with_exact(planned: list[MemberPlan]) -> list[MemberPlan]:
+    """Members with ``exact=True`` where the model has an ``exact`` parameter (svm_rbf: no kernel approximation)."""
+    return [MemberPlan(m.name, m.model, m.feature_set, {**m.params, "exact": True}, m.source)
+            if "exact" in model_class(m.model)().get_params(deep=False) else m for m in planned]
+
+
 # --- members and their feature sets --------------------------------------------------------------
 def _unit_of(feature_set: FeatureSet, tables: dict) -> str:
     units = set()
@@ -468,8 +474,7 @@ def plan_fit(store: Store, request: FitRequest | str, **options) -> FitPlan:
     if request.variance_threshold is not None:
         planned = _with_variance_threshold(planned, request.variance_threshold)
     if request.exact:
-        planned = [MemberPlan(m.name, m.model, m.feature_set, {**m.params, "exact": True}, m.source)
-                   if m.model == "svm_rbf" else m for m in planned]
+        planned = _with_exact(planned)
     unit = _common_unit(planned, tables)
     reference_mode = _reference_mode(store, dataset, profile, planned, tables) if unit == "pairs" else None
     rule = parse_test_subjects(request.test_subjects, profile)

@@ -284,6 +284,8 @@ def test_plan_prints_profile_defaults_and_overrides(tmp_store):
     assert {str(m.feature_set) for m in plan.members} == {"inception_v3:concat"}
     with pytest.raises(ParameterError, match="--members is for"):
         plan_fit(tmp_store, "logistic", members="knn")
+    exact = plan_fit(tmp_store, "ensemble", members="logistic=sift_bovw500:absdiff,svm_rbf", exact=True)
+    assert {m.model: m.params.get("exact") for m in exact.members} == {"logistic": None, "svm_rbf": True}
 
 
 def test_device_cuda_without_a_gpu_fails_before_any_work(tmp_store):
