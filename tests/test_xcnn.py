@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -184,8 +186,6 @@ def test_training_with_validation_learns_and_keeps_the_best_epoch(tmp_store):
     assert test_accuracy > 0.85 and trained.outcome.train_accuracy > 0.85
     # the final network is trained afresh on train+val for the epochs validation chose, and is what is judged
     assert trained.outcome.refit_epochs == trained.outcome.best_epoch + 1
-    from dataclasses import replace
-
     unrefitted = _train_seed(None, data, replace(variant, settings=replace(settings, refit=False)), inputs, 0,
                              device=torch.device("cpu"), progress=False)
     assert unrefitted.outcome.refit_epochs == 0 and unrefitted.outcome.best_epoch == trained.outcome.best_epoch
