@@ -575,10 +575,21 @@ def _add_fit(add, common) -> None:
                    help="ensemble: calibrate every member's probabilities on subject-grouped inner folds "
                         "(default none)")
     p.add_argument(
-        "--augment", action="store_true",
+        "--augment", default=None, action=argparse.BooleanOptionalAction,
         help="training rows only: feature models swap pair order (label mapped) and add noise; finetune "
-             "rotates, shifts, scales, flips and varies intensity"
+             "rotates, shifts, scales, flips and varies intensity (default off); xcnn turns a quarter turn "
+             "and/or mirrors each batch's scans and difference images alike (default on; --no-augment: the "
+             "paper's literal recipe)"
     )
+    _add_fit_image_networks(p)
+    p.add_argument("--compare-views", default=None, metavar="BACKBONE",
+                   help="hierarchical: the IMPC comparison DV only vs LAT only vs multiview (per level, per-class AUC "
+                        "mean±std over --seeds, default 5), features from BACKBONE: cae (an autoencoder trained on "
+                        "each input), efficientnet, or efficientnet:random offline; missing tables are made first")
+
+
+def _add_fit_image_networks(p) -> None:
+    """``fit`` options of the models trained on images (xcnn, finetune)."""
     p.add_argument(
         "--reference", default=None, choices=["absolute", "relative"], help="xcnn: difference reference (default: both)"
     )
@@ -594,6 +605,9 @@ def _add_fit(add, common) -> None:
     p.add_argument("--patience", type=int, default=None,
                    help="xcnn / finetune: stop after N epochs without a better validation loss (default xcnn 12, "
                         "finetune 5; 0: never)")
+    p.add_argument("--inits", type=int, default=None,
+                   help="xcnn: networks per seed, each trained from its own initialisation, their class "
+                        "probabilities averaged (default 1, as the paper; 3 steadies the per-seed figures)")
     p.add_argument("--model", dest="backbone", default=None, metavar="TIMM_NAME",
                    help="finetune: the timm network to fine-tune, e.g. efficientnet_b0, convnext_tiny")
     p.add_argument("--input", default=None, choices=["image", "difference", "multiview"],
@@ -606,10 +620,6 @@ def _add_fit(add, common) -> None:
     p.add_argument("--image-size", type=int, default=None,
                    help="networks trained on images: input side in pixels "
                         "(finetune default: the network's own; xcnn 32)")
-    p.add_argument("--compare-views", default=None, metavar="BACKBONE",
-                   help="hierarchical: the IMPC comparison DV only vs LAT only vs multiview (per level, per-class AUC "
-                        "mean±std over --seeds, default 5), features from BACKBONE: cae (an autoencoder trained on "
-                        "each input), efficientnet, or efficientnet:random offline; missing tables are made first")
 
 
 def _add_train_and_transfer(add, common) -> None:

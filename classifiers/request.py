@@ -18,8 +18,9 @@ class FitRequest:
     ``'logistic=inception_v3:diff,svm_rbf=sift_bovw500:concat,naive_bayes'``. ``folds`` / ``seeds``: None =
     profile default (5 folds; 1 seed, IMPC 5). ``test_subjects``: None (profile), 'per-class', a fraction,
     0, or a file of subject keys. ``split``: auto | given. ``search``: none | quick | thorough. ``augment``:
-    pair-order swap and noise on training rows. ``device``: 'cuda' runs xgboost / mlp members on the GPU
-    (``BackendUnavailableError`` when there is none), 'cpu' forces the CPU. ``reference`` / ``timestamps`` /
+    None = the model's default (feature models: off, pair-order swap and noise when on; xcnn: on).
+    ``device``: 'cuda' runs xgboost / mlp members on the GPU (``BackendUnavailableError`` when there is
+    none), 'cpu' forces the CPU. ``reference`` / ``timestamps`` /
     ``epochs``: for models that learn from images (xcnn). ``model_params``: extra parameters of the model
     (e.g. ``{"voting": "hard"}``), ``n_boot``: bootstrap resamples of the test intervals, ``progress``: a
     progress bar on stderr. ``variance_threshold``: drop features whose training-row variance is at most this
@@ -39,7 +40,7 @@ class FitRequest:
     seeds: int | None = None
     split: str = "auto"
     search: str = "none"
-    augment: bool = False
+    augment: bool | None = None  # None: the model's default (xcnn: on; feature models, finetune: off)
     device: str | None = None
     reference: str | None = None
     timestamps: bool | None = None
@@ -59,6 +60,7 @@ class FitRequest:
     batch_size: int | None = None  # finetune: minibatch size
     image_size: int | None = None  # networks trained on images: input side in pixels
     patience: int | None = None  # xcnn: early-stopping patience in epochs (0: train every epoch)
+    inits: int | None = None  # xcnn: networks per seed, each from its own initialisation, probabilities averaged
     exact: bool = False  # svm_rbf: the exact kernel SVM at any row count (no Nystroem approximation)
     compare_views: str | None = None  # hierarchical: IMPC DV vs LAT vs multiview with this backbone (classifiers.impc)
 

@@ -7,7 +7,21 @@ intensity policy and (for CPU) resampled to ``image_size``; a difference image i
 minus the registered reference from the ``pairs`` table (first week: uniform at the comparison's
 minimum); the timestamp is the integer time index, never normalised. The baseline trains on every
 scan; the X-CNNs on every pair of their reference mode (slices without a k-th partner are unused,
-as in the paper). No augmentation (the paper explains why differencing forbids it).
+as in the paper).
+
+Augmentation (``augment``, default on; the paper used none): each training batch is turned by a random
+number of quarter turns and mirrored or not, the scan and its difference image alike
+(``features.augment.dihedral``). The paper rules augmentation out because transforming a pair's two scans
+independently destroys their difference; a pixel permutation applied to both commutes with the
+subtraction, so the difference image stays exact. It matters on small data: with 4-5 mice a class a
+network also learns each training mouse's pose-specific anatomy (ring lobes, fibula angle), which says
+nothing about treatment and, with one mouse per class held out, ranks the held-out mice against their own
+class (below-chance accuracy on the weeks before PTH acts). Seeds 0-4 of two stores, absolute X-CNN
+without the week: held-out accuracy 79.3 / 82.9 / 80.3 / 87.5 / 69.3 % and 85.8 / 84.5 / 82.4 / 81.8 /
+76.9 % augmented, 72.2 / 64.6 / 75.0 / 82.9 / 74.8 % and 74.3 / 73.6 / 64.1 / 72.3 / 76.2 % not; logistic
+on diffstats_absolute+time on the same mice 65.1 / 79.7 / 90.1 / 77.0 / 77.9 % and 73.6 / 87.2 / 78.4 /
+88.1 / 86.4 %. ``inits`` > 1 trains that many networks per seed from different initialisations and
+averages their probabilities (less spread from the initialisation; not from the two held-out mice).
 
 Splits, per seed (all grouped by subject): the test subjects are one subject per class
 (``store.subjects.dataset_subject_split``, the rule ``fit`` uses for ChronoMID, so ``fit logistic`` with
@@ -16,8 +30,9 @@ least one subject per class) validate each epoch, and training stops once the va
 improved for ``patience`` epochs, keeping the best weights (``extractors.training.fit_minibatches``).
 The final network is then trained afresh on the training and validation subjects for that best epoch
 count (``refit``), as every feature model is refitted on all its training subjects: with four mice a class
-the validation mouse is a quarter of them (seeds 0-4 of one store: absolute X-CNN 79.0 % mean held-out
-accuracy refitted, 76.3 % without; logistic on diffstats_absolute+time 77.6 % on the same mice).
+the validation mouse is a quarter of them (seeds 0-4 of one store, no augmentation: absolute X-CNN
+79.0 % mean held-out accuracy refitted, 76.3 % without; logistic on diffstats_absolute+time 77.6 % on the
+same mice).
 
 Each variant is written as a run (``runs``/``metrics``/``predictions``, model ``xcnn``, the variant and
 every seed's learning curve in the run's config; metrics for splits ``train``, ``val`` and ``test``),
@@ -31,20 +46,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from classifiers._registry import register_model
-from classifiers.xcnn_table import XcnnResult, XcnnSeed, format_curves, format_table1
+from classifiers.xcnn_table import XcnnResult, XcnnSeed, format_by_time, format_curves, format_table1
 from features.errors import DatasetError, ParameterError, check_param, is_int
 
 __all__ = ["XcnnResult", "XcnnSeed", "XcnnReport", "XcnnModel", "select_variants", "fit_xcnn", "format_table1",
            "DEFAULTS"]
 
-# CPU defaults: the six variants of Table 1 in a few minutes on two cores. The paper trained 5 or 10 epochs
-# on 76 663 full-size slices (~2 400 steps an epoch); the demo has ~500 training units per variant (~15
-# steps), so it needs more epochs to converge, and early stopping on the validation subjects ends each run.
-# Batch 16 rather than the paper's 32 doubles those steps: on seeds 0-2 the absolute X-CNN scored 74.6 %
-# mean held-out accuracy with batch 16 against 70.4 % with 32. Patience 12, not 6: with one validation mouse
-# per class the validation loss is noisy, and stopping after 6 epochs left seed 1's absolute X-CNN at 53 %
-# (patience 12: 70 %; seeds 0-2 mean 77.2 % against 72.7 %, logistic on diffstats 84.7 %).
-DEFAULTS = {"epochs": 30, "image_size": 32, "patience": 12, "val_fraction": 0.1, "batch_size": 16, "lr": 1e-3}
+# CPU defaults: the six variants of Table 1 in a few minutes on two cores (figures below: before augmentation).
+# The paper trained 5 or 10 epochs on 76 663 full-size slices (~2 400 steps an epoch); the demo has ~500
+# training units per variant (~15 steps), so it needs more epochs to converge, and early stopping on the
+# validation subjects ends each run. Batch 16 rather than the paper's 32 doubles those steps: on seeds 0-2
+# the absolute X-CNN scored 74.6 % mean held-out accuracy with batch 16 against 70.4 % with 32. Patience 12,
+# not 6: with one validation mouse per class the validation loss is noisy, and stopping after 6 epochs left
+# seed 1's absolute X-CNN at 53 % (patience 12: 70 %; seeds 0-2 mean 77.2 % against 72.7 %, logistic on
+# diffstats 84.7 %). Augmentation on: see the module docstring.
+DEFAULTS = {"epochs": 30, "image_size": 32, "patience": 12, "val_fraction": 0.1, "batch_size": 16, "lr": 1e-3,
+            "inits": 1, "augment": True}
 
 
 def select_variants(reference: str | None, timestamps: bool | None) -> list[tuple[str, str, str | None, bool]]:
@@ -160,6 +177,8 @@ class _Settings:
     val_fraction: float
     overlap_only: bool = True
     refit: bool = True
+    inits: int = 1
+    augment: bool = True
 
 
 @dataclass(frozen=True)
@@ -227,21 +246,33 @@ class _VariantTraining:
                                 timestamps=variant.timestamps).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=variant.settings.lr)
 
-    def forward(self, idx):
-        return self.model(self.images[idx], self.diffs[idx] if self.diffs is not None else None,
-                          self.times[idx] if self.variant.timestamps else None)
+    def forward(self, idx, *, turns: int = 0, mirror: bool = False):
+        """Class scores of units ``idx``; ``turns``/``mirror`` turn (and reflect) the scan and its difference
+        image alike (``features.augment.dihedral``)."""
+        from features.augment import dihedral
+
+        image, diff = self.images[idx], self.diffs[idx] if self.diffs is not None else None
+        if turns or mirror:
+            image = dihedral(image, quarter_turns=turns, mirror=mirror)
+            diff = dihedral(diff, quarter_turns=turns, mirror=mirror) if diff is not None else None
+        return self.model(image, diff, self.times[idx] if self.variant.timestamps else None)
 
     def inputs(self, batch):
-        return self.inputs_of(batch.rows)
+        """A training batch: its rows and, with ``augment``, one of the 8 quarter-turn/mirror transforms drawn
+        from the epoch's generator (so a resumed run repeats it)."""
+        if not self.variant.settings.augment:
+            return self.inputs_of(batch.rows), 0, False
+        return self.inputs_of(batch.rows), int(batch.rng.integers(0, 4)), bool(batch.rng.random() < 0.5)
 
-    def loss(self, idx):
+    def loss(self, prepared):
         """Cross-entropy plus the dense layers' L2 term; both reported per epoch (``loss``, ``l2``)."""
         import torch
 
         from classifiers._xcnn_nets import l2_penalty
         from extractors.training import Losses
 
-        ce = torch.nn.functional.cross_entropy(self.forward(idx).float(), self.y[idx])
+        idx, turns, mirror = prepared
+        ce = torch.nn.functional.cross_entropy(self.forward(idx, turns=turns, mirror=mirror).float(), self.y[idx])
         l2 = l2_penalty(self.model)
         return Losses(ce + l2, {"loss": ce, "l2": l2})
 
@@ -286,42 +317,60 @@ class _Trained:
     proba: dict  # split -> (n, k) probabilities
 
 
-def _train_seed(store, data: _Dataset, variant: _Variant, inputs: _Inputs, seed: int, *, device,
-                progress: bool) -> _Trained:
-    """Train ``variant`` with ``seed`` (validation + early stopping); probabilities on train, val and test."""
+def _train_init(store, data: _Dataset, variant: _Variant, inputs: _Inputs, rows: _SeedRows, seed: int, init: int,
+                *, device, progress: bool):
+    """One network of ``seed``'s ensemble, initialised with ``init``: validated training with early stopping,
+    then (``refit``) a fresh network on train+val for the best epoch count. Returns the validated loop's
+    ``LoopResult``, the final network, its probabilities on each split and the refit epoch count."""
     from extractors.training import deterministic, fit_minibatches
     from store.provenance import params_hash
 
     settings = variant.settings
-    rows = _seed_rows(inputs, data.test_subjects[seed], seed=seed, val_fraction=settings.val_fraction)
     key = params_hash({"trainer": "xcnn", "format": 2, "dataset": data.name, "keys": inputs.keys.tolist(),
                        "test": rows.test_subjects, "val": rows.val_subjects, "canvas": list(data.recipe.canvas),
-                       "params": variant.params(seed)}, length=20)
+                       "params": {k: v for k, v in variant.params(seed).items() if k != "inits"}, "init": init},
+                      length=20)
     validated = len(rows.val) > 0
-    common = {"seed": seed, "stream": 6, "batch_size": settings.batch_size, "store": store, "name": "xcnn",
+    # network 0 is seeded by the seed itself; the others by the seed offset by a large prime per network
+    torch_seed = seed if init == 0 else seed + 100_003 * init
+    label = f"{variant.label} (seed {seed}{f', network {init + 1}' if settings.inits > 1 else ''}"
+    common = {"seed": torch_seed, "stream": 6, "batch_size": settings.batch_size, "store": store, "name": "xcnn",
               "progress": progress, "unit": "unit"}
-    with deterministic(seed):
+    with deterministic(torch_seed):
         run = _VariantTraining(variant, inputs, len(data.classes), device)
         loop = fit_minibatches(model=run.model, optimizer=run.optimizer, loss=run.loss, inputs=run.inputs,
                                samples=rows.train, epochs=settings.epochs,
                                validate=run.validator(rows.val) if validated else None, patience=settings.patience,
-                               key=key, desc=f"{variant.label} (seed {seed})", **common)
+                               key=key, desc=f"{label})", **common)
         proba = {split: run.probabilities(getattr(rows, split)) for split in ("train", "val", "test")}
     refit_epochs = loop.best_epoch + 1 if settings.refit and validated else 0
     if refit_epochs:
         # The validation subjects chose the epoch count; the final network learns from them too, as every
         # feature model is refitted on all training subjects (with 4 mice a class, val holds a quarter).
-        with deterministic(seed):
+        with deterministic(torch_seed):
             run = _VariantTraining(variant, inputs, len(data.classes), device)
             fit_minibatches(model=run.model, optimizer=run.optimizer, loss=run.loss, inputs=run.inputs,
                             samples=np.concatenate([rows.train, rows.val]), epochs=refit_epochs, key=key + "-refit",
-                            desc=f"{variant.label} (seed {seed}, refit on train+val)", **common)
+                            desc=f"{label}, refit on train+val)", **common)
             proba.update({split: run.probabilities(getattr(rows, split)) for split in ("train", "test")})
+    return loop, run.model, proba, refit_epochs
+
+
+def _train_seed(store, data: _Dataset, variant: _Variant, inputs: _Inputs, seed: int, *, device,
+                progress: bool) -> _Trained:
+    """Train ``variant``'s ``inits`` networks with ``seed`` (validation + early stopping each) and average
+    their class probabilities on train, val and test; the first network's loop figures are the seed's."""
+    settings = variant.settings
+    rows = _seed_rows(inputs, data.test_subjects[seed], seed=seed, val_fraction=settings.val_fraction)
+    networks = [_train_init(store, data, variant, inputs, rows, seed, init, device=device, progress=progress)
+                for init in range(settings.inits)]
+    loop, model, _, refit_epochs = networks[0]
+    proba = {split: np.mean([n[2][split] for n in networks], axis=0) for split in networks[0][2]}
     outcome = XcnnSeed(seed, float("nan"), float("nan"), _accuracy(proba["train"], inputs.y[rows.train]),
                        _accuracy(proba["val"], inputs.y[rows.val]), loop.seconds_per_epoch, loop.epochs_run,
                        loop.best_epoch, len(rows.train), len(rows.val), len(rows.test), loop.start_epoch,
                        loop.history, refit_epochs)
-    return _Trained(outcome, run.model, rows, proba)
+    return _Trained(outcome, model, rows, proba)
 
 
 def _accuracy(proba: np.ndarray, y: np.ndarray) -> float:
@@ -352,8 +401,12 @@ def _record_seed(recorder, data: _Dataset, inputs: _Inputs, trained: _Trained, *
         if split == "test":
             recorder.add_predictions(keys=inputs.keys[rows], subjects=inputs.subjects[rows], y_true=truth,
                                      y_pred=predicted, proba=proba, classes=classes, seed=seed)
+    test = trained.rows.test
+    correct = trained.proba["test"].argmax(axis=1) == inputs.y[test]
+    times = inputs.time[test].astype(int)
+    by_time = {int(t): [int(correct[times == t].sum()), int((times == t).sum())] for t in np.unique(times)}
     return replace(trained.outcome, accuracy=overall["test"]["accuracy"],
-                   balanced_accuracy=overall["test"]["balanced_accuracy"])
+                   balanced_accuracy=overall["test"]["balanced_accuracy"], by_time=by_time)
 
 
 def _train_variant(store, data: _Dataset, variant: _Variant, inputs: _Inputs, seeds: list[int], *, device,
@@ -373,7 +426,8 @@ def _train_variant(store, data: _Dataset, variant: _Variant, inputs: _Inputs, se
                              "test_subjects": list(trained.rows.test_subjects),
                              "units": {s: len(getattr(trained.rows, s)) for s in ("train", "val", "test")},
                              "epochs_run": outcomes[-1].epochs_run, "best_epoch": outcomes[-1].best_epoch,
-                             "refit_epochs": outcomes[-1].refit_epochs}
+                             "refit_epochs": outcomes[-1].refit_epochs,
+                             "test_by_time": {str(t): v for t, v in outcomes[-1].by_time.items()}}
     side = variant.settings.image_size
     paper = count_parameters(build_xcnn(variant.arch, image_shape=(501, 763), n_classes=len(data.classes),
                                         timestamps=variant.timestamps))
@@ -409,6 +463,7 @@ class XcnnReport:
     notes: list[str] = field(default_factory=list)
     patience: int | None = None
     seconds: float = 0.0
+    inits: int = 1
 
     def summary_lines(self) -> list[str]:
         """The notes, the set-up, one line per variant, the learning curves and the Table-1-style comparison."""
@@ -419,9 +474,10 @@ class XcnnReport:
                          f"(seed {s.seed}: {s.n_train} train / {s.n_val} val units, {s.epochs_run} epochs, best "
                          f"{s.best_epoch + 1}{f', refit {s.refit_epochs} on train+val' if s.refit_epochs else ''}), "
                          f"{r.seconds_per_epoch:.2f} s/epoch, run {r.run_id}")
-        table = format_table1(self.results, epochs=self.epochs, image_size=self.image_size, patience=self.patience)
-        return [*lines, "", *format_curves(self.results), "", *table.splitlines(),
-                f"wall time: {self.seconds:.0f} s"]
+        table = format_table1(self.results, epochs=self.epochs, image_size=self.image_size, patience=self.patience,
+                              inits=self.inits)
+        return [*lines, "", *format_curves(self.results), "", *table.splitlines(), "",
+                *format_by_time(self.results), f"wall time: {self.seconds:.0f} s"]
 
 
 def _check_settings(settings: _Settings, seeds: list[int]) -> None:
@@ -434,6 +490,8 @@ def _check_settings(settings: _Settings, seeds: list[int]) -> None:
                 ok=is_int(settings.patience, 0))
     check_param(owner, "val_fraction", settings.val_fraction, kind="a float in (0, 0.5]",
                 ok=isinstance(settings.val_fraction, float) and 0.0 < settings.val_fraction <= 0.5)
+    check_param(owner, "augment", settings.augment, kind="a bool", ok=isinstance(settings.augment, bool))
+    check_param(owner, "inits", settings.inits, kind="an int in [1, inf)", ok=is_int(settings.inits, 1))
     check_param(owner, "lr", settings.lr, kind="a float in (0, inf)",
                 ok=isinstance(settings.lr, float) and settings.lr > 0)
     check_param(owner, "seeds", seeds, kind="a non-empty list of distinct ints",
@@ -445,7 +503,8 @@ def fit_xcnn(
     epochs: int = DEFAULTS["epochs"], seeds: list[int] | None = None, device: str = "auto",
     image_size: int = DEFAULTS["image_size"], batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"],
     patience: int = DEFAULTS["patience"], val_fraction: float = DEFAULTS["val_fraction"], n_boot: int = 1000,
-    overlap_only: bool = True, refit: bool = True, progress: bool = True,
+    overlap_only: bool = True, refit: bool = True, inits: int = DEFAULTS["inits"],
+    augment: bool = DEFAULTS["augment"], progress: bool = True,
 ) -> XcnnReport:
     """Train and judge the Table-1 variants selected by ``reference``/``timestamps`` (None: all six), once
     per seed in ``seeds`` (default ``[0]``; each seed its own test and validation subjects).
@@ -458,6 +517,8 @@ def fit_xcnn(
     the bone (False: the paper's literal recipe). ``refit`` (default) trains the final network afresh on the
     training and validation subjects for the best epoch count the validation found, as feature models are
     refitted on all training subjects (False: the validated network is the final one, as in the paper).
+    ``augment`` (default) turns and mirrors each training batch's scans and difference images alike (False:
+    no augmentation, as in the paper); ``inits`` networks per seed, their probabilities averaged.
     """
     import time
 
@@ -467,25 +528,28 @@ def fit_xcnn(
     began = time.perf_counter()
     seeds = [0] if seeds is None else list(seeds)
     settings = _Settings(epochs, image_size, batch_size, float(lr), patience, float(val_fraction), overlap_only,
-                         bool(refit))
+                         bool(refit), inits, augment)
     _check_settings(settings, seeds)
     variants = [_Variant(*v, settings) for v in select_variants(reference, timestamps)]
     dev = select_device(device)
     notice = synthetic_notice(store, dataset)
     data = _load_dataset(store, dataset, image_size=image_size, seeds=seeds, progress=progress)
+    averaged = f"{inits} networks per seed (own initialisations), probabilities averaged, " if inits > 1 else ""
     header = (f"fit xcnn on {dataset!r}: {len(variants)} variant(s), seeds {seeds}, up to {epochs} epochs "
               f"(early stopping on val loss, patience {patience}), {image_size}x{image_size} inputs (canvas "
               f"{data.recipe.canvas[0]}x{data.recipe.canvas[1]}), test: one held-out subject per class, val: "
               f"{val_fraction:.0%} of the other subjects per class (at least one), differences "
               f"{'on the overlap of both scans' if overlap_only else 'over the padded canvas'}, "
               f"{'final network refitted on train+val for the best epoch count' if refit else 'no refit'}, "
+              f"{'quarter-turn/mirror augmentation of scan and difference alike' if augment else 'no augmentation'}, "
+              f"{averaged}"
               f"device {dev}")
     modes = [None] + sorted({v.reference for v in variants if v.reference})
     units = {mode: _unit_inputs(store, data, mode, overlap_only=overlap_only, progress=progress) for mode in modes}
     results = [_train_variant(store, data, v, units[v.reference if v.arch == "xcnn" else None], seeds, device=dev,
                               n_boot=n_boot, progress=progress) for v in variants]
     return XcnnReport(results, epochs, image_size, header, [notice] if notice else [], patience,
-                      time.perf_counter() - began)
+                      time.perf_counter() - began, inits)
 
 
 @register_model("xcnn")
@@ -498,10 +562,11 @@ class XcnnModel:
 
     def __init__(self, *, reference=None, timestamps=None, epochs=DEFAULTS["epochs"], device="auto", seeds=1,
                  image_size=DEFAULTS["image_size"], batch_size=DEFAULTS["batch_size"], lr=DEFAULTS["lr"],
-                 patience=DEFAULTS["patience"], n_boot=1000, progress=True):
+                 patience=DEFAULTS["patience"], inits=DEFAULTS["inits"], augment=DEFAULTS["augment"], n_boot=1000,
+                 progress=True):
         self.reference, self.timestamps, self.epochs, self.device = reference, timestamps, epochs, device
         self.seeds, self.image_size, self.batch_size, self.lr = seeds, image_size, batch_size, lr
-        self.patience, self.n_boot, self.progress = patience, n_boot, progress
+        self.patience, self.inits, self.augment, self.n_boot, self.progress = patience, inits, augment, n_boot, progress
 
     def validate_params(self) -> None:
         """``ParameterError`` for a parameter out of range (the variants, epochs, seeds, sizes, device)."""
@@ -511,7 +576,7 @@ class XcnnModel:
                     ok=self.device in ("auto", "cpu", "cuda"))
         settings = _Settings(self.epochs, self.image_size, self.batch_size,
                              float(self.lr) if isinstance(self.lr, (int, float)) else self.lr, self.patience,
-                             DEFAULTS["val_fraction"])
+                             DEFAULTS["val_fraction"], inits=self.inits, augment=self.augment)
         _check_settings(settings, list(range(self.seeds)))
 
     def fit_store(self, store, *, dataset: str = "chronomid") -> XcnnReport:
@@ -519,13 +584,13 @@ class XcnnModel:
         return fit_xcnn(store, dataset=dataset, reference=self.reference, timestamps=self.timestamps,
                         epochs=self.epochs, seeds=list(range(self.seeds)), device=self.device,
                         image_size=self.image_size, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
-                        n_boot=self.n_boot, progress=self.progress)
+                        inits=self.inits, augment=self.augment, n_boot=self.n_boot, progress=self.progress)
 
     @classmethod
     def fit_in_store(cls, store, request) -> XcnnReport:
         """Fit for ``cli.py fit xcnn``: dataset ``chronomid``, ``DEFAULTS`` for what the request leaves None,
         1 seed, device auto, and both reference modes and both timestamp settings unless the request names one."""
-        names = ("epochs", "image_size", "batch_size", "lr", "patience")
+        names = ("epochs", "image_size", "batch_size", "lr", "patience", "inits", "augment")
         given = {name: getattr(request, name, None) for name in names}
         model = cls(reference=request.reference, timestamps=request.timestamps, device=request.device or "auto",
                     seeds=request.seeds or 1, n_boot=request.n_boot, progress=request.progress,

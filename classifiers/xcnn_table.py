@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["XcnnSeed", "XcnnResult", "format_table1", "format_curves", "plot_learning_curves", "curve_image"]
+__all__ = ["XcnnSeed", "XcnnResult", "format_table1", "format_by_time", "format_curves", "plot_learning_curves",
+           "curve_image"]
 
 CHANCE = 0.5  # balanced accuracy of a classifier that ignores its input, whatever the class sizes
 
@@ -37,6 +38,7 @@ class XcnnSeed:
     resumed_from: int = 0
     history: list = field(default_factory=list)
     refit_epochs: int = 0  # epochs of the final network on train+val (0: the validated network is final)
+    by_time: dict = field(default_factory=dict)  # time index -> [correct, total] held-out units
 
 
 @dataclass
@@ -107,10 +109,12 @@ def _mean_std(values: np.ndarray) -> str:
     return f"{100 * values.mean():.1f} ± {100 * values.std(ddof=1):.1f}"
 
 
-def format_table1(results: list[XcnnResult], *, epochs: int, image_size: int, patience: int | None = None) -> str:
+def format_table1(results: list[XcnnResult], *, epochs: int, image_size: int, patience: int | None = None,
+                  inits: int = 1) -> str:
     """Table 1 of ChronoMID for this fit: accuracy and balanced accuracy (mean ± std over seeds), every
     seed's balanced accuracy, whether all beat chance, train accuracy, seconds per epoch, epochs run,
-    parameters here and at the paper's canvas."""
+    parameters here and at the paper's canvas. ``inits`` > 1: each seed's figures are those of its
+    networks' averaged probabilities (epochs and s/epoch: the first network's)."""
     lines = [
         f"{'Method':<31} {'Accuracy %':>12} {'Bal. acc. %':>12} {'bal. acc. % per seed':>21} {'>chance':>7} "
         f"{'train %':>7} {'s/epoch':>7} {'epochs':>7} {'Parameters':>10} {'@501x763':>10}",
@@ -125,13 +129,34 @@ def format_table1(results: list[XcnnResult], *, epochs: int, image_size: int, pa
         )
     seeds = [s.seed for s in results[0].seeds] if results else []
     stopping = f", early stopping on val loss (patience {patience})" if patience else ""
+    averaged = (f"; each seed averages the probabilities of {inits} networks from different initialisations "
+                "(epochs, s/epoch: the first network's)") if inits > 1 else ""
     lines.append(
-        f"(seeds {', '.join(map(str, seeds))}: mean ± std; up to {epochs} epochs{stopping}; {image_size}x{image_size} "
+        f"(seeds {', '.join(map(str, seeds))}: mean ± std; up to {epochs} epochs{stopping}{averaged}; "
+        f"{image_size}x{image_size} "
         "inputs; test = one held-out subject per class, chosen by the seed; chance = 50 % balanced; parameters "
         "counted as Keras does; last column: the same network at the paper's 501x763 canvas, Table 1 lists "
         "863,883 / 1,643,323)"
     )
     return "\n".join(lines)
+
+
+def format_by_time(results: list[XcnnResult]) -> list[str]:
+    """Held-out accuracy % by time index, pooled over seeds, one line per variant: where a treatment acts
+    only from some week on, the earlier weeks hold no signal and any classifier is at chance there."""
+    times = sorted({int(t) for r in results for s in r.seeds for t in s.by_time})
+    if not times:
+        return []
+    lines = ["held-out accuracy % by week (time index), pooled over seeds; [n] held-out units",
+             f"  {'':<31} " + " ".join(f"{t:>9}" for t in times)]
+    for r in results:
+        cells = []
+        for t in times:
+            correct = sum(s.by_time.get(t, (0, 0))[0] for s in r.seeds)
+            total = sum(s.by_time.get(t, (0, 0))[1] for s in r.seeds)
+            cells.append(f"{100 * correct / total:>3.0f} [{total:>3}]" if total else f"{'-':>9}")
+        lines.append(f"  {r.label:<31} " + " ".join(cells))
+    return lines
 
 
 def format_curves(results: list[XcnnResult]) -> list[str]:

@@ -4,7 +4,9 @@ The paper augments with (i) rotation in [-15°, 15°], (ii) translation of ±48 
 on a 224-px crop, (iii) rescaling by 90-110 %, (iv) intensity variation ±0.2 and (v) a random flip,
 done per pair. Here the translation is given as a fraction of the image size (48/224 ≈ 0.21,
 24/224 ≈ 0.11) so the same recipe fits any input size, and the flip is a left-right reflection of the
-2-D image. Pure computation: parameters are drawn from a ``numpy.random.Generator`` passed in, and
+2-D image. ``dihedral`` is the exact kind for image-and-difference pairs (ChronoMID): quarter turns and
+a mirror move pixels without resampling or fill, so turning a difference image equals differencing the
+turned scans. Pure computation: parameters are drawn from a ``numpy.random.Generator`` passed in, and
 applied to an ``(N, C, H, W)`` float tensor (or array) with one bilinear resampling per image; pixels
 that come from outside the image take that image's minimum, as ChronoMID pads.
 """
@@ -15,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.errors import InputError, ParameterError
+from features.errors import InputError, ParameterError, is_int
 
-__all__ = ["AugmentConfig", "AUGMENT_PAPER", "sample_params", "affine_theta", "augment_batch"]
+__all__ = ["AugmentConfig", "AUGMENT_PAPER", "sample_params", "affine_theta", "augment_batch", "dihedral"]
 
 
 @dataclass(frozen=True)
@@ -130,3 +132,28 @@ def augment_batch(images, params: dict[str, np.ndarray]):
     shift = torch.as_tensor(np.asarray(params["shift"], dtype=np.float32), device=tensor.device).view(n, 1, 1, 1)
     out = (moved + low + shift).to(tensor.dtype)
     return out.numpy() if as_numpy else out
+
+
+def dihedral(images, *, quarter_turns: int, mirror: bool):
+    """``images`` ``(..., H, W)`` (``torch.Tensor`` or NumPy array) turned by ``quarter_turns`` x 90° and then,
+    with ``mirror``, reflected left-right; the same transform for every image, same type out.
+
+    A pixel permutation commutes with subtraction, so applying it to a scan and to its difference image
+    keeps the difference exactly that of the transformed scans (ChronoMID's objection to augmentation is
+    to transforming the two scans of a pair independently). An odd number of turns needs H == W.
+    """
+    if not is_int(quarter_turns):
+        raise ParameterError(
+            f"The 'quarter_turns' parameter of dihedral must be an int. Got {quarter_turns!r} instead."
+        )
+    turns = int(quarter_turns) % 4
+    height, width = images.shape[-2:]
+    if turns % 2 and height != width:
+        raise InputError(f"dihedral: an odd number of quarter turns needs square images; got {height}x{width}.")
+    if isinstance(images, np.ndarray):
+        out = np.rot90(images, turns, axes=(-2, -1))
+        return np.ascontiguousarray(np.flip(out, axis=-1) if mirror else out)
+    import torch
+
+    out = torch.rot90(images, turns, dims=(-2, -1))
+    return torch.flip(out, dims=(-1,)) if mirror else out

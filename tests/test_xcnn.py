@@ -145,6 +145,21 @@ def test_table_1_has_the_papers_columns_and_every_seed():
     assert "75.00" in single and "±" not in single.splitlines()[1]
 
 
+def test_held_out_accuracy_by_week_is_pooled_over_seeds():
+    from classifiers.xcnn_table import format_by_time, format_table1
+
+    result = _result("X-CNN, abs. diff.", [0.7, 0.8])
+    result.seeds[0].by_time = {0: [3, 10], 4: [10, 10]}
+    result.seeds[1].by_time = {0: [7, 10], 5: [9, 10]}
+    header, weeks, row = format_by_time([result])[:3]
+    assert "pooled over seeds" in header and weeks.split() == ["0", "4", "5"]
+    assert row.split()[-9:] == ["50", "[", "20]", "100", "[", "10]", "90", "[", "10]"]
+    assert format_by_time([_result("X", [0.7])]) == []  # nothing recorded, nothing printed
+    averaged = format_table1([result], epochs=5, image_size=32, inits=3)
+    assert "probabilities of 3 networks" in averaged
+    assert "networks" not in format_table1([result], epochs=5, image_size=32)
+
+
 def test_learning_curves_are_printed_and_plotted(tmp_path):
     from classifiers.xcnn_table import curve_image, format_curves
 
@@ -159,21 +174,34 @@ def test_learning_curves_are_printed_and_plotted(tmp_path):
     assert curve_image(tmp_path, {"history": {}}) == []
 
 
-def test_training_with_validation_learns_and_keeps_the_best_epoch(tmp_store):
-    """The real training path (fit_minibatches, validation on held-out subjects, early stopping) on a
-    class visible only in the difference channel, where whole subjects are held out."""
-    from classifiers.xcnn import _Dataset, _Settings, _train_seed, _Variant
-
-    rng = np.random.default_rng(0)
-    inputs = _inputs(n_subjects=10, per_subject=24)
+def _difference_inputs(seed: int, *, n_subjects: int, per_subject: int):
+    """Fake 32x32 units whose class shows only in the difference channel (a brighter square)."""
+    rng = np.random.default_rng(seed)
+    inputs = _inputs(n_subjects=n_subjects, per_subject=per_subject)
     n = len(inputs.y)
     inputs.images = rng.normal(size=(n, 1, 32, 32)).astype(np.float32)
     inputs.diffs = rng.normal(scale=0.3, size=(n, 1, 32, 32)).astype(np.float32)
     inputs.diffs[inputs.y == 1, :, 8:24, 8:24] += 1.0
-    settings = _Settings(epochs=8, image_size=32, batch_size=32, lr=1e-3, patience=3, val_fraction=0.2)
-    variant = _Variant("X-CNN, abs. diff.", "xcnn", "absolute", False, settings)
+    return inputs
+
+
+def _toy_dataset():
+    from classifiers.xcnn import _Dataset
+
     data = _Dataset("toy", None, ["pth", "wild_type"], None, None, {}, {0: frozenset({"m00", "m01"})})
     data.recipe = type("R", (), {"canvas": (32, 32)})()
+    return data
+
+
+def test_training_with_validation_learns_and_keeps_the_best_epoch(tmp_store):
+    """The real training path (fit_minibatches, validation on held-out subjects, early stopping) on a
+    class visible only in the difference channel, where whole subjects are held out."""
+    from classifiers.xcnn import _Settings, _train_seed, _Variant
+
+    inputs = _difference_inputs(0, n_subjects=10, per_subject=24)
+    settings = _Settings(epochs=8, image_size=32, batch_size=32, lr=1e-3, patience=3, val_fraction=0.2)
+    variant = _Variant("X-CNN, abs. diff.", "xcnn", "absolute", False, settings)
+    data = _toy_dataset()
     trained = _train_seed(None, data, variant, inputs, 0, device=torch.device("cpu"), progress=False)
     history = trained.outcome.history
     assert {"loss", "l2", "val_loss", "val_accuracy", "seconds"} <= set(history[0])
@@ -193,6 +221,52 @@ def test_training_with_validation_learns_and_keeps_the_best_epoch(tmp_store):
     assert np.allclose(unrefitted.proba["val"], trained.proba["val"])  # val figures come from the validated net
 
 
+def test_augmentation_turns_and_mirrors_scan_and_difference_alike():
+    """Training batches draw one of the 8 quarter-turn/mirror transforms from the epoch's generator and the
+    loss sees the scan and its difference image transformed the same way; ``augment=False`` never does."""
+    from classifiers.xcnn import _Settings, _Variant, _VariantTraining
+    from extractors.training import Batch
+
+    inputs = _difference_inputs(2, n_subjects=4, per_subject=4)
+    settings = _Settings(epochs=1, image_size=32, batch_size=8, lr=1e-3, patience=0, val_fraction=0.2)
+    cpu = torch.device("cpu")
+    run = _VariantTraining(_Variant("X", "xcnn", "absolute", False, settings), inputs, 2, cpu)
+    batches = [Batch(np.arange(8), 0, np.random.default_rng(i)) for i in range(40)]
+    drawn = {run.inputs(b)[1:] for b in batches}
+    assert len(drawn) == 8
+    plain = _VariantTraining(_Variant("X", "xcnn", "absolute", False, replace(settings, augment=False)), inputs, 2,
+                             cpu)
+    assert {plain.inputs(b)[1:] for b in batches} == {(0, False)}
+    run.model.eval()
+    idx = torch.arange(8)
+    turned = (torch.flip(torch.rot90(t[idx], 3, (2, 3)), (3,)) for t in (run.images, run.diffs))
+    expected = torch.nn.functional.cross_entropy(run.model(*turned, None), run.y[idx])
+    assert run.loss((idx, 3, True)).terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert run.loss((idx, 0, False)).terms["loss"].item() != pytest.approx(expected.item(), rel=1e-3)
+
+
+def test_several_initialisations_average_their_probabilities():
+    """``inits`` networks per seed: network 1 is the one-network run's, network 2 starts elsewhere, and the
+    seed's probabilities are their mean on every split."""
+    from classifiers.xcnn import _seed_rows, _Settings, _train_init, _train_seed, _Variant
+
+    inputs = _difference_inputs(1, n_subjects=8, per_subject=12)
+    settings = _Settings(epochs=3, image_size=32, batch_size=32, lr=1e-3, patience=0, val_fraction=0.2)
+    data = _toy_dataset()
+    cpu = torch.device("cpu")
+    one = _train_seed(None, data, _Variant("X", "xcnn", "absolute", False, settings), inputs, 0, device=cpu,
+                      progress=False)
+    variant = _Variant("X", "xcnn", "absolute", False, replace(settings, inits=2))
+    two = _train_seed(None, data, variant, inputs, 0, device=cpu, progress=False)
+    rows = _seed_rows(inputs, frozenset({"m00", "m01"}), seed=0, val_fraction=0.2)
+    second = _train_init(None, data, variant, inputs, rows, 0, 1, device=cpu, progress=False)[2]
+    assert not np.allclose(second["test"], one.proba["test"])
+    for split in ("train", "val", "test"):
+        assert np.allclose(two.proba[split], (one.proba[split] + second[split]) / 2, atol=1e-6)
+    # the seed's curve is the first network's
+    assert [h["val_loss"] for h in two.outcome.history] == [h["val_loss"] for h in one.outcome.history]
+
+
 @pytest.mark.slow
 def test_fit_xcnn_on_the_chronomid_demo_writes_runs(tmp_store):
     from classifiers.xcnn import fit_xcnn
@@ -207,7 +281,7 @@ def test_fit_xcnn_on_the_chronomid_demo_writes_runs(tmp_store):
     assert [r.label for r in results] == ["CNN", "X-CNN, abs. diff."]
     text = "\n".join(report.summary_lines())
     assert "Accuracy %" in text and "X-CNN, abs. diff." in text and "s/epoch" in text and "40x40" in text
-    assert "learning curves" in text and "wall time" in text
+    assert "learning curves" in text and "wall time" in text and "held-out accuracy % by week" in text
     runs = list_runs(tmp_store).to_pylist()
     assert {r["model"] for r in runs} == {"xcnn"} and len(runs) == 2
     labels = {
@@ -232,6 +306,9 @@ def test_fit_xcnn_on_the_chronomid_demo_writes_runs(tmp_store):
             assert not set(split["val_subjects"]) & set(split["test_subjects"])
             assert sorted(labels[s] for s in split["test_subjects"]) == ["pth", "wild_type"]
             assert sorted(labels[s] for s in split["val_subjects"]) == ["pth", "wild_type"]
+            by_time = split["test_by_time"]
+            assert sum(n for _, n in by_time.values()) == split["units"]["test"]
+            assert all(0 <= correct <= n for correct, n in by_time.values())
         predictions = run_predictions(tmp_store, result.run_id)
         assert predictions.num_rows == sum(s.n_test for s in result.seeds)
     pairs_run = next(r for r in results if r.arch == "xcnn")
@@ -253,6 +330,8 @@ def test_xcnn_is_a_registered_model_with_checked_parameters():
         create_model("xcnn", image_size=8).validate_params()
     with pytest.raises(ParameterError, match="'patience'"):
         create_model("xcnn", patience=-1).validate_params()
+    with pytest.raises(ParameterError, match=r"The 'inits' parameter of fit xcnn must be an int in \[1, inf\)\. Got 0"):
+        create_model("xcnn", inits=0).validate_params()
 
 
 def test_fit_xcnn_through_the_fit_dispatch_applies_its_defaults(monkeypatch, tmp_store):
@@ -264,13 +343,13 @@ def test_fit_xcnn_through_the_fit_dispatch_applies_its_defaults(monkeypatch, tmp
     assert fit(tmp_store, FitRequest(model="xcnn")) == "report"
     assert calls[-1] == {"dataset": "chronomid", "reference": None, "timestamps": None, "epochs": 30, "seeds": [0],
                          "device": "auto", "image_size": 32, "batch_size": 16, "lr": 1e-3, "patience": 12,
-                         "n_boot": 1000, "progress": True}
+                         "inits": 1, "augment": True, "n_boot": 1000, "progress": True}
     fit(tmp_store, FitRequest(model="xcnn", dataset="mice", reference="relative", timestamps=True, epochs=3,
-                              device="cpu", seeds=3, image_size=48, patience=2))
+                              device="cpu", seeds=3, image_size=48, patience=2, augment=False))
     assert {k: calls[-1][k] for k in ("dataset", "reference", "timestamps", "epochs", "device", "seeds",
-                                      "image_size", "patience")} == {
+                                      "image_size", "patience", "augment")} == {
         "dataset": "mice", "reference": "relative", "timestamps": True, "epochs": 3, "device": "cpu",
-        "seeds": [0, 1, 2], "image_size": 48, "patience": 2}
+        "seeds": [0, 1, 2], "image_size": 48, "patience": 2, "augment": False}
     with pytest.raises(ParameterError, match="'epochs'"):
         fit(tmp_store, FitRequest(model="xcnn", epochs=-1))
 
@@ -279,6 +358,10 @@ def test_the_cli_passes_image_size_and_patience_to_the_request():
     from classifiers.request import FitRequest
     from cli import build_parser
 
-    args = build_parser().parse_args(["fit", "xcnn", "--image-size", "48", "--patience", "3", "--seeds", "2"])
+    args = build_parser().parse_args(["fit", "xcnn", "--image-size", "48", "--patience", "3", "--seeds", "2",
+                                      "--inits", "3"])
     request = FitRequest.from_options(vars(args))
-    assert (request.image_size, request.patience, request.seeds) == (48, 3, 2)
+    assert (request.image_size, request.patience, request.seeds, request.inits) == (48, 3, 2, 3)
+    assert request.augment is None  # the model's default: on for xcnn, off for feature models
+    paper = FitRequest.from_options(vars(build_parser().parse_args(["fit", "xcnn", "--no-augment"])))
+    assert paper.augment is False
