@@ -20,8 +20,8 @@ class FitRequest:
     0, or a file of subject keys. ``split``: auto | given. ``search``: none | quick | thorough. ``augment``:
     None = the model's default (feature models: off, pair-order swap and noise when on; xcnn: on).
     ``device``: 'cuda' runs xgboost / mlp members on the GPU (``BackendUnavailableError`` when there is
-    none), 'cpu' forces the CPU. ``reference`` / ``timestamps`` /
-    ``epochs``: for models that learn from images (xcnn). ``model_params``: extra parameters of the model
+    none), 'cpu' forces the CPU. ``reference`` / ``timestamps`` / ``epochs``: for models that learn from
+    images (xcnn). ``model_params``: extra parameters of the model
     (e.g. ``{"voting": "hard"}``), ``n_boot``: bootstrap resamples of the test intervals, ``progress``: a
     progress bar on stderr. ``variance_threshold``: drop features whose training-row variance is at most this
     (every member; None = 0, constant features only). ``voting`` (soft | hard), ``member_weights`` ('2,1,1', one

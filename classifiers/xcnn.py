@@ -308,6 +308,16 @@ class _VariantTraining:
 
 
 @dataclass
+class _Network:
+    """One network of a seed: its validated loop, the final model, its probabilities per split, refit epochs."""
+
+    loop: object  # extractors.training.LoopResult
+    model: object
+    proba: dict  # split -> (n, k) probabilities
+    refit_epochs: int
+
+
+@dataclass
 class _Trained:
     """One seed's trained network and its class probabilities on each split's rows."""
 
@@ -318,10 +328,9 @@ class _Trained:
 
 
 def _train_init(store, data: _Dataset, variant: _Variant, inputs: _Inputs, rows: _SeedRows, seed: int, init: int,
-                *, device, progress: bool):
+                *, device, progress: bool) -> _Network:
     """One network of ``seed``'s ensemble, initialised with ``init``: validated training with early stopping,
-    then (``refit``) a fresh network on train+val for the best epoch count. Returns the validated loop's
-    ``LoopResult``, the final network, its probabilities on each split and the refit epoch count."""
+    then (``refit``) a fresh network on train+val for the best epoch count."""
     from extractors.training import deterministic, fit_minibatches
     from store.provenance import params_hash
 
@@ -353,7 +362,7 @@ def _train_init(store, data: _Dataset, variant: _Variant, inputs: _Inputs, rows:
                             samples=np.concatenate([rows.train, rows.val]), epochs=refit_epochs, key=key + "-refit",
                             desc=f"{label}, refit on train+val)", **common)
             proba.update({split: run.probabilities(getattr(rows, split)) for split in ("train", "test")})
-    return loop, run.model, proba, refit_epochs
+    return _Network(loop, run.model, proba, refit_epochs)
 
 
 def _train_seed(store, data: _Dataset, variant: _Variant, inputs: _Inputs, seed: int, *, device,
@@ -364,13 +373,13 @@ def _train_seed(store, data: _Dataset, variant: _Variant, inputs: _Inputs, seed:
     rows = _seed_rows(inputs, data.test_subjects[seed], seed=seed, val_fraction=settings.val_fraction)
     networks = [_train_init(store, data, variant, inputs, rows, seed, init, device=device, progress=progress)
                 for init in range(settings.inits)]
-    loop, model, _, refit_epochs = networks[0]
-    proba = {split: np.mean([n[2][split] for n in networks], axis=0) for split in networks[0][2]}
+    first, loop = networks[0], networks[0].loop
+    proba = {split: np.mean([n.proba[split] for n in networks], axis=0) for split in first.proba}
     outcome = XcnnSeed(seed, float("nan"), float("nan"), _accuracy(proba["train"], inputs.y[rows.train]),
                        _accuracy(proba["val"], inputs.y[rows.val]), loop.seconds_per_epoch, loop.epochs_run,
                        loop.best_epoch, len(rows.train), len(rows.val), len(rows.test), loop.start_epoch,
-                       loop.history, refit_epochs)
-    return _Trained(outcome, model, rows, proba)
+                       loop.history, first.refit_epochs)
+    return _Trained(outcome, first.model, rows, proba)
 
 
 def _accuracy(proba: np.ndarray, y: np.ndarray) -> float:
@@ -385,7 +394,7 @@ def _record_seed(recorder, data: _Dataset, inputs: _Inputs, trained: _Trained, *
     from classifiers.metrics import classification_metrics
 
     classes, seed = data.classes, trained.outcome.seed
-    overall = {}
+    overall, by_time = {}, {}
     for split in ("train", "val", "test"):
         rows, proba = getattr(trained.rows, split), trained.proba[split]
         if not len(rows):
@@ -401,10 +410,8 @@ def _record_seed(recorder, data: _Dataset, inputs: _Inputs, trained: _Trained, *
         if split == "test":
             recorder.add_predictions(keys=inputs.keys[rows], subjects=inputs.subjects[rows], y_true=truth,
                                      y_pred=predicted, proba=proba, classes=classes, seed=seed)
-    test = trained.rows.test
-    correct = trained.proba["test"].argmax(axis=1) == inputs.y[test]
-    times = inputs.time[test].astype(int)
-    by_time = {int(t): [int(correct[times == t].sum()), int((times == t).sum())] for t in np.unique(times)}
+            correct, times = predicted == truth, inputs.time[rows].astype(int)
+            by_time = {int(t): [int(correct[times == t].sum()), int((times == t).sum())] for t in np.unique(times)}
     return replace(trained.outcome, accuracy=overall["test"]["accuracy"],
                    balanced_accuracy=overall["test"]["balanced_accuracy"], by_time=by_time)
 

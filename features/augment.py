@@ -4,11 +4,13 @@ The paper augments with (i) rotation in [-15°, 15°], (ii) translation of ±48 
 on a 224-px crop, (iii) rescaling by 90-110 %, (iv) intensity variation ±0.2 and (v) a random flip,
 done per pair. Here the translation is given as a fraction of the image size (48/224 ≈ 0.21,
 24/224 ≈ 0.11) so the same recipe fits any input size, and the flip is a left-right reflection of the
-2-D image. ``dihedral`` is the exact kind for image-and-difference pairs (ChronoMID): quarter turns and
-a mirror move pixels without resampling or fill, so turning a difference image equals differencing the
-turned scans. Pure computation: parameters are drawn from a ``numpy.random.Generator`` passed in, and
+2-D image. Pure computation: parameters are drawn from a ``numpy.random.Generator`` passed in, and
 applied to an ``(N, C, H, W)`` float tensor (or array) with one bilinear resampling per image; pixels
 that come from outside the image take that image's minimum, as ChronoMID pads.
+
+``dihedral`` is the exact kind for image-and-difference pairs (ChronoMID): quarter turns and a mirror
+move pixels without resampling or fill, so turning a difference image equals differencing the turned
+scans.
 """
 
 from __future__ import annotations

@@ -259,7 +259,7 @@ def test_several_initialisations_average_their_probabilities():
     variant = _Variant("X", "xcnn", "absolute", False, replace(settings, inits=2))
     two = _train_seed(None, data, variant, inputs, 0, device=cpu, progress=False)
     rows = _seed_rows(inputs, frozenset({"m00", "m01"}), seed=0, val_fraction=0.2)
-    second = _train_init(None, data, variant, inputs, rows, 0, 1, device=cpu, progress=False)[2]
+    second = _train_init(None, data, variant, inputs, rows, 0, 1, device=cpu, progress=False).proba
     assert not np.allclose(second["test"], one.proba["test"])
     for split in ("train", "val", "test"):
         assert np.allclose(two.proba[split], (one.proba[split] + second[split]) / 2, atol=1e-6)
